@@ -1,0 +1,75 @@
+"""Time one global `Pruner.prune_to` on a model with 25M+ prunable conv weights.
+
+    python bench/global_prune.py [--device cpu|cuda] [--repeats 5] [--json PATH]
+
+Each repeat builds fresh masks (weights re-drawn) and times a prune to 0.5, then from
+there to 0.9 (the second call also ranks the already-pruned weights). Prints the median
+seconds of each, and writes them as JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from oneprune.pruning import Pruner
+
+
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure(device: torch.device, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Conv2d(1024, 1024, 3, bias=False) for _ in range(3)]).to(device)
+    weights = sum(p.numel() for p in model.parameters())
+    first, second = [], []
+    for _ in range(repeats):
+        with torch.no_grad():
+            for conv in model:
+                conv.weight.normal_()
+        pruner = Pruner(model, scope="global")
+        first.append(_timed(lambda p=pruner: p.prune_to(0.5), device))
+        second.append(_timed(lambda p=pruner: p.prune_to(0.9), device))
+        assert pruner.sparsity() == round(0.9 * weights) / weights
+    return {"device": str(device), "prunable_weights": weights, "repeats": repeats,
+            "global_prune_to_0.5_seconds": statistics.median(first),
+            "global_prune_0.5_to_0.9_seconds": statistics.median(second),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    result = measure(torch.device(args.device), args.repeats)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
