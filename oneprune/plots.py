@@ -43,7 +43,8 @@ def plot_schedules(schedules: Mapping[str, Schedule], path: str | Path, *,
         lr_ax.set_ylabel("learning rate (dashed)")
         more_handles, more_labels = lr_ax.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-    ax.legend(handles, labels, loc="lower right", fontsize="small")
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4),
+               fontsize="small", frameon=False)
     if title:
         ax.set_title(title)
     path = Path(path)

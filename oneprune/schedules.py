@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -60,7 +61,7 @@ def _check_field(field: str, name: str, value):
 
 
 @dataclass(frozen=True)
-class Schedule:
+class Schedule(ABC):
     """Base of all families: validation, evaluation, serialisation and search space."""
 
     family: ClassVar[str]
@@ -77,18 +78,22 @@ class Schedule:
 
     def __call__(self, t):
         """Target sparsity at progress `t` (float or array-like, every value in [0, 1])."""
-        progress = np.asarray(t, dtype=np.float64)
+        try:
+            progress = np.asarray(t, dtype=np.float64)
+        except (TypeError, ValueError):
+            progress = np.asarray(np.nan)
         if not np.all((progress >= 0.0) & (progress <= 1.0)):  # NaN fails too
             raise ValueError(f"progress t must be in [0, 1], got {t!r}")
         sparsity = self._sparsity(progress)
         return float(sparsity) if sparsity.ndim == 0 else sparsity
 
+    @abstractmethod
     def _sparsity(self, t: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Target sparsity for an array of valid progress values."""
 
+    @abstractmethod
     def midpoint(self) -> float:
         """Progress at which half of the sparsity increase has been reached."""
-        raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-ready dict; `schedule_from_dict` inverts it exactly."""
@@ -101,7 +106,7 @@ class Schedule:
             bounds = {}
         if not isinstance(bounds, Mapping):
             raise ValueError(f"{cls.family}.bounds must be a mapping, got {bounds!r}")
-        unknown = sorted(set(bounds) - set(cls.DEFAULT_BOUNDS))
+        unknown = [key for key in bounds if key not in cls.DEFAULT_BOUNDS]
         if unknown:
             raise ValueError(f"{cls.family}.bounds has no key {unknown[0]!r}; "
                              f"allowed: {', '.join(cls.DEFAULT_BOUNDS)}")
@@ -112,7 +117,7 @@ class Schedule:
             if name == "min_length":
                 checked[name] = _check_field(field, name, value)
                 continue
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+            if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
                 raise ValueError(f"{field} must be a [low, high] pair, got {value!r}")
             low, high = (_check_field(field, name, v) for v in value)
             if low > high:
@@ -121,9 +126,9 @@ class Schedule:
         cls._check_bounds_relations(checked)
         return checked
 
-    @classmethod
+    @classmethod  # noqa: B027 (an optional hook, not abstract)
     def _check_bounds_relations(cls, bounds: dict[str, Any]) -> None:
-        """Family-specific feasibility of a merged set of bounds."""
+        """Family-specific feasibility of a merged set of bounds (none by default)."""
 
     @classmethod
     def suggest(cls, trial, final_sparsity: float,
@@ -137,8 +142,9 @@ class Schedule:
         return cls(final_sparsity=final_sparsity, **params)
 
     @classmethod
+    @abstractmethod
     def _suggest_params(cls, trial, bounds: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The family's parameters but final_sparsity, drawn from `trial` within `bounds`."""
 
 
 @dataclass(frozen=True)
@@ -158,13 +164,13 @@ class _Ramp(Schedule):
             raise ValueError(f"{type(self).__name__}.start must be < end ({self.end!r}), "
                              f"got {self.start!r}")
 
+    @abstractmethod
     def _shape(self, u: np.ndarray) -> np.ndarray:
         """Fraction of the sparsity increase reached at ramp position u in [0, 1]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _shape_midpoint(self) -> float:
         """Ramp position u where `_shape` first reaches 1/2."""
-        raise NotImplementedError
 
     def _sparsity(self, t: np.ndarray) -> np.ndarray:
         s_i, s_f = self.initial_sparsity, self.final_sparsity
@@ -252,8 +258,8 @@ class AGP(_Ramp):
 
     @classmethod
     def _suggest_params(cls, trial, bounds):
-        params = super()._suggest_params(trial, bounds)
-        return {**params, "power": trial.suggest_float("power", *bounds["power"])}
+        return {**super()._suggest_params(trial, bounds),
+                "power": trial.suggest_float("power", *bounds["power"])}
 
 
 @dataclass(frozen=True)
@@ -277,8 +283,8 @@ class Iterative(_Ramp):
 
     @classmethod
     def _suggest_params(cls, trial, bounds):
-        params = super()._suggest_params(trial, bounds)
-        return {**params, "steps": trial.suggest_int("steps", *bounds["steps"])}
+        return {**super()._suggest_params(trial, bounds),
+                "steps": trial.suggest_int("steps", *bounds["steps"])}
 
 
 @dataclass(frozen=True)
@@ -345,7 +351,7 @@ def schedule_from_dict(spec: Mapping[str, Any]) -> Schedule:
     cls = FAMILIES[family]
     params = {k: v for k, v in spec.items() if k != "family"}
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(map(str, params)) - set(names))
+    unknown = [key for key in params if key not in names]
     if unknown:
         raise ValueError(f"schedule {family!r} has no field {unknown[0]!r}; "
                          f"fields: {', '.join(names)}")

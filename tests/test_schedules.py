@@ -187,7 +187,7 @@ def test_invalid_parameters_raise_naming_the_field(build, message):
         build()
 
 
-@pytest.mark.parametrize("t", [-0.01, 1.01, float("nan"), [0.5, 2.0]])
+@pytest.mark.parametrize("t", [-0.01, 1.01, float("nan"), [0.5, 2.0], "half", ["a"], None])
 def test_progress_outside_unit_interval_raises(t):
     with pytest.raises(ValueError, match=r"progress t must be in \[0, 1\]"):
         OneCycle(0.9)(t)
@@ -273,6 +273,8 @@ def test_bounds_overrides_are_used():
 
 @pytest.mark.parametrize(("cls", "bounds", "message"), [
     (OneCycle, {"gamma": (0, 1)}, "one_cycle.bounds has no key 'gamma'"),
+    (OneCycle, {1: (0, 1)}, "one_cycle.bounds has no key 1"),
+    (OneCycle, {"alpha": {"low": 4, "high": 5}}, r"one_cycle.bounds.alpha must be a \[low, high\]"),
     (OneCycle, {"alpha": (5, 4)}, "one_cycle.bounds.alpha must have low <= high"),
     (OneCycle, {"alpha": (0, 4)}, r"one_cycle.bounds.alpha must be in \(0, inf\)"),
     (OneCycle, {"alpha": 4}, r"one_cycle.bounds.alpha must be a \[low, high\] pair"),
