@@ -164,6 +164,7 @@ class Pruner:
         """Prune to `sparsity` in [0, 1) of the units (see the module docstring's rules)
         and zero the pruned weights at once."""
         target = _validate.real("sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+        self._follow_weights()
         if self.scope == "local":
             for i, (_, module) in enumerate(self._layers):
                 alive = self._alive[i]
@@ -192,14 +193,20 @@ class Pruner:
         shape = (-1,) + (1,) * (weight.dim() - 1) if self.granularity == "filter" else weight.shape
         self._masks[i] = torch.empty_like(weight).copy_(alive.view(shape))  # weight's layout
 
-    @torch.no_grad()
-    def apply_masks(self) -> None:
-        """Zero the pruned weights and their gradients (call after `optimizer.step()`)."""
+    def _follow_weights(self) -> list[torch.Tensor]:
+        """The layers' weights, with masks moved to their device and dtype if the model was
+        moved or cast (`model.to(...)`) since the masks were made."""
         weights = [module.weight for _, module in self._layers]
-        for i, weight in enumerate(weights):  # follow model.to(device / dtype)
+        for i, weight in enumerate(weights):
             if self._masks[i].device != weight.device or self._masks[i].dtype != weight.dtype:
                 self._masks[i] = self._masks[i].to(weight.device, weight.dtype)
                 self._alive[i] = self._alive[i].to(weight.device)
+        return weights
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero the pruned weights and their gradients (call after `optimizer.step()`)."""
+        weights = self._follow_weights()
         tensors, masks = list(weights), list(self._masks)
         for weight, mask in zip(weights, self._masks, strict=True):
             if weight.grad is not None:

@@ -400,12 +400,16 @@ def test_global_prune_of_25m_weights():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_masks_match_cpu_masks():
-    cpu_model = resnet18()
-    cuda_model = copy.deepcopy(cpu_model).cuda()
+    cpu_model, cuda_model = resnet18(), resnet18()
+    cpu_pruner = Pruner(cpu_model, scope="global")
+    cuda_pruner = Pruner(cuda_model, scope="global")  # made on the CPU, then moved
+    cuda_model.cuda()
     masks = []
-    for model in (cpu_model, cuda_model):
-        pruner = Pruner(model, scope="global")
+    for pruner in (cpu_pruner, cuda_pruner):
+        pruner.prune_to(0.5)
         pruner.prune_to(0.9)
         pruner.apply_masks()
         masks.append({k: v.cpu() for k, v in pruner.state_dict()["masks"].items()})
     assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    assert all(torch.equal(cuda_model.state_dict()[k].cpu(), v)
+               for k, v in cpu_model.state_dict().items())
