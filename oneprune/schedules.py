@@ -114,7 +114,7 @@ class Schedule(ABC):
         checked = {}
         for name, value in merged.items():
             field = f"{cls.family}.bounds.{name}"
-            if name == "min_length":
+            if not isinstance(cls.DEFAULT_BOUNDS[name], tuple):  # a scalar such as min_length
                 checked[name] = _check_field(field, name, value)
                 continue
             if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
