@@ -1,0 +1,301 @@
+"""Datasets as in-memory uint8 tensors, split into train / val / test, and batched on the device.
+
+- `digits`: scikit-learn's 8x8 digits (1,797 images, embedded: always available offline).
+- `cifar10`, `cifar100`: torchvision's `CIFAR10` / `CIFAR100` (their files under `data_dir`,
+  or downloaded there with `download=True`).
+- `caltech101`: torchvision's `Caltech101`, each image resized (shorter side) and centre-
+  cropped to `image_size` once, then cached under `data_dir` as a tensor file.
+
+Digits and Caltech-101 have no official test split: a stratified, seeded `TEST_FRACTION`
+of them is the test set. The validation set is always a stratified, seeded `val_fraction`
+of the training set: tuning reads val, the final verdict reads test. The split depends
+only on `seed`, so every trial of a study sees the same split.
+
+`Batches` feeds a split to the training loop without per-sample Python: a batch is one
+index into the tensor, its augmentation (random crop with zero padding, horizontal flip)
+is applied to the whole batch at once, then it is normalised with the training set's
+per-channel mean and std.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+from oneprune import _validate
+from oneprune._files import write_atomically
+
+DATASETS = ("digits", "cifar10", "cifar100", "caltech101")
+DEFAULT_DATA_DIR = Path("~/.cache/oneprune/data")
+TEST_FRACTION = 0.2
+CALTECH_CACHE_VERSION = 1
+
+
+class DataUnavailableError(ValueError):
+    """The dataset's files are missing or unreadable and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images as uint8 (N, C, H, W) and their int64 class labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Batch augmentation: random crop after `pad` pixels of zero padding, random h-flip."""
+
+    pad: int = 0
+    flip: bool = False
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment a uint8 (B, C, H, W) batch; randomness drawn from the CPU `generator`."""
+        b, _, h, w = images.shape
+        device = images.device
+        if self.pad:
+            padded = F.pad(images, (self.pad,) * 4)
+            offsets = torch.randint(0, 2 * self.pad + 1, (2, b), generator=generator)
+            offsets = offsets.to(device)
+            rows = (offsets[0, :, None] + torch.arange(h, device=device))[:, :, None]
+            cols = (offsets[1, :, None] + torch.arange(w, device=device))[:, None, :]
+            batch = torch.arange(b, device=device)[:, None, None]
+            images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+        if self.flip:
+            flip = (torch.rand(b, generator=generator) < 0.5).to(device)
+            images = torch.where(flip[:, None, None, None], images.flip(3), images)
+        return images
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A dataset's three splits, its class count, normalisation and training augmentation."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: Augment
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[2]
+
+
+class Batches:
+    """Iterates `split` in batches of normalised float images and labels on `device`.
+
+    With `shuffle`, every pass draws a new permutation from `seed`; with `world_size` > 1,
+    rank `rank` takes its shard of it (equal shards, the same permutation on every rank,
+    as `DistributedSampler` does). Augmentation randomness differs per rank.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, mean, std, device="cpu",
+                 augment: Augment | None = None, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        self.batch_size = _validate.integer("batch_size", batch_size, low=1)
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        channels = (1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std_t)).view(channels).to(self.device)
+        self._shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(channels)
+        self._shift = self._shift.to(self.device)
+        self.augment, self.shuffle, self.drop_last = augment, shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.memory_format = memory_format
+        self._order = torch.Generator().manual_seed(seed)
+        rank_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+        self._augment_generator = torch.Generator().manual_seed(rank_seed)
+
+    def _shard_size(self) -> int:
+        n = len(self.labels)
+        if self.shuffle:
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        size = self._shard_size()
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self._order)
+            order = order[: n - n % self.world_size][self.rank::self.world_size]
+        else:
+            order = torch.arange(self.rank, n, self.world_size)
+        order = order.to(self.device)
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            images = self.images[index]
+            if self.augment is not None:
+                images = self.augment(images, self._augment_generator)
+            images = images.float().mul_(self._scale).sub_(self._shift)
+            yield images.contiguous(memory_format=self.memory_format), self.labels[index]
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def _stratified(split: Split, fraction: float, seed: int, field: str) -> tuple[Split, Split]:
+    """(rest, carved): a stratified, seeded `fraction` of `split` carved out."""
+    indices = np.arange(len(split))
+    try:
+        rest, carved = train_test_split(indices, test_size=fraction, random_state=seed,
+                                        stratify=split.labels.numpy())
+    except ValueError as error:
+        raise ValueError(f"{field}={fraction:g} cannot carve a stratified split from "
+                         f"{len(split)} samples: {error}") from None
+    rest, carved = np.sort(rest), np.sort(carved)
+    return (Split(split.images[rest], split.labels[rest]),
+            Split(split.images[carved], split.labels[carved]))
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, from exact histograms."""
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].flatten(), minlength=256).double()
+        total = counts.sum()
+        mean = float((counts * values).sum() / total)
+        var = float((counts * (values - mean) ** 2).sum() / total)
+        means.append(mean)
+        stds.append(max(var, 1e-12) ** 0.5)
+    return tuple(means), tuple(stds)
+
+
+def _digits(seed: int) -> tuple[Split, Split, int]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    whole = Split(torch.from_numpy(images), torch.from_numpy(digits.target.astype(np.int64)))
+    train, test = _stratified(whole, TEST_FRACTION, seed, "test_fraction")
+    return train, test, 10
+
+
+def _unavailable(name: str, root: Path, download: bool, error: Exception) -> DataUnavailableError:
+    how = ("the download failed" if download else
+           "pass download=True (--download) or point data_dir (--data-dir) at them")
+    return DataUnavailableError(f"data_dir {str(root)!r} holds no readable {name} files "
+                                f"({error}); {how}")
+
+
+def _cifar(name: str, root: Path, download: bool, verify: bool) -> tuple[Split, Split, int]:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    if not verify:  # same files and parser, without torchvision's md5 checks
+        cls = type(cls.__name__, (cls,), {
+            "train_list": [[file, None] for file, _ in cls.train_list],
+            "test_list": [[file, None] for file, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None}})
+    splits = []
+    for train in (True, False):
+        try:
+            dataset = cls(root=str(root), train=train, download=download)
+        except (RuntimeError, OSError, urllib.error.URLError, EOFError, KeyError) as error:
+            raise _unavailable(name, root, download, error) from None
+        images = torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)))
+        splits.append(Split(images, torch.tensor(dataset.targets, dtype=torch.int64)))
+        num_classes = len(dataset.classes)
+    return splits[0], splits[1], num_classes
+
+
+def _caltech101(root: Path, download: bool, image_size: int,
+                seed: int) -> tuple[Split, Split, int]:
+    from torchvision import datasets, transforms
+
+    resize = transforms.Compose([
+        transforms.Lambda(lambda image: image.convert("RGB")),
+        transforms.Resize(image_size),
+        transforms.CenterCrop(image_size),
+        transforms.PILToTensor(),
+    ])
+    try:
+        dataset = datasets.Caltech101(str(root), transform=resize, download=download)
+    except (RuntimeError, OSError, urllib.error.URLError) as error:
+        raise _unavailable("caltech101", root, download, error) from None
+    if len(dataset) == 0:
+        raise _unavailable("caltech101", root, download, RuntimeError("no images"))
+    signature = {"version": CALTECH_CACHE_VERSION, "categories": list(dataset.categories),
+                 "images": len(dataset), "image_size": image_size}
+    cache = Path(dataset.root) / f"oneprune-{image_size}px.pt"
+    cached = torch.load(cache, weights_only=True) if cache.exists() else None
+    if cached is None or cached["signature"] != signature:
+        try:
+            pairs = [dataset[i] for i in range(len(dataset))]
+        except OSError as error:
+            raise _unavailable("caltech101", root, download, error) from None
+        cached = {"signature": signature,
+                  "images": torch.stack([image for image, _ in pairs]),
+                  "labels": torch.tensor([label for _, label in pairs], dtype=torch.int64)}
+        write_atomically(cache, lambda f: torch.save(cached, f))
+    whole = Split(cached["images"], cached["labels"])
+    train, test = _stratified(whole, TEST_FRACTION, seed, "test_fraction")
+    return train, test, len(dataset.categories)
+
+
+def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None,
+                 download: bool = False, val_fraction: float = 0.1, seed: int = 0, *,
+                 image_size: int = 64, verify: bool = True) -> ImageData:
+    """Load `name` with its train / val / test splits (see the module docstring).
+
+    Args:
+        data_dir: where the files are or go (default `~/.cache/oneprune/data`); digits
+            needs none.
+        download: fetch missing files (CIFAR, Caltech-101) from the official source.
+        val_fraction: share of the training set held out for validation, in (0, 0.5].
+        seed: seed of the stratified splits (not of training).
+        image_size: side of the Caltech-101 images after resizing.
+        verify: check the CIFAR files against torchvision's md5 sums; turn off only for
+            files you made yourself in the same format (smaller subsets, tests).
+
+    Raises:
+        ValueError: a bad argument (naming it and its range).
+        DataUnavailableError: the files are missing or unreadable and were not downloaded.
+    """
+    _validate.choice("dataset", name, DATASETS)
+    val_fraction = _validate.real("val_fraction", val_fraction, low=0.0, high=0.5,
+                                  low_open=True)
+    seed = _validate.integer("seed", seed, low=0, high=2**32 - 1)
+    image_size = _validate.integer("image_size", image_size, low=8, high=1024)
+    root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
+    if name != "digits" and not download and not root.is_dir():
+        raise DataUnavailableError(f"data_dir {str(root)!r} does not exist; pass "
+                                   f"download=True (--download) or an existing folder")
+
+    if name == "digits":
+        train, test, num_classes = _digits(seed)
+        augment = Augment(pad=1, flip=False)  # digits are not mirror-symmetric
+    elif name in ("cifar10", "cifar100"):
+        train, test, num_classes = _cifar(name, root, download, verify)
+        augment = Augment(pad=4, flip=True)
+    else:
+        train, test, num_classes = _caltech101(root, download, image_size, seed)
+        augment = Augment(pad=image_size // 8, flip=True)
+    train, val = _stratified(train, val_fraction, seed, "val_fraction")
+    mean, std = _channel_stats(train.images)
+    return ImageData(name, train, val, test, num_classes, mean, std, augment)
