@@ -1,0 +1,157 @@
+"""The training loop: schedule followed, LR coupled, determinism, export round trip."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from oneprune.data import Batches, load_dataset
+from oneprune.export import MODEL_FILE, load_pruned, save_pruned
+from oneprune.schedules import AGP, Iterative, OneCycle, OneShot
+from oneprune.train import TrainConfig, evaluate, train
+
+QUICK = TrainConfig(epochs=3, batch_size=128, lr_max=1e-2, device="cpu")
+REPORT_KEYS = {"epoch", "step", "progress", "lr", "target_sparsity", "sparsity", "train_loss",
+               "val_loss", "val_acc", "epoch_seconds"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", val_fraction=QUICK.val_fraction, seed=QUICK.split_seed)
+
+
+def without_times(history):
+    return [{k: v for k, v in epoch.items() if k != "epoch_seconds"} for epoch in history]
+
+
+def test_reports_every_epoch_and_follows_the_schedule(digits):
+    reports = []
+    cfg = dataclasses.replace(QUICK, epochs=4, schedule=AGP(0.8, start=0.0, end=0.75))
+    result = train(cfg, reports.append, data=digits)
+    assert [r["epoch"] for r in reports] == [1, 2, 3, 4]
+    assert all(set(r) == REPORT_KEYS for r in reports)
+    steps = reports[0]["step"]
+    assert [r["step"] for r in reports] == [steps, 2 * steps, 3 * steps, 4 * steps]
+    for r in reports:  # the masks track the schedule to within the prune resolution
+        assert r["target_sparsity"] == pytest.approx(cfg.schedule(r["progress"]))
+        assert abs(r["sparsity"] - r["target_sparsity"]) <= cfg.prune_resolution + 1e-4
+    assert reports[-1]["progress"] == 1.0 and reports[2]["sparsity"] == pytest.approx(0.8,
+                                                                                   abs=1e-4)
+    assert result.history == reports and result.sparsity == reports[-1]["sparsity"]
+    assert 0.0 <= result.test_acc <= 1.0 and result.val_acc == reports[-1]["val_acc"]
+
+
+@pytest.mark.parametrize("scope, granularity", [("local", "weight"), ("global", "weight"),
+                                                ("local", "filter"), ("global", "filter")])
+def test_final_sparsity_is_reached(digits, scope, granularity):
+    cfg = dataclasses.replace(QUICK, epochs=2, scope=scope, granularity=granularity,
+                              schedule=OneCycle(0.9))
+    result = train(cfg, data=digits)
+    convs = [m.weight for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if granularity == "weight":
+        assert result.sparsity == pytest.approx(0.9, abs=1e-3)
+        zeros = sum(int((w == 0).sum()) for w in convs)
+        assert zeros >= sum(r.pruned for r in result.pruner.layer_report())
+    else:  # the pruned units are whole filters: 90% of them are all zero
+        dead = sum(int((w.flatten(1) == 0).all(1).sum()) for w in convs)
+        total = sum(w.shape[0] for w in convs)
+        rounding = 0.5 / min(w.shape[0] for w in convs)  # per layer (local) or overall
+        assert dead / total == pytest.approx(0.9, abs=rounding)
+
+
+def test_one_shot_prunes_at_its_start(digits):
+    cfg = dataclasses.replace(QUICK, epochs=4, schedule=OneShot(0.7, start=0.5))
+    sparsity = [r["sparsity"] for r in train(cfg, data=digits).history]
+    # epoch 2 ends at progress 0.5: its last step prunes everything at once
+    assert sparsity == [0.0] + [pytest.approx(0.7, abs=1e-4)] * 3
+
+
+def test_the_learning_rate_is_the_coupled_policy(digits):
+    cfg = dataclasses.replace(QUICK, schedule=Iterative(0.8, start=0.1, end=0.9, steps=4),
+                              coupling="align", recovery_gain=1.5)
+    history = train(cfg, data=digits).history
+    policy = cfg.lr_policy()
+    assert policy.effective_pct_start != cfg.pct_start
+    for epoch in history:
+        assert epoch["lr"] == pytest.approx(policy(epoch["progress"]))
+    assert history[-1]["lr"] == pytest.approx(cfg.lr_max / 25 / 1e4)
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(digits):
+    first = train(QUICK, data=digits)
+    second = train(QUICK, data=digits)
+    other = train(dataclasses.replace(QUICK, seed=1), data=digits)
+    assert without_times(first.history) == without_times(second.history)
+    assert first.test_acc == second.test_acc
+    assert without_times(first.history) != without_times(other.history)
+
+
+def test_dense_training_learns_digits(digits):
+    result = train(dataclasses.replace(QUICK, epochs=5, schedule=None), data=digits)
+    assert result.pruner is None and result.sparsity == 0.0
+    assert result.test_acc > 0.9  # chance is 0.1
+
+
+def test_sgd_and_cifar_shaped_models_train(cifar10_dir):
+    cfg = TrainConfig(dataset="cifar10", data_dir=str(cifar10_dir), verify_data=False,
+                      model="resnet18", width=0.125, epochs=1, batch_size=16, optimizer="sgd",
+                      lr_max=0.05, weight_decay=5e-4, val_fraction=0.2, device="cpu",
+                      channels_last=True, schedule=OneCycle(0.5))
+    result = train(cfg)
+    assert result.sparsity == pytest.approx(0.5, abs=1e-3)
+    assert np.isfinite(result.history[-1]["train_loss"])
+
+
+def test_export_round_trip(digits, tmp_path):
+    result = train(dataclasses.replace(QUICK, schedule=OneCycle(0.9)), data=digits)
+    files = save_pruned(result, tmp_path / "out")
+    assert files["sparse_model"].stat().st_size < files["model"].stat().st_size / 3
+    dense_state = torch.load(tmp_path / "out" / MODEL_FILE, weights_only=True)
+    test = Batches(digits.test, 512, mean=digits.mean, std=digits.std)
+    for sparse in (True, False):
+        loaded = load_pruned(tmp_path / "out", sparse=sparse)
+        state = loaded.model.state_dict()
+        assert all(torch.equal(state[k], dense_state[k]) for k in dense_state)
+        _, accuracy = evaluate(loaded.model, test)
+        assert accuracy == loaded.metrics["test_acc"] == result.test_acc
+    assert loaded.config["train"] == result.config.to_dict()
+    assert TrainConfig.from_dict(loaded.config["train"]) == result.config
+    assert loaded.metrics["sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+def test_data_of_another_dataset_is_refused(digits):
+    with pytest.raises(ValueError, match="data holds 'digits' but the config trains on"):
+        train(dataclasses.replace(QUICK, dataset="cifar10"), data=digits)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dataset": "mnist"}, "dataset must be one of"),
+    ({"model": "alexnet"}, "model must be one of 'convnet', 'resnet18', 'vgg16'"),
+    ({"epochs": 0}, "epochs must be in [1, 10000]"),
+    ({"epochs": 2.5}, "epochs must be an integer"),
+    ({"optimizer": "lion"}, "optimizer must be one of 'adam', 'sgd'"),
+    ({"lr_max": -1.0}, "lr_max must be in (0, inf)"),
+    ({"schedule": {"family": "one_cycle", "final_sparsity": 1.0}},
+     "OneCycle.final_sparsity must be in [0, 1)"),
+    ({"schedule": {"family": "one_cycle", "final_sparsity": 0.9, "alpha": -1}},
+     "OneCycle.alpha must be in (0, inf)"),
+    ({"schedule": None, "coupling": "align"}, "coupling 'align' needs a pruning schedule"),
+    ({"scope": "layer"}, "scope must be one of"),
+    ({"device": "tpu"}, "device must be 'auto', 'cpu' or 'cuda[:N]'"),
+    ({"download": "yes"}, "download must be true or false"),
+    ({"val_fraction": 0.9}, "val_fraction must be in (0, 0.5]"),
+])
+def test_bad_config_names_the_field(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        TrainConfig(**kwargs)
+    assert message in str(error.value)
+
+
+def test_config_dict_round_trip_and_unknown_keys():
+    cfg = TrainConfig(schedule=AGP(0.8, power=2.0), coupling="align", seed=4)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig(model=None).model == "convnet"
+    assert TrainConfig(dataset="cifar10").model == "resnet18"
+    with pytest.raises(ValueError, match="train config has no field 'lr'"):
+        TrainConfig.from_dict({"lr": 0.1})

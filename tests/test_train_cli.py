@@ -1,0 +1,74 @@
+"""`python -m oneprune.train`: a real run with --out, and bad input (one line, exit 2)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from oneprune.export import load_pruned
+from oneprune.train import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "oneprune.train", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_run_writes_the_pruned_model(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("--dataset", "digits", "--schedule", "agp", "--sparsity", "0.8",
+                   "--power", "2", "--epochs", "2", "--lr", "0.01", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "epoch 2/2" in done.stderr  # the progress bars
+    summary = done.stdout.splitlines()[0]
+    assert summary.startswith("test_acc ") and "sparsity 80.00" in summary
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert f"test_acc {metrics['test_acc']:.4f}" in summary
+    loaded = load_pruned(out)
+    assert loaded.config["train"]["schedule"] == {
+        "family": "agp", "final_sparsity": 0.8, "start": 0.0, "end": 1.0,
+        "initial_sparsity": 0.0, "power": 2.0}
+
+
+def test_bad_input_through_the_module_is_one_line_without_traceback(tmp_path):
+    done = run_cli("--dataset", "cifar10", "--data-dir", str(tmp_path / "missing"))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "data_dir" in done.stderr and "does not exist" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "mnist"], "dataset must be one of 'digits'"),
+    (["--model", "alexnet"], "model must be one of 'convnet', 'resnet18', 'vgg16'"),
+    (["--schedule", "exponential"], "--schedule must be one of 'one_cycle'"),
+    (["--sparsity", "1.0"], "OneCycle.final_sparsity must be in [0, 1), got 1.0"),
+    (["--sparsity", "-0.1"], "OneCycle.final_sparsity must be in [0, 1)"),
+    (["--epochs", "0"], "epochs must be in [1, 10000], got 0"),
+    (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+    (["--alpha", "-2"], "OneCycle.alpha must be in (0, inf), got -2.0"),
+    (["--alpha", "nan"], "OneCycle.alpha must be in (0, inf), got nan"),
+    (["--schedule", "agp", "--alpha", "3"], "--alpha does not apply to --schedule agp"),
+    (["--schedule", "one_shot"], "--schedule one_shot needs --start"),
+    (["--schedule", "none", "--start", "0.2"], "--start needs a schedule"),
+    (["--start", "0.8", "--end", "0.5"], "OneCycle.start must be < end (0.5), got 0.8"),
+    (["--coupling", "sync"], "coupling must be one of 'none', 'align'"),
+    (["--lr", "0"], "lr_max must be in (0, inf)"),
+    (["--dataset", "cifar100", "--data-dir", "/nonexistent/data"], "does not exist"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("python -m oneprune.train")
+    assert message in captured.err
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "1", "--out", str(tmp_path / "file")])
+    assert exit_.value.code == 2 and "exists and is not a folder" in capsys.readouterr().err
