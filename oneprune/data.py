@@ -80,7 +80,8 @@ class Augment:
 
 @dataclass(frozen=True)
 class ImageData:
-    """A dataset's three splits, its class count, normalisation and training augmentation."""
+    """A dataset's three splits, its class count, normalisation and training augmentation,
+    and the `split_seed` / `val_fraction` that made the splits."""
 
     name: str
     train: Split
@@ -90,6 +91,8 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: Augment
+    split_seed: int
+    val_fraction: float
 
     @property
     def in_channels(self) -> int:
@@ -298,4 +301,5 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         augment = Augment(pad=image_size // 8, flip=True)
     train, val = _stratified(train, val_fraction, seed, "val_fraction")
     mean, std = _channel_stats(train.images)
-    return ImageData(name, train, val, test, num_classes, mean, std, augment)
+    return ImageData(name, train, val, test, num_classes, mean, std, augment, seed,
+                     val_fraction)

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -32,13 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from oneprune import _validate
-from oneprune.data import DATASETS, Batches, DataUnavailableError, ImageData, load_dataset
+from oneprune.data import DATASETS, Batches, ImageData, load_dataset
 from oneprune.lr import COUPLINGS, CoupledLR
 from oneprune.models import MODELS, build_model
 from oneprune.pruning import GRANULARITIES, SCOPES, Pruner
@@ -126,33 +129,33 @@ class TrainConfig:
         put("prune_resolution", _validate.real("prune_resolution", self.prune_resolution,
                                                low=0.0, high=0.1))
         put("seed", _validate.integer("seed", self.seed, low=0, high=2**32 - 1))
-        if not isinstance(self.device, str):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        self.resolve_device()
+        device_ok = isinstance(self.device, str) and (
+            self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device))
+        if not device_ok:
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                             f"got {self.device!r}")
 
     def lr_policy(self) -> CoupledLR:
         """The learning rate as a function of progress, coupled to the schedule."""
         return CoupledLR(self.schedule, self.lr_max, self.pct_start, self.coupling,
                          self.recovery_gain, self.recovery_window)
 
+    def load_data(self) -> ImageData:
+        """The dataset and splits this config trains on (load once, pass to many runs)."""
+        return load_dataset(self.dataset, self.data_dir, self.download, self.val_fraction,
+                            self.split_seed, image_size=self.image_size,
+                            verify=self.verify_data)
+
     def resolve_device(self) -> torch.device:
-        """`device` as a torch.device ("auto": CUDA when available, else CPU)."""
-        name = self.device
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', "
-                             f"got {self.device!r}") from None
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device {self.device!r} requested but CUDA is not available")
-            if device.index is None:
-                device = torch.device("cuda", torch.cuda.current_device())
-        return device
+        """`device` on this machine ("auto": CUDA when available, else CPU). Checked here,
+        not on construction, so a CPU-only driver can configure runs for GPU workers."""
+        if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+        if self.device in ("auto", "cuda"):
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready dict; `TrainConfig.from_dict` inverts it."""
@@ -238,18 +241,26 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
           data: ImageData | None = None, progress: bool = False) -> TrainResult:
     """Train `cfg` once, pruning along its schedule; call `report` after every epoch.
 
-    `data` may be passed in already loaded (it must be `cfg.dataset`, split with
-    `cfg.split_seed` and `cfg.val_fraction`); `progress` shows a tqdm bar per epoch.
+    `data` may be passed in already loaded (e.g. once for many runs); it must have been
+    loaded as the config says. `progress` shows a tqdm bar per epoch.
     """
     rank, world_size = _distributed()
     device = cfg.resolve_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if data is None:
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction,
-                            cfg.split_seed, image_size=cfg.image_size, verify=cfg.verify_data)
-    elif data.name != cfg.dataset:
-        raise ValueError(f"data holds {data.name!r} but the config trains on {cfg.dataset!r}")
+        data = cfg.load_data()
+    else:
+        made = {"dataset": data.name, "split_seed": data.split_seed,
+                "val_fraction": data.val_fraction}
+        wanted = {"dataset": cfg.dataset, "split_seed": cfg.split_seed,
+                  "val_fraction": cfg.val_fraction}
+        if cfg.dataset == "caltech101":
+            made["image_size"], wanted["image_size"] = data.image_size, cfg.image_size
+        for key, value in made.items():
+            if value != wanted[key]:
+                raise ValueError(f"data was loaded with {key}={value!r} but the config "
+                                 f"has {key}={wanted[key]!r}")
 
     torch.manual_seed(cfg.seed)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -267,7 +278,6 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr_max, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-    lr_at = cfg.lr_policy()
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -280,33 +290,29 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
         raise ValueError(f"batch_size={cfg.batch_size} exceeds the training shard "
                          f"({len(data.train) // world_size} samples per rank)")
     val_batches = Batches(data.val, EVAL_BATCH_SIZE, **loader)
+    # The whole budget's progress, target sparsity and LR, computed once (vectorised).
     total_steps = cfg.epochs * len(train_batches)
+    progress_at = np.arange(1, total_steps + 1) / total_steps
+    target_at = np.zeros(total_steps) if pruner is None else cfg.schedule(progress_at)
+    lr_at = cfg.lr_policy()(progress_at)
+    final_target = target_at[-1]
 
     history: list[dict[str, float]] = []
-    step, pruned_to, lr = 0, 0.0, lr_at(0.0)
+    step, pruned_to = 0, 0.0
     started = time.perf_counter()
-    show = progress and rank == 0
-    bar_context = contextlib.nullcontext()
     for epoch in range(1, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        batches = train_batches
-        if show:
-            from tqdm import tqdm
-            bar_context = batches = tqdm(train_batches, desc=f"epoch {epoch}/{cfg.epochs}",
-                                         unit="batch", leave=True, file=sys.stderr)
-        with bar_context:
-            for images, labels in batches:
+        with tqdm(total=len(train_batches), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                  file=sys.stderr, disable=not (progress and rank == 0)) as bar:
+            for images, labels in train_batches:
+                target, lr = float(target_at[step]), float(lr_at[step])
                 step += 1
-                t = step / total_steps
-                if pruner is not None:
-                    target = cfg.schedule(t)
-                    if (target - pruned_to > cfg.prune_resolution
-                            or (target == cfg.schedule.final_sparsity and target != pruned_to)):
-                        pruner.prune_to(target)
-                        pruned_to = target
-                lr = lr_at(t)
+                if pruner is not None and (target - pruned_to > cfg.prune_resolution
+                                           or (target == final_target != pruned_to)):
+                    pruner.prune_to(target)
+                    pruned_to = target
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with autocast():
@@ -317,20 +323,20 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
                 if pruner is not None:
                     pruner.apply_masks()
                 loss_sum += loss.detach() * len(labels)
-        train_loss_sum, seen = _all_sum([loss_sum.item(), len(train_batches) * cfg.batch_size],
-                                        device)
-        val_loss, val_acc = evaluate(model, val_batches, autocast)
-        metrics = {
-            "epoch": epoch, "step": step, "progress": step / total_steps, "lr": lr,
-            "target_sparsity": 0.0 if cfg.schedule is None else cfg.schedule(step / total_steps),
-            "sparsity": 0.0 if pruner is None else pruner.sparsity(),
-            "train_loss": train_loss_sum / seen, "val_loss": val_loss, "val_acc": val_acc,
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
+                bar.update()
+            train_loss_sum, seen = _all_sum(
+                [loss_sum.item(), len(train_batches) * cfg.batch_size], device)
+            val_loss, val_acc = evaluate(model, val_batches, autocast)
+            metrics = {
+                "epoch": epoch, "step": step, "progress": step / total_steps, "lr": lr,
+                "target_sparsity": target,
+                "sparsity": 0.0 if pruner is None else pruner.sparsity(),
+                "train_loss": train_loss_sum / seen, "val_loss": val_loss, "val_acc": val_acc,
+                "epoch_seconds": time.perf_counter() - epoch_start,
+            }
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{val_acc:.3f}",
+                            sparsity=f"{metrics['sparsity']:.3f}")
         history.append(metrics)
-        if show:
-            batches.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{val_acc:.3f}",
-                                sparsity=f"{metrics['sparsity']:.3f}")
         if report is not None and rank == 0:
             report(dict(metrics))
 
@@ -453,11 +459,11 @@ def main(argv: list[str] | None = None) -> int:
             recovery_window=args.recovery_window, scope=args.scope,
             granularity=args.granularity, seed=args.seed, device=args.device,
             channels_last=args.channels_last, bf16=args.bf16)
+        cfg.resolve_device()
         if args.out is not None and args.out.exists() and not args.out.is_dir():
             raise ValueError(f"--out {str(args.out)!r} exists and is not a folder")
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction,
-                            cfg.split_seed, image_size=cfg.image_size, verify=cfg.verify_data)
-    except (ValueError, DataUnavailableError) as error:
+        data = cfg.load_data()
+    except ValueError as error:  # includes DataUnavailableError
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     result = train(cfg, data=data, progress=not args.quiet)
     print(_summary(result))

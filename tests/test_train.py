@@ -120,9 +120,13 @@ def test_export_round_trip(digits, tmp_path):
     assert loaded.metrics["sparsity"] == pytest.approx(0.9, abs=1e-3)
 
 
-def test_data_of_another_dataset_is_refused(digits):
-    with pytest.raises(ValueError, match="data holds 'digits' but the config trains on"):
+def test_data_loaded_otherwise_than_the_config_says_is_refused(digits):
+    with pytest.raises(ValueError, match="data was loaded with dataset='digits' but the "
+                                         "config has dataset='cifar10'"):
         train(dataclasses.replace(QUICK, dataset="cifar10"), data=digits)
+    with pytest.raises(ValueError, match="data was loaded with split_seed=0 but the config "
+                                         "has split_seed=1"):
+        train(dataclasses.replace(QUICK, split_seed=1), data=digits)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -138,7 +142,8 @@ def test_data_of_another_dataset_is_refused(digits):
      "OneCycle.alpha must be in (0, inf)"),
     ({"schedule": None, "coupling": "align"}, "coupling 'align' needs a pruning schedule"),
     ({"scope": "layer"}, "scope must be one of"),
-    ({"device": "tpu"}, "device must be 'auto', 'cpu' or 'cuda[:N]'"),
+    ({"device": "tpu"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+    ({"device": "cuda:x"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ({"download": "yes"}, "download must be true or false"),
     ({"val_fraction": 0.9}, "val_fraction must be in (0, 0.5]"),
 ])
@@ -148,6 +153,13 @@ def test_bad_config_names_the_field(kwargs, message):
     assert message in str(error.value)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_is_checked_where_the_run_trains(digits):
+    cfg = dataclasses.replace(QUICK, device="cuda")  # a CPU-only driver may configure it
+    with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available"):
+        train(cfg, data=digits)
+
+
 def test_config_dict_round_trip_and_unknown_keys():
     cfg = TrainConfig(schedule=AGP(0.8, power=2.0), coupling="align", seed=4)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
@@ -155,3 +167,16 @@ def test_config_dict_round_trip_and_unknown_keys():
     assert TrainConfig(dataset="cifar10").model == "resnet18"
     with pytest.raises(ValueError, match="train config has no field 'lr'"):
         TrainConfig.from_dict({"lr": 0.1})
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="needs a CUDA device"))])
+def test_bf16_autocast_and_channels_last(digits, device):
+    cfg = dataclasses.replace(QUICK, device=device, bf16=True, channels_last=True)
+    result = train(cfg, data=digits)
+    weight = next(m.weight for m in result.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert weight.device.type == device and weight.dtype == torch.float32  # autocast only
+    assert result.sparsity == pytest.approx(0.9, abs=1e-3)
+    assert result.test_acc > 0.3 and np.isfinite(result.history[-1]["train_loss"])

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from oneprune.export import load_pruned
 from oneprune.train import main
@@ -65,6 +66,15 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
     assert exit_.value.code == 2 and captured.out == ""
     assert captured.err.count("\n") == 1 and captured.err.startswith("python -m oneprune.train")
     assert message in captured.err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_unavailable_cuda_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--device", "cuda"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: device 'cuda' requested but CUDA is not available\n")
 
 
 def test_out_must_be_a_folder(tmp_path, capsys):
