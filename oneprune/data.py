@@ -246,8 +246,11 @@ def _caltech101(root: Path, download: bool, image_size: int,
     signature = {"version": CALTECH_CACHE_VERSION, "categories": list(dataset.categories),
                  "images": len(dataset), "image_size": image_size}
     cache = Path(dataset.root) / f"oneprune-{image_size}px.pt"
-    cached = torch.load(cache, weights_only=True) if cache.exists() else None
-    if cached is None or cached["signature"] != signature:
+    try:
+        cached = torch.load(cache, weights_only=True)
+    except Exception:  # missing, or broken in any way (torch.load then raises anything)
+        cached = None
+    if not isinstance(cached, dict) or cached.get("signature") != signature:
         try:
             pairs = [dataset[i] for i in range(len(dataset))]
         except OSError as error:

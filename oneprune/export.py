@@ -100,10 +100,10 @@ def load_pruned(folder: str | os.PathLike, *, sparse: bool = True,
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
         metrics = json.loads((folder / METRICS_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{str(folder)!r} is not a saved pruned model: {error}") from None
-    weights = torch.load(folder / (SPARSE_FILE if sparse else MODEL_FILE),
-                         map_location="cpu", weights_only=True)
+        weights = torch.load(folder / (SPARSE_FILE if sparse else MODEL_FILE),
+                             map_location="cpu", weights_only=True)
+    except Exception as error:  # a broken file makes torch.load raise almost anything
+        raise ValueError(f"{str(folder)!r} is not a saved pruned model: {error!r}") from None
     state = from_sparse(weights) if sparse else weights
     model = build_model(**config["model"])
     model.load_state_dict(state)

@@ -90,6 +90,9 @@ def test_caltech101_resized_cached_and_split(caltech_dir):
     (caltech_dir / "caltech101" / "101_ObjectCategories" / "category_0" / "image_0010.jpg").unlink()
     fewer = load_dataset("caltech101", caltech_dir, image_size=16, val_fraction=0.25, seed=3)
     assert len(fewer.train) + len(fewer.val) + len(fewer.test) == 29
+    cache.write_bytes(b"half a file")  # a broken cache is rebuilt, not an error
+    rebuilt = load_dataset("caltech101", caltech_dir, image_size=16, val_fraction=0.25, seed=3)
+    assert torch.equal(rebuilt.test.images, fewer.test.images)
 
 
 def test_bad_arguments_name_the_field():

@@ -118,6 +118,11 @@ def test_export_round_trip(digits, tmp_path):
     assert loaded.config["train"] == result.config.to_dict()
     assert TrainConfig.from_dict(loaded.config["train"]) == result.config
     assert loaded.metrics["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    (tmp_path / "out" / MODEL_FILE).write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="is not a saved pruned model"):
+        load_pruned(tmp_path / "out", sparse=False)
+    with pytest.raises(ValueError, match="is not a saved pruned model"):
+        load_pruned(tmp_path / "nowhere")
 
 
 def test_data_loaded_otherwise_than_the_config_says_is_refused(digits):
