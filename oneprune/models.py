@@ -3,7 +3,7 @@
 Every model takes `num_classes`, `in_channels` and a `width` multiplier that scales the
 channel count of every layer (at least one channel each), so the paper's networks can be
 shrunk for CPU experiments without changing their depth or shape. All of them end in a
-global average pool, so they accept any input of at least 8x8 (VGG-16: 32x32).
+global average pool, so they accept any input size from `MIN_IMAGE_SIZE` on (VGG-16: 32).
 """
 
 from __future__ import annotations
@@ -101,6 +101,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": CifarResNet18,
     "vgg16": CifarVGG16,
 }
+
+
+# Smallest input side each model takes: VGG-16 halves it five times, ConvNet once.
+MIN_IMAGE_SIZE = {"convnet": 2, "resnet18": 1, "vgg16": 32}
 
 
 def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.0) -> nn.Module:

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from oneprune import _validate
 from oneprune.data import DATASETS, Batches, ImageData, load_dataset
 from oneprune.lr import COUPLINGS, CoupledLR
-from oneprune.models import MODELS, build_model
+from oneprune.models import MIN_IMAGE_SIZE, MODELS, build_model
 from oneprune.pruning import GRANULARITIES, SCOPES, Pruner
 from oneprune.schedules import FAMILIES, OneCycle, Schedule, schedule_from_dict
 
@@ -237,6 +237,24 @@ def evaluate(model: nn.Module, batches: Batches,
     return loss_sum / count, correct / count
 
 
+def check_data(cfg: TrainConfig, data: ImageData) -> None:
+    """Raise `ValueError` unless `data` was loaded as `cfg` says and suits its model."""
+    made = {"dataset": data.name, "split_seed": data.split_seed,
+            "val_fraction": data.val_fraction}
+    wanted = {"dataset": cfg.dataset, "split_seed": cfg.split_seed,
+              "val_fraction": cfg.val_fraction}
+    if cfg.dataset == "caltech101":
+        made["image_size"], wanted["image_size"] = data.image_size, cfg.image_size
+    for key, value in made.items():
+        if value != wanted[key]:
+            raise ValueError(f"data was loaded with {key}={value!r} but the config "
+                             f"has {key}={wanted[key]!r}")
+    if data.image_size < MIN_IMAGE_SIZE[cfg.model]:
+        raise ValueError(f"model {cfg.model!r} needs images of at least "
+                         f"{MIN_IMAGE_SIZE[cfg.model]}x{MIN_IMAGE_SIZE[cfg.model]}; "
+                         f"{cfg.dataset} has {data.image_size}x{data.image_size}")
+
+
 def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
           data: ImageData | None = None, progress: bool = False) -> TrainResult:
     """Train `cfg` once, pruning along its schedule; call `report` after every epoch.
@@ -250,17 +268,7 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
         torch.cuda.set_device(device)
     if data is None:
         data = cfg.load_data()
-    else:
-        made = {"dataset": data.name, "split_seed": data.split_seed,
-                "val_fraction": data.val_fraction}
-        wanted = {"dataset": cfg.dataset, "split_seed": cfg.split_seed,
-                  "val_fraction": cfg.val_fraction}
-        if cfg.dataset == "caltech101":
-            made["image_size"], wanted["image_size"] = data.image_size, cfg.image_size
-        for key, value in made.items():
-            if value != wanted[key]:
-                raise ValueError(f"data was loaded with {key}={value!r} but the config "
-                                 f"has {key}={wanted[key]!r}")
+    check_data(cfg, data)
 
     torch.manual_seed(cfg.seed)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -463,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None and args.out.exists() and not args.out.is_dir():
             raise ValueError(f"--out {str(args.out)!r} exists and is not a folder")
         data = cfg.load_data()
+        check_data(cfg, data)
     except ValueError as error:  # includes DataUnavailableError
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     result = train(cfg, data=data, progress=not args.quiet)

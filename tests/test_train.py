@@ -103,6 +103,15 @@ def test_sgd_and_cifar_shaped_models_train(cifar10_dir):
     assert np.isfinite(result.history[-1]["train_loss"])
 
 
+def test_vgg16_on_caltech101(caltech_dir):
+    cfg = TrainConfig(dataset="caltech101", data_dir=str(caltech_dir), image_size=32,
+                      model="vgg16", width=0.0625, epochs=2, batch_size=8, val_fraction=0.2,
+                      device="cpu", schedule=AGP(0.8), scope="global")
+    result = train(cfg)
+    assert result.sparsity == pytest.approx(0.8, abs=1e-3)
+    assert result.model.classifier.out_features == 3 and len(result.history) == 2
+
+
 def test_export_round_trip(digits, tmp_path):
     result = train(dataclasses.replace(QUICK, schedule=OneCycle(0.9)), data=digits)
     files = save_pruned(result, tmp_path / "out")

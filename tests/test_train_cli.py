@@ -57,6 +57,7 @@ def test_bad_input_through_the_module_is_one_line_without_traceback(tmp_path):
     (["--coupling", "sync"], "coupling must be one of 'none', 'align'"),
     (["--lr", "0"], "lr_max must be in (0, inf)"),
     (["--dataset", "cifar100", "--data-dir", "/nonexistent/data"], "does not exist"),
+    (["--model", "vgg16"], "model 'vgg16' needs images of at least 32x32; digits has 8x8"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
