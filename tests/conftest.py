@@ -4,12 +4,42 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from hypothesis import settings
 from PIL import Image
 
 # Torch's first calls are slow to warm up; hypothesis' per-example deadline would flake.
 settings.register_profile("oneprune", deadline=None, max_examples=100)
 settings.load_profile("oneprune")
+
+
+# -- real torch.distributed: gloo process groups of spawned processes ----------------------
+
+
+def _distributed_entry(rank, worker, world_size, store, out):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=world_size)
+    try:
+        result = worker(rank)
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def run_distributed(tmp_path):
+    """`run_distributed(worker, world_size=2)`: run the module-level function `worker(rank)`
+    in a gloo process group of spawned processes; returns what rank 0 returned (tensors,
+    plain containers)."""
+    def run(worker, world_size=2):
+        out = tmp_path / "rank0.pt"
+        mp.spawn(_distributed_entry, nprocs=world_size,
+                 args=(worker, world_size, str(tmp_path / "store"), str(out)))
+        return torch.load(out, weights_only=True)
+    return run
 
 
 # -- small dataset files in the real on-disk formats, read through torchvision's loaders --
