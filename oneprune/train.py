@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from oneprune import _validate
 from oneprune.data import DATASETS, Batches, ImageData, load_dataset
+from oneprune.export import save_pruned
 from oneprune.lr import COUPLINGS, CoupledLR
 from oneprune.models import MIN_IMAGE_SIZE, MODELS, build_model
 from oneprune.pruning import GRANULARITIES, SCOPES, Pruner
@@ -451,25 +452,20 @@ def _summary(result: TrainResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m oneprune.train`: bad input gives one line on stderr and exit code 2."""
-    from oneprune.export import save_pruned
-
     parser = _parser()
     args = parser.parse_args(argv)
+    # Flags are named after the config's fields (`--schedule` is a family name, built apart).
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"schedule"}
     try:
-        cfg = TrainConfig(
-            dataset=args.dataset, model=args.model, width=args.width,
-            data_dir=args.data_dir, download=args.download, verify_data=args.verify_data,
-            image_size=args.image_size, val_fraction=args.val_fraction,
-            split_seed=args.split_seed, epochs=args.epochs, batch_size=args.batch_size,
-            optimizer=args.optimizer, lr_max=args.lr_max, pct_start=args.pct_start,
-            weight_decay=args.weight_decay, schedule=_schedule(args),
-            coupling=args.coupling, recovery_gain=args.recovery_gain,
-            recovery_window=args.recovery_window, scope=args.scope,
-            granularity=args.granularity, seed=args.seed, device=args.device,
-            channels_last=args.channels_last, bf16=args.bf16)
+        cfg = TrainConfig(schedule=_schedule(args),
+                          **{k: v for k, v in vars(args).items() if k in fields})
         cfg.resolve_device()
-        if args.out is not None and args.out.exists() and not args.out.is_dir():
-            raise ValueError(f"--out {str(args.out)!r} exists and is not a folder")
+        if args.out is not None:  # before training, so that no finished run is lost
+            try:
+                args.out.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ValueError(f"--out {str(args.out)!r} cannot be a folder here: "
+                                 f"{error.strerror}") from None
         data = cfg.load_data()
         check_data(cfg, data)
     except ValueError as error:  # includes DataUnavailableError

@@ -82,4 +82,9 @@ def test_out_must_be_a_folder(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit) as exit_:
         main(["--epochs", "1", "--out", str(tmp_path / "file")])
-    assert exit_.value.code == 2 and "exists and is not a folder" in capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith("cannot be a folder here: File exists\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "1", "--out", str(tmp_path / "file" / "run")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith("cannot be a folder here: Not a directory\n")
