@@ -5,6 +5,13 @@ from __future__ import annotations
 import math
 import numbers
 
+# Limits shared by every entry point that takes these arguments (keyword arguments of
+# `real` / `integer`), so a config is refused up front exactly when its run would be.
+SEED = {"low": 0, "high": 2**32 - 1}
+WIDTH = {"low": 0.0, "high": 4.0, "low_open": True}
+VAL_FRACTION = {"low": 0.0, "high": 0.5, "low_open": True}
+IMAGE_SIZE = {"low": 8, "high": 1024}
+
 
 def real(field: str, value, *, low: float = -math.inf, high: float = math.inf,
          low_open: bool = False, high_open: bool = False) -> float:

@@ -284,10 +284,9 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         DataUnavailableError: the files are missing or unreadable and were not downloaded.
     """
     _validate.choice("dataset", name, DATASETS)
-    val_fraction = _validate.real("val_fraction", val_fraction, low=0.0, high=0.5,
-                                  low_open=True)
-    seed = _validate.integer("seed", seed, low=0, high=2**32 - 1)
-    image_size = _validate.integer("image_size", image_size, low=8, high=1024)
+    val_fraction = _validate.real("val_fraction", val_fraction, **_validate.VAL_FRACTION)
+    seed = _validate.integer("seed", seed, **_validate.SEED)
+    image_size = _validate.integer("image_size", image_size, **_validate.IMAGE_SIZE)
     root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
     if name != "digits" and not download and not root.is_dir():
         raise DataUnavailableError(f"data_dir {str(root)!r} does not exist; pass "

@@ -112,5 +112,5 @@ def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.
     _validate.choice("model", name, tuple(MODELS))
     _validate.integer("num_classes", num_classes, low=2)
     _validate.integer("in_channels", in_channels, low=1)
-    _validate.real("width", width, low=0.0, high=4.0, low_open=True)
+    _validate.real("width", width, **_validate.WIDTH)
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, width=width)

@@ -98,7 +98,7 @@ class TrainConfig:
         if self.model is None:
             put("model", "convnet" if self.dataset == "digits" else "resnet18")
         _validate.choice("model", self.model, tuple(MODELS))
-        put("width", _validate.real("width", self.width, low=0.0, high=4.0, low_open=True))
+        put("width", _validate.real("width", self.width, **_validate.WIDTH))
         if self.data_dir is not None and not isinstance(self.data_dir, str | os.PathLike):
             raise ValueError(f"data_dir must be a path or None, got {self.data_dir!r}")
         if self.data_dir is not None:
@@ -106,11 +106,11 @@ class TrainConfig:
         for name in ("download", "verify_data", "channels_last", "bf16"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        put("image_size", _validate.integer("image_size", self.image_size, low=8, high=1024))
-        put("val_fraction", _validate.real("val_fraction", self.val_fraction, low=0.0,
-                                           high=0.5, low_open=True))
-        put("split_seed", _validate.integer("split_seed", self.split_seed, low=0,
-                                            high=2**32 - 1))
+        put("image_size", _validate.integer("image_size", self.image_size,
+                                            **_validate.IMAGE_SIZE))
+        put("val_fraction", _validate.real("val_fraction", self.val_fraction,
+                                           **_validate.VAL_FRACTION))
+        put("split_seed", _validate.integer("split_seed", self.split_seed, **_validate.SEED))
         put("epochs", _validate.integer("epochs", self.epochs, low=1, high=10_000))
         put("batch_size", _validate.integer("batch_size", self.batch_size, low=2,
                                             high=65_536))
@@ -129,7 +129,7 @@ class TrainConfig:
         _validate.choice("granularity", self.granularity, GRANULARITIES)
         put("prune_resolution", _validate.real("prune_resolution", self.prune_resolution,
                                                low=0.0, high=0.1))
-        put("seed", _validate.integer("seed", self.seed, low=0, high=2**32 - 1))
+        put("seed", _validate.integer("seed", self.seed, **_validate.SEED))
         device_ok = isinstance(self.device, str) and (
             self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device))
         if not device_ok:
