@@ -257,11 +257,13 @@ def check_data(cfg: TrainConfig, data: ImageData) -> None:
 
 
 def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
-          data: ImageData | None = None, progress: bool = False) -> TrainResult:
+          data: ImageData | None = None, progress: bool = False,
+          test: bool = True) -> TrainResult:
     """Train `cfg` once, pruning along its schedule; call `report` after every epoch.
 
     `data` may be passed in already loaded (e.g. once for many runs); it must have been
-    loaded as the config says. `progress` shows a tqdm bar per epoch.
+    loaded as the config says. `progress` shows a tqdm bar per epoch. `test=False` skips
+    the test split (a tuning run must not see it): test loss and accuracy are then NaN.
     """
     rank, world_size = _distributed()
     device = cfg.resolve_device()
@@ -349,8 +351,10 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
         if report is not None and rank == 0:
             report(dict(metrics))
 
-    test_loss, test_acc = evaluate(model, Batches(data.test, EVAL_BATCH_SIZE, **loader),
-                                   autocast)
+    test_loss, test_acc = math.nan, math.nan
+    if test:
+        test_loss, test_acc = evaluate(model, Batches(data.test, EVAL_BATCH_SIZE, **loader),
+                                       autocast)
     return TrainResult(cfg, test_loss, test_acc, history[-1]["val_loss"],
                        history[-1]["val_acc"], history[-1]["sparsity"],
                        time.perf_counter() - started, history, model, pruner)

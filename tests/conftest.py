@@ -119,3 +119,28 @@ def caltech_dir(tmp_path):
 @pytest.fixture
 def cifar100_dir(tmp_path):
     return write_cifar(tmp_path / "data", "cifar100")
+
+
+# -- a real local Ray cluster, shared by the search service's tests ------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local 2-CPU Ray cluster for the session (never a bare `ray.init()`, which would
+    attach to a cluster already running). Token auth is off so that another driver
+    process can join it by its address, which is yielded."""
+    import os
+
+    import ray
+
+    previous = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous

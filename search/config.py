@@ -1,0 +1,354 @@
+"""Experiment files: the YAML schema of a study and its validation.
+
+    name: quick                  # MLflow experiment (+ "-s90" per sparsity when several)
+    dataset: digits              # digits | cifar10 | cifar100 | caltech101
+    model: convnet               # convnet | resnet18 | vgg16 (default: by dataset)
+    sparsity: 0.9                # or a list: one study per value
+    epochs: 10
+    families: [one_cycle, one_shot, iterative, agp]
+    trials_per_family: 8
+    final_seeds: 3
+    search:   {sampler: tpe, seed: 0, asha: false, grace_period: 2, space: {agp: {power: [1, 4]}}}
+    training: {optimizer: adam, lr_max: [1.0e-3, 3.0e-2], coupling: [none, align],
+               recovery_gain: [0, 2]}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0, workers_per_trial: 1}
+    tracking: {tracking_uri: "sqlite:///mlflow.db"}
+
+`load_experiment(path)` returns an `Experiment` or raises `ConfigError` with one line that
+names the offending key. Every value is checked by the library's own validation (a
+`TrainConfig` is built for both ends of every tuned range), so a file that loads can run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from oneprune import _validate
+from oneprune.lr import COUPLINGS
+from oneprune.schedules import FAMILIES
+from oneprune.train import OPTIMIZERS, TrainConfig
+from search.space import midpoint_schedule
+
+DEFAULT_FAMILIES = ("one_cycle", "one_shot", "iterative", "agp")
+SAMPLERS = ("tpe", "random")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "quick.yaml"
+
+
+class ConfigError(ValueError):
+    """An experiment file that cannot run; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How each family's study samples: Optuna sampler and seed, optional ASHA, bounds."""
+
+    sampler: str = "tpe"
+    seed: int = 0
+    asha: bool = False
+    grace_period: int = 1
+    space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingSpace:
+    """The training hyper-parameters shared by every family: a number is fixed, a
+    [low, high] pair (lr_max: log scale) or a list of couplings is tuned."""
+
+    optimizer: str = "adam"
+    lr_max: float | tuple[float, float] = 1e-3
+    pct_start: float = 0.25
+    weight_decay: float = 0.0
+    coupling: tuple[str, ...] = ("none",)
+    recovery_gain: float | tuple[float, float] = 0.0
+
+    @property
+    def reference_lr(self) -> float:
+        """The LR of the dense reference: fixed lr_max, or the geometric middle of its range."""
+        if isinstance(self.lr_max, tuple):
+            return math.sqrt(self.lr_max[0] * self.lr_max[1])
+        return self.lr_max
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial holds on the cluster."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment file: one study per sparsity, every family searched alike."""
+
+    name: str
+    dataset: str = "digits"
+    model: str | None = None
+    width: float = 1.0
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int = 64
+    sparsity: tuple[float, ...] = (0.9,)
+    epochs: int = 15
+    batch_size: int = 64
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    trials_per_family: int = 8
+    final_seeds: int = 3
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    scope: str = "local"
+    granularity: str = "weight"
+    search: SearchSettings = field(default_factory=SearchSettings)
+    training: TrainingSpace = field(default_factory=TrainingSpace)
+    resources: Resources = field(default_factory=Resources)
+    tracking_uri: str = DEFAULT_TRACKING_URI
+
+    def study_name(self, sparsity: float) -> str:
+        """The MLflow experiment (and Tune folder prefix) of the study at `sparsity`."""
+        if len(self.sparsity) == 1:
+            return self.name
+        return f"{self.name}-s{sparsity * 100:g}"
+
+    def base_config(self, family: str | None, sparsity: float = 0.9,
+                    seed: int | None = None) -> TrainConfig:
+        """The training run every trial of `family` starts from: its schedule at the middle
+        of its search bounds (dense for `family=None`), the fixed training values and the
+        dense reference's LR; `seed` defaults to the search seed."""
+        training = self.training
+        return TrainConfig(
+            dataset=self.dataset, model=self.model, width=self.width, data_dir=self.data_dir,
+            download=self.download, image_size=self.image_size,
+            val_fraction=self.val_fraction, split_seed=self.split_seed, epochs=self.epochs,
+            batch_size=self.batch_size, optimizer=training.optimizer,
+            lr_max=training.reference_lr, pct_start=training.pct_start,
+            weight_decay=training.weight_decay, scope=self.scope,
+            granularity=self.granularity, seed=self.search.seed if seed is None else seed,
+            schedule=None if family is None else midpoint_schedule(
+                family, sparsity, self.search.space.get(family)))
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+
+def _section(raw: Any, key: str, parsers: Mapping[str, Callable[[str, Any], Any]]) -> dict:
+    """Parse the mapping `raw` at `key` with one parser per allowed sub-key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key or 'the experiment'} must be a mapping, got {raw!r}")
+    prefix = f"{key}." if key else ""
+    for name in raw:
+        if name not in parsers:
+            raise ConfigError(f"unknown key '{prefix}{name}'; allowed: {', '.join(parsers)}")
+    return {name: parsers[name](f"{prefix}{name}", value) for name, value in raw.items()}
+
+
+def _checked(check: Callable, **limits) -> Callable[[str, Any], Any]:
+    return lambda key, value: check(key, value, **limits)
+
+
+def _boolean(key: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _name(key: str, value) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 100 or any(
+            c in value for c in "/\\:*?\"<>|") or value != value.strip():
+        raise ConfigError(f"{key} must be a non-empty name of at most 100 characters "
+                          f"without / \\ : * ? \" < > |, got {value!r}")
+    return value
+
+
+def _path_or_none(key: str, value) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a path or null, got {value!r}")
+    return value
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str, Any], tuple[str, ...]]:
+    def parse(key: str, value) -> tuple[str, ...]:
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)} or a non-empty list "
+                              f"of them, got {value!r}")
+        for item in values:
+            _validate.choice(key, item, allowed)
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{key} lists a value twice: {value!r}")
+        return tuple(values)
+    return parse
+
+
+def _number_or_range(key: str, value, **limits) -> float | tuple[float, float]:
+    """A fixed number, or a [low, high] pair with low < high."""
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise ConfigError(f"{key} must be a number or a [low, high] pair, got {value!r}")
+        low, high = (_validate.real(key, v, **limits) for v in value)
+        if low >= high:
+            raise ConfigError(f"{key} must have low < high, got {value!r}")
+        return (low, high)
+    return _validate.real(key, value, **limits)
+
+
+def _sparsities(key: str, value) -> tuple[float, ...]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ConfigError(f"{key} must be a number in (0, 1) or a non-empty list of them")
+    parsed = tuple(_validate.real(key, v, low=0.0, high=1.0, low_open=True, high_open=True)
+                   for v in values)
+    if len(set(parsed)) != len(parsed):
+        raise ConfigError(f"{key} lists a value twice: {value!r}")
+    return parsed
+
+
+def _workers(key: str, value) -> int:
+    workers = _validate.integer(key, value, low=1, high=1024)
+    if workers > 1:
+        raise ConfigError(f"{key} must be 1: distributed trials (a Ray Train TorchTrainer per "
+                          f"trial) are not built yet, got {value!r}")
+    return workers
+
+
+def _tracking_uri(key: str, value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a non-empty MLflow tracking URI, got {value!r}")
+    return value
+
+
+def _space(key: str, value) -> dict[str, dict[str, Any]]:
+    """Per-family overrides of the default search bounds, checked by the family itself."""
+    raw = _section(value, key, {family: lambda _, v: v for family in FAMILIES})
+    space = {}
+    for family, bounds in raw.items():
+        try:
+            FAMILIES[family].search_bounds(bounds)
+        except ValueError as error:
+            raise ConfigError(f"{key}.{family}: {error}") from None
+        space[family] = dict(bounds or {})
+    return space
+
+
+_INTEGER = _validate.integer
+_REAL = _validate.real
+
+_SEARCH = {
+    "sampler": lambda key, value: _validate.choice(key, value, SAMPLERS),
+    "seed": _checked(_INTEGER, **_validate.SEED),
+    "asha": _boolean,
+    "grace_period": _checked(_INTEGER, low=1, high=10_000),
+    "space": _space,
+}
+_TRAINING = {
+    "optimizer": lambda key, value: _validate.choice(key, value, OPTIMIZERS),
+    "lr_max": _checked(_number_or_range, low=0.0, high=10.0, low_open=True),
+    "pct_start": _checked(_REAL, low=0.0, high=1.0, low_open=True, high_open=True),
+    "weight_decay": _checked(_REAL, low=0.0, high=1.0),
+    "coupling": _choices(COUPLINGS),
+    "recovery_gain": _checked(_number_or_range, low=0.0, high=100.0),
+}
+_RESOURCES = {
+    "cpus_per_trial": _checked(_REAL, low=0.0, high=1024.0, low_open=True),
+    "gpus_per_trial": _checked(_REAL, low=0.0, high=64.0),
+    "workers_per_trial": _workers,
+}
+_TRACKING = {"tracking_uri": _tracking_uri}
+
+
+_TOP = {
+    "name": _name,
+    "dataset": lambda key, value: value,  # checked with the model by TrainConfig below
+    "model": lambda key, value: value,
+    "width": _checked(_REAL, **_validate.WIDTH),
+    "data_dir": _path_or_none,
+    "download": _boolean,
+    "image_size": _checked(_INTEGER, **_validate.IMAGE_SIZE),
+    "sparsity": _sparsities,
+    "epochs": _checked(_INTEGER, low=1, high=10_000),
+    "batch_size": _checked(_INTEGER, low=2, high=65_536),
+    "families": _choices(tuple(FAMILIES)),
+    "trials_per_family": _checked(_INTEGER, low=1, high=100_000),
+    "final_seeds": _checked(_INTEGER, low=2, high=1_000),
+    "val_fraction": _checked(_REAL, **_validate.VAL_FRACTION),
+    "split_seed": _checked(_INTEGER, **_validate.SEED),
+    "scope": lambda key, value: value,
+    "granularity": lambda key, value: value,
+    "search": lambda key, value: SearchSettings(**_section(value, key, _SEARCH)),
+    "training": lambda key, value: TrainingSpace(**_section(value, key, _TRAINING)),
+    "resources": lambda key, value: Resources(**_section(value, key, _RESOURCES)),
+    "tracking": lambda key, value: _section(value, key, _TRACKING),
+}
+
+
+def parse_experiment(raw: Any) -> Experiment:
+    """Validate a parsed YAML document; raises `ConfigError` naming the first bad key."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"an experiment must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        values = _section(raw, "", _TOP)
+        if "name" not in values:
+            raise ConfigError("missing key 'name' (the study's MLflow experiment name)")
+        tracking = values.pop("tracking", {})
+        if "tracking_uri" in tracking:
+            values["tracking_uri"] = tracking["tracking_uri"]
+        experiment = Experiment(**values)
+        _check_runnable(experiment)
+    except ConfigError:
+        raise
+    except ValueError as error:  # the library's own checks name the field and range
+        raise ConfigError(str(error)) from None
+    return experiment
+
+
+def _check_runnable(experiment: Experiment) -> None:
+    """Build the training config of every family at both ends of every tuned range."""
+    training = experiment.training
+    ends = {name: value if isinstance(value, tuple) else (value,)
+            for name, value in (("lr_max", training.lr_max),
+                                ("recovery_gain", training.recovery_gain))}
+    for sparsity in experiment.sparsity:
+        for family in experiment.families:
+            base = experiment.base_config(family, sparsity)
+            for coupling in training.coupling:
+                for lr_max in ends["lr_max"]:
+                    for gain in ends["recovery_gain"]:
+                        dataclasses.replace(base, lr_max=lr_max, coupling=coupling,
+                                            recovery_gain=gain)
+    experiment.base_config(None)
+
+
+def load_experiment(path: str | os.PathLike,
+                    overrides: Mapping[str, Any] | None = None) -> Experiment:
+    """Read and validate an experiment file, with top-level keys replaced by `overrides`
+    (the command line's); raises `ConfigError` (one line) if unusable."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise ConfigError(f"cannot read experiment file {str(path)!r}: {reason}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if overrides and isinstance(raw, Mapping):
+        raw = {**raw, **overrides}
+    try:
+        return parse_experiment(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None

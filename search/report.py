@@ -1,0 +1,168 @@
+"""The verdict of a study: test accuracy per family (mean, std, 95% interval), the
+difference to One-Cycle, and the figures.
+
+Intervals are Student-t intervals over the final seeds; the difference to One-Cycle is a
+Welch interval (unequal variances), so "One-Cycle wins" is only read off when it excludes 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from scipy import stats
+
+from oneprune.lr import CoupledLR
+from oneprune.plots import plot_schedules
+from oneprune.schedules import Schedule
+
+REFERENCE = "one_cycle"
+COLUMNS = ("family", "best_params", "test_acc_mean", "test_acc_std", "ci95_low", "ci95_high",
+           "seeds", "diff_to_one_cycle", "diff_ci95_low", "diff_ci95_high", "best_val_acc",
+           "trials_completed", "trials", "compute_seconds")
+
+
+@dataclass
+class FamilyOutcome:
+    """What a family's search and final re-runs produced (`schedule=None`: dense)."""
+
+    family: str
+    schedule: Schedule | None
+    lr_policy: CoupledLR | None
+    best_params: dict = field(default_factory=dict)
+    best_val_acc: float = math.nan
+    trials: int = 0
+    trials_completed: int = 0
+    search_seconds: float = 0.0
+    test_accs: list[float] = field(default_factory=list)
+    final_seconds: float = 0.0
+    histories: list[list[dict]] = field(default_factory=list)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """Mean, sample std, and the 95% Student-t interval of the mean, clipped to [0, 1]
+    (accuracies); NaN when undefined."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return (math.nan,) * 4
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+    return mean, std, max(mean - half, 0.0), min(mean + half, 1.0)
+
+
+def difference_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its 95% Welch interval (NaN when undefined)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        diff = a.mean() - b.mean() if len(a) and len(b) else math.nan
+        return float(diff), math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = float(a.mean() - b.mean())
+    if va + vb == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.975, dof)) * math.sqrt(va + vb)
+    return diff, diff - half, diff + half
+
+
+def format_params(params: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in params.items())
+
+
+def comparison_rows(outcomes: Sequence[FamilyOutcome]) -> list[dict]:
+    """One row per family (dense last), in `COLUMNS`."""
+    reference = next((o for o in outcomes if o.family == REFERENCE), None)
+    rows = []
+    for outcome in outcomes:
+        mean, std, low, high = mean_interval(outcome.test_accs)
+        diff = (math.nan,) * 3
+        if reference is not None:
+            diff = difference_interval(outcome.test_accs, reference.test_accs)
+        rows.append({
+            "family": outcome.family, "best_params": format_params(outcome.best_params),
+            "test_acc_mean": mean, "test_acc_std": std, "ci95_low": low, "ci95_high": high,
+            "seeds": len(outcome.test_accs), "diff_to_one_cycle": diff[0],
+            "diff_ci95_low": diff[1], "diff_ci95_high": diff[2],
+            "best_val_acc": outcome.best_val_acc, "trials_completed": outcome.trials_completed,
+            "trials": outcome.trials,
+            "compute_seconds": outcome.search_seconds + outcome.final_seconds})
+    return rows
+
+
+def _pct(value: float, signed: bool = False) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{value * 100:+.2f}" if signed else f"{value * 100:.2f}"
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The comparison as a Markdown table (accuracies in %)."""
+    lines = ["| family | test acc % (mean ± std) | 95% interval | Δ vs one_cycle [95%] | "
+             "best val acc % | trials | compute s | best params |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        diff = "–"
+        if row["family"] != REFERENCE and not math.isnan(row["diff_to_one_cycle"]):
+            diff = (f"{_pct(row['diff_to_one_cycle'], True)} "
+                    f"[{_pct(row['diff_ci95_low'], True)}, {_pct(row['diff_ci95_high'], True)}]")
+        trials = f"{row['trials_completed']}/{row['trials']}" if row["trials"] else "–"
+        lines.append(
+            f"| {row['family']} | {_pct(row['test_acc_mean'])} ± {_pct(row['test_acc_std'])} "
+            f"(n={row['seeds']}) | [{_pct(row['ci95_low'])}, {_pct(row['ci95_high'])}] | "
+            f"{diff} | {_pct(row['best_val_acc'])} | {trials} | "
+            f"{row['compute_seconds']:.0f} | {row['best_params'] or '–'} |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def plot_curves(outcomes: Sequence[FamilyOutcome], path: Path, title: str) -> Path:
+    """Validation accuracy and measured sparsity per epoch, mean over the final seeds."""
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    acc_ax, sparsity_ax = fig.subplots(1, 2)
+    for outcome in outcomes:
+        if not outcome.histories:
+            continue
+        epochs = [m["epoch"] for m in outcome.histories[0]]
+        for ax, key in ((acc_ax, "val_acc"), (sparsity_ax, "sparsity")):
+            values = np.mean([[m[key] for m in h] for h in outcome.histories], axis=0)
+            ax.plot(epochs, values, marker=".", label=outcome.family)
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy")
+    sparsity_ax.set(xlabel="epoch", ylabel="sparsity (measured)", ylim=(0, 1))
+    for ax in (acc_ax, sparsity_ax):
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.savefig(path, format="png", dpi=120)
+    return path
+
+
+def write_report(outcomes: Sequence[FamilyOutcome], folder: Path, title: str) -> str:
+    """Write comparison.md/.csv, schedules.png and curves.png into `folder`; returns the
+    Markdown table."""
+    rows = comparison_rows(outcomes)
+    table = markdown_table(rows)
+    (folder / "comparison.md").write_text(f"# {title}\n\n{table}\n", encoding="utf-8")
+    write_csv(rows, folder / "comparison.csv")
+    pruned = [o for o in outcomes if o.schedule is not None]
+    if pruned:
+        plot_schedules({o.family: o.schedule for o in pruned}, folder / "schedules.png",
+                       lr={o.family: o.lr_policy for o in pruned},
+                       title="best schedule (solid) and LR (dashed) per family")
+    plot_curves(outcomes, folder / "curves.png", title)
+    return table

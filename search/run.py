@@ -1,0 +1,109 @@
+"""`python search/run.py`: does One-Cycle Pruning beat the tuned baselines here?
+
+    python search/run.py                                   # experiments/quick.yaml, local Ray
+    python search/run.py --experiment experiments/paper/resnet18_cifar10.yaml --address auto
+    python search/run.py --resume                          # continue an interrupted study
+
+Searches every family of the experiment alike (Ray Tune + Optuna), re-runs each best
+config with several seeds plus a dense reference, records everything in MLflow and prints
+the comparison table. Bad input prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import ray
+
+from search.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+from search.study import StudyInterrupted, load_data, run_experiment
+
+DEFAULT_STORAGE = Path("~/ray_results")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="search/run.py", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
+                        help="experiment YAML (default: experiments/quick.yaml)")
+    parser.add_argument("--name", help="study name (default: the experiment's `name`)")
+    parser.add_argument("--address", default="local",
+                        help="Ray cluster: 'local' starts one on this machine (default), "
+                             "'auto' joins the running one, or HOST:PORT / ray://HOST:PORT")
+    parser.add_argument("--num-cpus", type=int,
+                        help="CPUs of the local cluster (default: all of this machine's)")
+    parser.add_argument("--storage-path", type=Path, default=DEFAULT_STORAGE,
+                        help="where Ray Tune keeps the study's state and trial results "
+                             "(default: ~/ray_results; shared storage on a multi-node "
+                             "cluster)")
+    parser.add_argument("--tracking-uri",
+                        help="MLflow tracking URI (default: the experiment's "
+                             "tracking.tracking_uri, sqlite:///mlflow.db)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the study where it stopped (Tuner.restore); trusts "
+                             "the files under --storage-path, which Tune unpickles")
+    return parser
+
+
+def _connect(address: str, num_cpus: int | None) -> None:
+    """Start or join the Ray cluster, unless this process is already connected."""
+    if ray.is_initialized():
+        return
+    if address == "local":
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+    else:
+        ray.init(address=address)
+
+
+def _writable_folder(path: Path) -> Path:
+    """`path` made absolute and created; `ConfigError` if that fails or it is read-only."""
+    folder = path.expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--storage-path {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--storage-path {folder} is not writable")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    overrides = {"name": args.name}
+    if args.tracking_uri is not None:
+        overrides["tracking"] = {"tracking_uri": args.tracking_uri}
+    try:
+        experiment = load_experiment(args.experiment,
+                                     {k: v for k, v in overrides.items() if v is not None})
+        if args.num_cpus is not None and args.num_cpus < 1:
+            raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+        storage = _writable_folder(args.storage_path)
+        data = load_data(experiment)
+        _connect(args.address, args.num_cpus)
+        tables = run_experiment(experiment, data, storage_path=storage, resume=args.resume)
+    except ValueError as error:  # ConfigError, missing data, an existing study
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except ConnectionError as error:
+        parser.exit(2, f"{parser.prog}: error: cannot reach the Ray cluster at "
+                       f"{args.address!r}: {error}\n")
+    except (KeyboardInterrupt, StudyInterrupted):
+        again = " ".join(a for a in sys.argv[1:] if a != "--resume")
+        print(f"\ninterrupted; continue with: python search/run.py {again} --resume".replace(
+            "  ", " "), file=sys.stderr)
+        return 130
+    for table in tables:
+        print(f"\n{table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Define-by-run search spaces: a family's schedule plus the shared training space.
+
+`define_by_run` is what `OptunaSearch(space=...)` calls with each new Optuna trial; the
+parameters it suggests (`start`, `end`, `alpha`, ..., `lr_max`, `coupling`,
+`recovery_gain`) become the Tune trial's config, and `trial_config` turns that config back
+into the `TrainConfig` the trial trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from oneprune.schedules import FAMILIES, Schedule
+from oneprune.train import TrainConfig
+
+if TYPE_CHECKING:
+    from search.config import TrainingSpace
+
+TRAINING_PARAMS = ("lr_max", "coupling", "recovery_gain")
+
+
+def suggest_training(trial, training: TrainingSpace) -> None:
+    """Suggest the tuned training values: a [low, high] lr_max on a log scale, a list of
+    couplings, a [low, high] recovery gain. Fixed values are not suggested."""
+    if isinstance(training.lr_max, tuple):
+        trial.suggest_float("lr_max", *training.lr_max, log=True)
+    if len(training.coupling) > 1:
+        trial.suggest_categorical("coupling", list(training.coupling))
+    if isinstance(training.recovery_gain, tuple):
+        trial.suggest_float("recovery_gain", *training.recovery_gain)
+
+
+def define_by_run(trial, *, family: str, sparsity: float,
+                  bounds: Mapping[str, Any] | None, training: TrainingSpace) -> None:
+    """One sample of `family` at `sparsity` and of the shared training space."""
+    FAMILIES[family].suggest(trial, sparsity, bounds)
+    suggest_training(trial, training)
+
+
+def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
+    """The run of a trial: `base` with the sampled schedule and training parameters.
+
+    `base.schedule` fixes the family and final sparsity; every other schedule field comes
+    from `params` (or the family's default).
+    """
+    family = type(base.schedule)
+    fields = {f.name for f in dataclasses.fields(family)} - {"final_sparsity"}
+    unknown = set(params) - fields - set(TRAINING_PARAMS)
+    if unknown:
+        raise ValueError(f"trial parameters {sorted(unknown)} belong to no field of "
+                         f"{family.family} or the training space")
+    schedule = family(final_sparsity=base.schedule.final_sparsity,
+                      **{k: v for k, v in params.items() if k in fields})
+    training = {k: v for k, v in params.items() if k in TRAINING_PARAMS}
+    return dataclasses.replace(base, schedule=schedule, **training)
+
+
+class _MiddleTrial:
+    """Answers every `suggest_*` with the middle of its range (geometric for log=True)."""
+
+    def suggest_float(self, name, low, high, *, log=False, step=None):
+        return math.sqrt(low * high) if log else (low + high) / 2
+
+    def suggest_int(self, name, low, high, *, log=False, step=1):
+        return (low + high) // 2
+
+    def suggest_categorical(self, name, choices):
+        return choices[0]
+
+
+def midpoint_schedule(family: str, sparsity: float,
+                      bounds: Mapping[str, Any] | None = None) -> Schedule:
+    """`family` at the middle of its search bounds, drawn through its own `suggest` (so
+    dependent bounds, such as end >= start + min_length, hold)."""
+    return FAMILIES[family].suggest(_MiddleTrial(), sparsity, bounds)

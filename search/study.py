@@ -1,0 +1,315 @@
+"""A study: every family searched alike by Ray Tune + Optuna, then the final re-runs and
+the verdict, all mirrored into MLflow.
+
+Per sparsity (one study each):
+
+1. per family, a `Tuner` with `OptunaSearch` (define-by-run: the family's `suggest` plus
+   the shared training space), the same trials, epochs, data split and training seed for
+   every family, tuned on validation accuracy at the end of the budget (optional ASHA);
+2. one more `Tuner` re-runs each family's best config with `final_seeds` fresh seeds,
+   plus the dense reference, and reports test accuracy;
+3. the comparison (table and plots) goes to MLflow and is returned.
+
+Each `Tuner` keeps its state under `storage_path/<study>-<family>` (and `<study>-final`),
+so `resume=True` continues an interrupted study with `Tuner.restore`; MLflow runs are
+found again by their tags, never duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import ray
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from oneprune.data import ImageData
+from oneprune.train import TrainConfig, check_data
+from search import tracking
+from search.config import Experiment
+from search.report import FamilyOutcome, format_params, write_report
+from search.space import define_by_run, trial_config
+from search.trainable import final_run, search_trial
+
+METRIC = "val_acc"
+MAX_FAILURES = 2  # a failed trial is retried this often before it counts as failed
+
+
+class StudyExistsError(ValueError):
+    """A fresh run of a study that already has results (resume it, or rename it)."""
+
+
+class StudyInterrupted(Exception):
+    """Tune stopped before every trial ended (Ctrl+C); its state is saved for --resume."""
+
+
+def _fit(tuner: tune.Tuner, trials: int) -> tune.ResultGrid:
+    """`tuner.fit()`, raising `StudyInterrupted` if Tune was stopped before all `trials`
+    ended (Tune returns normally after a Ctrl+C)."""
+    results = tuner.fit()
+    if len(results) < trials or results.num_terminated + results.num_errors < len(results):
+        raise StudyInterrupted(f"{results.experiment_path} stopped before its trials ended")
+    return results
+
+
+def _sampler(experiment: Experiment) -> optuna.samplers.BaseSampler:
+    """Seeded TPE (a quarter of the trials random first; constant liar for concurrent
+    trials) or seeded random sampling."""
+    seed = experiment.search.seed
+    if experiment.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=max(2, experiment.trials_per_family // 4),
+        constant_liar=True)
+
+
+def concurrent_slots(experiment: Experiment) -> int | None:
+    """How many trials fit on the cluster at once (None: a resource the trials need is not
+    there yet, e.g. GPU workers an autoscaler adds on demand)."""
+    available = ray.cluster_resources()
+    needs = {"CPU": experiment.resources.cpus_per_trial,
+             "GPU": experiment.resources.gpus_per_trial}
+    slots = [math.floor(available.get(name, 0) / need) for name, need in needs.items()
+             if need > 0]
+    return None if min(slots) < 1 else min(slots)
+
+
+class TrialProgress(tune.Callback):
+    """One line per finished, retried or failed trial on stdout (Tune's own tables are
+    switched off: hundreds of lines for a quick study)."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total = label, total
+
+    def _line(self, trials, trial, what: str) -> None:
+        ended = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+                    | {trial.trial_id})
+        result = trial.last_result or {}
+        metrics = (f"val_acc {result[METRIC]:.4f} at epoch {result['epoch']}, "
+                   f"{result['train_seconds']:.1f} s" if METRIC in result else "no result")
+        if "test_acc" in result:
+            metrics = f"test_acc {result['test_acc']:.4f}, " + metrics
+        print(f"[{self.label}] {ended}/{self.total} {trial.trial_id} {what}: {metrics}",
+              flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trials, trial, "done")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._line(trials, trial, "failed, retrying")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trials, trial, "FAILED")
+
+
+class Study:
+    """One study of an experiment (one sparsity); `run()` returns the comparison table."""
+
+    def __init__(self, experiment: Experiment, sparsity: float, data_ref: ray.ObjectRef, *,
+                 storage_path: Path, echo: Callable[[str], None] = print):
+        self.experiment = experiment
+        self.sparsity = sparsity
+        self.name = experiment.study_name(sparsity)
+        self.data_ref = data_ref
+        self.storage_path = storage_path
+        self.echo = echo
+        self.client = MlflowClient(experiment.tracking_uri)
+
+    def tune_path(self, part: str) -> Path:
+        return self.storage_path / f"{self.name}-{part}"
+
+    def existing_results(self) -> list[str]:
+        """Where this study already has results (Tune state, MLflow runs)."""
+        found = [str(self.tune_path(part))
+                 for part in (*self.experiment.families, "final")
+                 if tune.Tuner.can_restore(self.tune_path(part))]
+        mlflow_experiment = self.client.get_experiment_by_name(self.name)
+        if mlflow_experiment is not None and self.client.search_runs(
+                [mlflow_experiment.experiment_id], max_results=1):
+            found.append(f"MLflow experiment {self.name!r}")
+        return found
+
+    def _tuner(self, part: str, trainable, resume: bool, make: Callable[[], tune.Tuner]):
+        path = self.tune_path(part)
+        if resume and tune.Tuner.can_restore(path):
+            self.echo(f"[{self.name}] {part}: resuming from {path}")
+            return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        return make()
+
+    def _run_config(self, part: str, logger: tracking.TrialLogger,
+                    trials: int) -> tune.RunConfig:
+        return tune.RunConfig(
+            name=self.tune_path(part).name, storage_path=str(self.storage_path),
+            callbacks=[logger, TrialProgress(f"{self.name} {part}", trials)],
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=0)
+
+    def search_family(self, family: str, resume: bool) -> FamilyOutcome:
+        """Tune `family` and record its best trial on its MLflow family run."""
+        exp = self.experiment
+        base = exp.base_config(family, self.sparsity)
+        run_id = tracking.ensure_run(self.client, self.experiment_id,
+                                     {tracking.ROLE: "family", tracking.FAMILY: family}, family)
+        trainable = tune.with_parameters(search_trial, base=base.to_dict(),
+                                         data=self.data_ref)
+
+        def fresh() -> tune.Tuner:
+            searcher = OptunaSearch(
+                space=functools.partial(define_by_run, family=family, sparsity=self.sparsity,
+                                        bounds=exp.search.space.get(family),
+                                        training=exp.training),
+                metric=METRIC, mode="max", sampler=_sampler(exp))
+            scheduler = None
+            if exp.search.asha:
+                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.epochs,
+                                          grace_period=min(exp.search.grace_period,
+                                                           exp.epochs))
+            logger = tracking.trial_logger(exp.tracking_uri, self.experiment_id,
+                                           family=family, family_run_id=run_id,
+                                           base=base.to_dict(), epochs=exp.epochs)
+            return tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+                    num_samples=exp.trials_per_family,
+                    max_concurrent_trials=concurrent_slots(exp), reuse_actors=True),
+                run_config=self._run_config(family, logger, exp.trials_per_family))
+
+        self.echo(f"[{self.name}] {family}: {exp.trials_per_family} trials x "
+                  f"{exp.epochs} epochs")
+        results = _fit(self._tuner(family, trainable, resume, fresh), exp.trials_per_family)
+        outcome = FamilyOutcome(family, schedule=None, lr_policy=None,
+                                trials=len(results))
+        best = None
+        for result in results:
+            metrics = result.metrics or {}
+            outcome.search_seconds += metrics.get("train_seconds", 0.0)
+            if result.error is None and metrics.get("epoch") == exp.epochs:
+                outcome.trials_completed += 1
+                if best is None or metrics[METRIC] > best.metrics[METRIC]:
+                    best = result
+        if best is None:
+            self.echo(f"[{self.name}] {family}: no trial completed the budget")
+            self.client.set_terminated(run_id, "FAILED")
+            return outcome
+        cfg = trial_config(base, best.config)
+        self.echo(f"[{self.name}] {family}: best val_acc {best.metrics[METRIC]:.4f} with "
+                  f"{format_params(best.config)}")
+        outcome.schedule, outcome.lr_policy = cfg.schedule, cfg.lr_policy()
+        outcome.best_params = dict(best.config)
+        outcome.best_val_acc = best.metrics[METRIC]
+        self._log_family(run_id, cfg, outcome)
+        return outcome
+
+    def _log_family(self, run_id: str, cfg: TrainConfig, outcome: FamilyOutcome) -> None:
+        stamp = tracking._now_ms()
+        metrics = {"best_val_acc": outcome.best_val_acc, "trials": outcome.trials,
+                   "trials_completed": outcome.trials_completed,
+                   "search_seconds": outcome.search_seconds}
+        params = []
+        if not self.client.get_run(run_id).data.params:  # params are write-once
+            params = [Param(k, v) for k, v in tracking.flat_params(cfg.to_dict()).items()]
+        self.client.log_batch(run_id, params=params,
+                              metrics=[Metric(k, float(v), stamp, 0)
+                                       for k, v in metrics.items()])
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def final_runs(self, outcomes: list[FamilyOutcome], resume: bool) -> FamilyOutcome:
+        """Re-run each best config with fresh seeds, and the dense reference; fills the
+        outcomes' test accuracies and returns the dense outcome."""
+        exp = self.experiment
+        seeds = [exp.search.seed + 1 + i for i in range(exp.final_seeds)]
+        dense = FamilyOutcome(tracking.DENSE, schedule=None,
+                              lr_policy=exp.base_config(None).lr_policy())
+        by_family = {o.family: o for o in outcomes if o.schedule is not None}
+        configs = [exp.base_config(None, seed=seed).to_dict() for seed in seeds]
+        for family, outcome in by_family.items():
+            cfg = trial_config(exp.base_config(family, self.sparsity), outcome.best_params)
+            configs += [dataclasses.replace(cfg, seed=seed).to_dict() for seed in seeds]
+        family_runs = {family: tracking.ensure_run(
+            self.client, self.experiment_id, {tracking.ROLE: "family", tracking.FAMILY: family},
+            family) for family in by_family}
+        trainable = tune.with_parameters(final_run, data=self.data_ref)
+
+        def fresh() -> tune.Tuner:
+            logger = tracking.final_logger(exp.tracking_uri, self.experiment_id,
+                                           family_run_ids=family_runs, epochs=exp.epochs)
+            return tune.Tuner(
+                trainable, param_space={"train": tune.grid_search(configs)},
+                tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_slots(exp),
+                                            reuse_actors=True),
+                run_config=self._run_config("final", logger, len(configs)))
+
+        self.echo(f"[{self.name}] final: {len(by_family)} best configs + dense x "
+                  f"{len(seeds)} seeds, test accuracy")
+        results = _fit(self._tuner("final", trainable, resume, fresh), len(configs))
+        by_family[tracking.DENSE] = dense
+        for result in results:
+            train = result.config["train"]
+            family = train["schedule"]["family"] if train["schedule"] else tracking.DENSE
+            metrics = result.metrics or {}
+            if result.error is not None or "test_acc" not in metrics:
+                self.echo(f"[{self.name}] final {family} seed {train['seed']} failed")
+                continue
+            outcome = by_family[family]
+            outcome.test_accs.append(metrics["test_acc"])
+            outcome.final_seconds += metrics["train_seconds"]
+            history = result.metrics_dataframe.sort_values("epoch")
+            outcome.histories.append(history[["epoch", "val_acc", "sparsity"]]
+                                     .to_dict("records"))
+        return dense
+
+    def run(self, resume: bool) -> str:
+        self.experiment_id = tracking.open_experiment(self.client, self.name)
+        outcomes = [self.search_family(family, resume) for family in self.experiment.families]
+        dense = self.final_runs(outcomes, resume)
+        outcomes.append(dense)
+        run_id = tracking.ensure_run(self.client, self.experiment_id,
+                                     {tracking.ROLE: "comparison"}, "comparison")
+        title = (f"{self.name}: {self.experiment.model or 'default model'} on "
+                 f"{self.experiment.dataset} at {self.sparsity:.0%} sparsity, "
+                 f"{self.experiment.epochs} epochs")
+        with tempfile.TemporaryDirectory() as folder:
+            table = write_report(outcomes, Path(folder), title)
+            self.client.log_artifacts(run_id, folder)
+        stamp = tracking._now_ms()
+        self.client.log_batch(run_id, metrics=[
+            Metric(f"test_acc_mean.{o.family}", sum(o.test_accs) / len(o.test_accs), stamp, 0)
+            for o in outcomes if o.test_accs])
+        self.client.set_terminated(run_id, "FINISHED")
+        return f"{title}\n\n{table}"
+
+
+def load_data(experiment: Experiment) -> ImageData:
+    """The experiment's dataset and splits, checked against its model (`ValueError`: files
+    missing, images too small)."""
+    base = experiment.base_config(None)
+    data = base.load_data()
+    check_data(base, data)
+    return data
+
+
+def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: Path,
+                   resume: bool = False, echo: Callable[[str], None] = print) -> list[str]:
+    """Run (or resume) every study of `experiment` on the connected Ray cluster; returns
+    each study's comparison table. `data` comes from `load_data(experiment)`."""
+    check_data(experiment.base_config(None), data)
+    data_ref = ray.put(data)
+    studies = [Study(experiment, sparsity, data_ref, storage_path=storage_path, echo=echo)
+               for sparsity in experiment.sparsity]
+    if not resume:
+        for study in studies:
+            found = study.existing_results()
+            if found:
+                raise StudyExistsError(
+                    f"study {study.name!r} already has results ({', '.join(found)}): "
+                    f"pass --resume to continue it, or --name to start another")
+    return [study.run(resume) for study in studies]

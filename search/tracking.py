@@ -1,0 +1,220 @@
+"""The MLflow structure of a study, written by the driver only (sqlite takes one writer).
+
+One MLflow experiment per study. Every run is tagged with `oneprune.role` and
+`oneprune.family`:
+
+    role=family      one parent run per family: its best parameters and metrics
+    role=trial       one child run per Tune trial (mlflow.parentRunId = its family run):
+                     params = the whole training config, metrics per epoch (step = epoch)
+    role=final       the seed re-runs of each family's best config, and the dense reference
+    role=comparison  the table (comparison.md / .csv) and plots (schedules.png, curves.png)
+
+Runs are found again by identity tags before one is created, and a step is logged once,
+so a resumed study continues its runs instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from oneprune.train import TrainConfig
+from search.space import trial_config
+
+ROLE = "oneprune.role"
+FAMILY = "oneprune.family"
+TRIAL_ID = "oneprune.trial_id"
+SEED = "oneprune.seed"
+PARENT = "mlflow.parentRunId"
+STOPPED_EARLY = "oneprune.stopped_early"
+ERROR = "oneprune.error"
+DENSE = "dense"
+METRICS = ("lr", "target_sparsity", "sparsity", "train_loss", "val_loss", "val_acc",
+           "epoch_seconds", "train_seconds", "test_loss", "test_acc")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def flat_params(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config as MLflow params: `schedule.alpha`, ... (values as strings)."""
+    params = {}
+    for key, value in spec.items():
+        if isinstance(value, Mapping):
+            params.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            params[f"{prefix}{key}"] = str(value)
+    return params
+
+
+def _filter(tags: Mapping[str, str]) -> str:
+    return " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+
+
+def open_experiment(client: MlflowClient, name: str) -> str:
+    """The id of MLflow experiment `name`, created if missing; `ValueError` if deleted."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name)
+    if experiment.lifecycle_stage != "active":
+        raise ValueError(f"MLflow experiment {name!r} is deleted; restore it "
+                         f"(mlflow experiments restore) or choose another name")
+    return experiment.experiment_id
+
+
+def find_runs(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> list:
+    """Active runs of the experiment carrying all `tags`, oldest first."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], _filter(tags), max_results=1000,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def ensure_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str],
+               run_name: str) -> str:
+    """The run identified by `tags`, created (with those tags) if there is none."""
+    identity = {k: v for k, v in tags.items() if k != PARENT}
+    found = find_runs(client, experiment_id, identity)
+    if found:
+        return found[0].info.run_id
+    return client.create_run(experiment_id, tags=dict(tags), run_name=run_name).info.run_id
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a Tune trial's MLflow run is: identity tags, other tags, params, name."""
+
+    identity: dict[str, str]
+    run_name: str
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class TrialLogger(tune.Callback):
+    """Mirror each Tune trial into an MLflow run, live, from the driver.
+
+    `describe(trial.config)` says which run a trial is. `scope` tags select the runs this
+    logger owns: when the experiment ends, owned runs that match no trial (a trial the
+    interrupted driver started after Tune's last state snapshot) are deleted, so a resumed
+    study keeps exactly one run per trial. The callback pickles without its client (Tune
+    stores it with the experiment for `Tuner.restore`).
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, scope: Mapping[str, str],
+                 describe: Callable[[str, Mapping[str, Any]], RunSpec], epochs: int):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.scope = dict(scope)
+        self.describe = describe
+        self.epochs = epochs
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, tuple[str, int]] = {}  # trial id -> (run id, last step)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_client": None, "_runs": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def _run_of(self, trial) -> tuple[str, int]:
+        if trial.trial_id not in self._runs:
+            spec = self.describe(trial.trial_id, trial.config)
+            identity = {**self.scope, **spec.identity}
+            found = find_runs(self.client, self.experiment_id, identity)
+            if found:
+                run_id = found[0].info.run_id
+                history = self.client.get_metric_history(run_id, "val_acc")
+                last_step = max((m.step for m in history), default=0)
+            else:
+                run_id = self.client.create_run(
+                    self.experiment_id, tags={**identity, **spec.tags},
+                    run_name=spec.run_name).info.run_id
+                self.client.log_batch(run_id, params=[Param(k, v)
+                                                      for k, v in spec.params.items()])
+                last_step = 0
+            self._runs[trial.trial_id] = (run_id, last_step)
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        run_id, _ = self._run_of(trial)
+        self.client.update_run(run_id, status="RUNNING")  # again, if resumed
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id, last_step = self._run_of(trial)
+        step = int(result["epoch"])
+        if step <= last_step:  # already logged before an interruption
+            return
+        stamp = _now_ms()
+        metrics = [Metric(key, float(result[key]), stamp, step) for key in METRICS
+                   if key in result and not math.isnan(float(result[key]))]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._runs[trial.trial_id] = (run_id, step)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id, last_step = self._run_of(trial)
+        if last_step < self.epochs:
+            self.client.set_tag(run_id, STOPPED_EARLY, f"after epoch {last_step}")
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id, _ = self._run_of(trial)
+        self.client.set_tag(run_id, ERROR, str(trial.error_file or "see the Tune logs"))
+        self.client.set_terminated(run_id, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        kept = {self._run_of(trial)[0] for trial in trials}
+        for run in find_runs(self.client, self.experiment_id, self.scope):
+            if run.info.run_id not in kept:
+                self.client.delete_run(run.info.run_id)
+
+
+def describe_trial(trial_id: str, config: Mapping[str, Any], *, base: Mapping[str, Any],
+                   family_run_id: str) -> RunSpec:
+    """A search trial's run: child of its family run, identified by the Tune trial id;
+    its params are the whole training config the trial ran."""
+    train = trial_config(TrainConfig.from_dict(base), config).to_dict()
+    return RunSpec(identity={TRIAL_ID: trial_id}, run_name=f"trial {trial_id}",
+                   params=flat_params(train), tags={PARENT: family_run_id})
+
+
+def describe_final(trial_id: str, config: Mapping[str, Any], *,
+                   family_run_ids: Mapping[str, str]) -> RunSpec:
+    """A final re-run: identified by family and seed, child of its family run."""
+    train = config["train"]
+    family = train["schedule"]["family"] if train["schedule"] else DENSE
+    parent = family_run_ids.get(family)
+    return RunSpec(identity={FAMILY: family, SEED: str(train["seed"])},
+                   run_name=f"{family} seed {train['seed']}", params=flat_params(train),
+                   tags={PARENT: parent} if parent else {})
+
+
+def trial_logger(tracking_uri: str, experiment_id: str, *, family: str, family_run_id: str,
+                 base: Mapping[str, Any], epochs: int) -> TrialLogger:
+    """The logger of one family's search trials (`base`: their `TrainConfig.to_dict()`)."""
+    return TrialLogger(tracking_uri, experiment_id, {ROLE: "trial", FAMILY: family},
+                       functools.partial(describe_trial, base=dict(base),
+                                         family_run_id=family_run_id), epochs)
+
+
+def final_logger(tracking_uri: str, experiment_id: str, *,
+                 family_run_ids: Mapping[str, str], epochs: int) -> TrialLogger:
+    """The logger of the final re-runs (every family and the dense reference)."""
+    return TrialLogger(tracking_uri, experiment_id, {ROLE: "final"},
+                       functools.partial(describe_final, family_run_ids=dict(family_run_ids)),
+                       epochs)

@@ -1,0 +1,183 @@
+"""Experiment files: the shipped ones load; bad ones are refused with one line naming the
+key, through the library and through the real CLI (exit 2, nothing written to MLflow)."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from oneprune.schedules import OneCycle
+from search.config import ConfigError, load_experiment, parse_experiment
+from search.space import define_by_run, midpoint_schedule, trial_config
+from search.study import load_data
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
+
+VALID = {"name": "t", "dataset": "digits", "sparsity": 0.9, "epochs": 2,
+         "families": ["one_cycle", "agp"], "trials_per_family": 2, "final_seeds": 2,
+         "search": {"sampler": "tpe", "seed": 0, "asha": True, "grace_period": 1,
+                    "space": {"agp": {"power": [1.0, 4.0]}}},
+         "training": {"optimizer": "adam", "lr_max": [1e-3, 1e-2],
+                      "coupling": ["none", "align"], "recovery_gain": [0.0, 2.0]},
+         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "workers_per_trial": 1},
+         "tracking": {"tracking_uri": "sqlite:///x.db"}}
+
+
+def with_value(path, value):
+    raw = copy.deepcopy(VALID)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_experiments_load(path):
+    experiment = load_experiment(path)
+    assert experiment.final_seeds >= 3 and set(experiment.families) >= {"one_cycle"}
+
+
+def test_paper_grid_is_complete():
+    grid = {(e.model, e.dataset, s) for e in map(load_experiment, EXPERIMENTS)
+            if e.epochs == 25 for s in e.sparsity}
+    assert grid == {(m, d, s) for m in ("vgg16", "resnet18")
+                    for d in ("cifar10", "cifar100", "caltech101") for s in (0.8, 0.9, 0.95)}
+
+
+def test_a_valid_experiment_parses_with_its_ranges():
+    experiment = parse_experiment(VALID)
+    assert experiment.training.lr_max == (1e-3, 1e-2)
+    assert experiment.training.coupling == ("none", "align")
+    assert experiment.sparsity == (0.9,) and experiment.study_name(0.9) == "t"
+    assert experiment.tracking_uri == "sqlite:///x.db"
+    several = parse_experiment(with_value("sparsity", [0.8, 0.95]))
+    assert [several.study_name(s) for s in several.sparsity] == ["t-s80", "t-s95"]
+    assert parse_experiment({"name": "minimal"}).families == (
+        "one_cycle", "one_shot", "iterative", "agp")
+
+
+@pytest.mark.parametrize(("path", "value", "key"), [
+    ("name", "", "name"),
+    ("name", "a/b", "name"),
+    ("dataset", "mnist", "dataset"),
+    ("model", "alexnet", "model"),
+    ("width", 0, "width"),
+    ("sparsity", 1.0, "sparsity"),
+    ("sparsity", [], "sparsity"),
+    ("sparsity", [0.9, 0.9], "sparsity"),
+    ("sparsity", "0.9", "sparsity"),
+    ("epochs", 0, "epochs"),
+    ("epochs", 2.5, "epochs"),
+    ("batch_size", True, "batch_size"),
+    ("families", [], "families"),
+    ("families", ["one_cycle", "magic"], "families"),
+    ("trials_per_family", 0, "trials_per_family"),
+    ("final_seeds", 1, "final_seeds"),
+    ("val_fraction", 0.9, "val_fraction"),
+    ("scope", "galactic", "scope"),
+    ("granularity", "channel", "granularity"),
+    ("download", "yes", "download"),
+    ("data_dir", 3, "data_dir"),
+    ("surprise", 1, "surprise"),
+    ("search.sampler", "grid", "search.sampler"),
+    ("search.seed", -1, "search.seed"),
+    ("search.asha", 1, "search.asha"),
+    ("search.grace_period", 0, "search.grace_period"),
+    ("search.space", {"one_cycle": {"start": [0.6, 0.2]}}, "search.space.one_cycle"),
+    ("search.space", {"one_cycle": {"gamma": [1, 2]}}, "search.space.one_cycle"),
+    ("search.space", {"zigzag": {}}, "search.space"),
+    ("search.extra", 1, "search.extra"),
+    ("search", [1, 2], "search"),
+    ("training.lr_max", 0, "training.lr_max"),
+    ("training.lr_max", [1e-2, 1e-3], "training.lr_max"),
+    ("training.lr_max", [1e-3], "training.lr_max"),
+    ("training.coupling", "tight", "training.coupling"),
+    ("training.coupling", [], "training.coupling"),
+    ("training.recovery_gain", [-1, 1], "training.recovery_gain"),
+    ("training.optimizer", "lion", "training.optimizer"),
+    ("training.pct_start", 1.0, "training.pct_start"),
+    ("resources.cpus_per_trial", 0, "resources.cpus_per_trial"),
+    ("resources.gpus_per_trial", -1, "resources.gpus_per_trial"),
+    ("resources.workers_per_trial", 2, "resources.workers_per_trial"),
+    ("tracking.tracking_uri", "", "tracking.tracking_uri"),
+    ("tracking.server", "x", "tracking.server"),
+])
+def test_bad_values_name_their_key(path, value, key):
+    with pytest.raises(ConfigError) as error:
+        parse_experiment(with_value(path, value))
+    message = str(error.value)
+    assert key in message and "\n" not in message
+
+
+def test_a_model_too_big_for_the_images_is_refused_with_the_data():
+    # VGG-16 needs 32x32 images; digits are 8x8. Known once the data is loaded, which the
+    # CLI does before it connects to Ray or MLflow (see test_cli_refuses_...).
+    experiment = parse_experiment(with_value("model", "vgg16"))
+    with pytest.raises(ValueError, match="vgg16"):
+        load_data(experiment)
+
+
+def test_missing_name_non_mapping_and_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="name"):
+        parse_experiment({"dataset": "digits"})
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_experiment([1, 2])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_experiment(broken)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_experiment(tmp_path / "absent.yaml")
+
+
+def test_midpoint_and_define_by_run_give_valid_trial_configs():
+    import optuna
+
+    experiment = parse_experiment(VALID)
+    for family in experiment.families:
+        base = experiment.base_config(family, 0.9)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+        for _ in range(20):
+            trial = study.ask()
+            define_by_run(trial, family=family, sparsity=0.9,
+                          bounds=experiment.search.space.get(family),
+                          training=experiment.training)
+            cfg = trial_config(base, trial.params)
+            assert cfg.schedule.family == family and cfg.schedule.final_sparsity == 0.9
+            assert 1e-3 <= cfg.lr_max <= 1e-2 and cfg.coupling in ("none", "align")
+            assert cfg.epochs == base.epochs and cfg.seed == base.seed
+            study.tell(trial, 0.5)
+    middle = midpoint_schedule("one_cycle", 0.9)
+    assert isinstance(middle, OneCycle) and middle.start < middle.end
+    with pytest.raises(ValueError, match="belong to no field"):
+        trial_config(experiment.base_config("agp", 0.9), {"alpha": 3.0})
+
+
+def run_search_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (with_value("epochs", -3), "epochs"),
+    (with_value("model", "vgg16"), "vgg16"),
+    ({**VALID, "dataset": "cifar10", "data_dir": "nothing"}, "data_dir"),  # no files there
+    ("name: [unclosed\n", "YAML"),
+])
+def test_cli_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path, raw, expected):
+    path = tmp_path / "bad.yaml"
+    if isinstance(raw, dict):
+        raw = yaml.safe_dump({**raw, "tracking": {"tracking_uri": "sqlite:///mlflow.db"}})
+    path.write_text(raw)
+    done = run_search_cli("--experiment", str(path), "--storage-path", str(tmp_path / "ray"),
+                          cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert expected in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()

@@ -1,0 +1,159 @@
+"""The search service end to end on a real local Ray cluster, real Optuna and a real sqlite
+MLflow store: the MLflow structure, equal budgets, and resuming an interrupted study."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from oneprune.schedules import FAMILIES, schedule_from_dict
+from search.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES_UNDER_TEST = ["one_cycle", "agp"]
+TRIALS, EPOCHS, SEEDS = 2, 2, 2
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch, ray_cluster):
+    """A tiny study (2 families x 2 trials x 2 epochs, 2 final seeds) in a temp folder,
+    which is also the working folder (MLflow puts artifacts under ./mlruns)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "dataset": "digits", "sparsity": 0.9, "epochs": EPOCHS,
+        "families": FAMILIES_UNDER_TEST, "trials_per_family": TRIALS, "final_seeds": SEEDS,
+        "search": {"seed": 0},
+        "training": {"lr_max": [3e-3, 3e-2], "coupling": ["none", "align"]},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}))
+    args = ["--experiment", str(path), "--storage-path", str(tmp_path / "ray")]
+    return {"args": args, "uri": f"sqlite:///{tmp_path}/mlflow.db", "folder": tmp_path,
+            "address": ray_cluster}
+
+
+def runs_by_role(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    by_role = {}
+    for run in runs:
+        by_role.setdefault(run.data.tags["oneprune.role"], []).append(run)
+    return client, by_role
+
+
+def parse(value):
+    if value == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def assert_complete_study(uri):
+    """Exactly one run per family, trial, final run and comparison, all finished."""
+    client, by_role = runs_by_role(uri)
+    assert {role: len(runs) for role, runs in by_role.items()} == {
+        "family": 2, "trial": 2 * TRIALS, "final": 3 * SEEDS, "comparison": 1}
+    assert all(run.info.status == "FINISHED" for runs in by_role.values() for run in runs)
+    family_ids = {run.data.tags["oneprune.family"]: run.info.run_id
+                  for run in by_role["family"]}
+    assert sorted(family_ids) == sorted(FAMILIES_UNDER_TEST)
+    trial_ids = [run.data.tags["oneprune.trial_id"] for run in by_role["trial"]]
+    assert len(set(trial_ids)) == len(trial_ids)
+    finals = Counter((r.data.tags["oneprune.family"], r.data.tags["oneprune.seed"])
+                     for r in by_role["final"])
+    assert set(finals.values()) == {1} and {f for f, _ in finals} == {*family_ids, "dense"}
+    return client, by_role, family_ids
+
+
+def test_a_tiny_study_end_to_end(study, capsys):
+    assert main(study["args"]) == 0
+    printed = capsys.readouterr().out
+    for family in (*FAMILIES_UNDER_TEST, "dense"):
+        assert f"| {family} |" in printed
+    client, by_role, family_ids = assert_complete_study(study["uri"])
+
+    budgets = set()
+    for run in by_role["trial"]:
+        family = run.data.tags["oneprune.family"]
+        assert run.data.tags["mlflow.parentRunId"] == family_ids[family]
+        params = run.data.params
+        schedule = schedule_from_dict({key.removeprefix("schedule."): parse(value)
+                                       for key, value in params.items()
+                                       if key.startswith("schedule.")})
+        assert isinstance(schedule, FAMILIES[family]) and schedule.final_sparsity == 0.9
+        assert 3e-3 <= float(params["lr_max"]) <= 3e-2
+        budgets.add((params["epochs"], params["batch_size"], params["split_seed"],
+                     params["val_fraction"], params["seed"], params["dataset"]))
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+        assert "test_acc" not in run.data.metrics  # tuning never sees the test split
+    assert len(budgets) == 1  # every trial of every family: same epochs, data, seed
+
+    for run in by_role["final"]:
+        assert 0.0 <= run.data.metrics["test_acc"] <= 1.0
+        family = run.data.tags["oneprune.family"]
+        if family != "dense":
+            assert run.data.tags["mlflow.parentRunId"] == family_ids[family]
+            best = client.get_run(family_ids[family]).data.params
+            assert {k: v for k, v in run.data.params.items() if k != "seed"} == {
+                k: v for k, v in best.items() if k != "seed"}
+        else:
+            assert run.data.params["schedule"] == "None"
+    for run in by_role["family"]:
+        assert run.data.metrics["trials_completed"] == TRIALS
+    comparison = by_role["comparison"][0]
+    artifacts = {a.path for a in client.list_artifacts(comparison.info.run_id)}
+    assert artifacts == {"comparison.md", "comparison.csv", "schedules.png", "curves.png"}
+    csv_text = Path(client.download_artifacts(comparison.info.run_id, "comparison.csv",
+                                              str(study["folder"]))).read_text()
+    assert [line.split(",")[0] for line in csv_text.splitlines()] == [
+        "family", *FAMILIES_UNDER_TEST, "dense"]
+
+    # A fresh run of a study that has results is refused; --resume of a finished study
+    # reprints its table and adds no run.
+    with pytest.raises(SystemExit) as refused:
+        main(study["args"])
+    assert refused.value.code == 2 and "--resume" in capsys.readouterr().err
+    assert main([*study["args"], "--resume"]) == 0
+    assert "| dense |" in capsys.readouterr().out
+    assert_complete_study(study["uri"])
+
+
+def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study):
+    """SIGKILL the driver once trials have finished, then `--resume` in this process."""
+    log = open(study["folder"] / "driver.log", "w")
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "search" / "run.py"), *study["args"],
+         "--address", study["address"]], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    finished_before = set()
+    deadline = time.monotonic() + 240
+    while len(finished_before) < TRIALS + 1:  # one family done, the next one started
+        assert driver.poll() is None, (study["folder"] / "driver.log").read_text()
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(0.2)
+        if (study["folder"] / "mlflow.db").exists():
+            try:
+                _, by_role = runs_by_role(study["uri"])
+            except Exception:  # the driver is still creating the database
+                continue
+            finished_before = {run.info.run_id for run in by_role.get("trial", [])
+                               if run.info.status == "FINISHED"}
+    driver.send_signal(signal.SIGKILL)
+    assert driver.wait(timeout=30) == -signal.SIGKILL
+    log.close()
+
+    assert main([*study["args"], "--resume"]) == 0
+    _, by_role, _ = assert_complete_study(study["uri"])
+    assert finished_before <= {run.info.run_id for run in by_role["trial"]}
