@@ -119,11 +119,11 @@ class Experiment:
             return self.name
         return f"{self.name}-s{sparsity * 100:g}"
 
-    def base_config(self, family: str | None, sparsity: float = 0.9,
+    def base_config(self, family: str | None = None, sparsity: float | None = None, *,
                     seed: int | None = None) -> TrainConfig:
-        """The training run every trial of `family` starts from: its schedule at the middle
-        of its search bounds (dense for `family=None`), the fixed training values and the
-        dense reference's LR; `seed` defaults to the search seed."""
+        """The training run every trial of `family` at `sparsity` starts from: its schedule
+        at the middle of its search bounds (no family: dense), the fixed training values and
+        the dense reference's LR; `seed` defaults to the search seed."""
         training = self.training
         return TrainConfig(
             dataset=self.dataset, model=self.model, width=self.width, data_dir=self.data_dir,
@@ -326,7 +326,7 @@ def _check_runnable(experiment: Experiment) -> None:
                     for gain in ends["recovery_gain"]:
                         dataclasses.replace(base, lr_max=lr_max, coupling=coupling,
                                             recovery_gain=gain)
-    experiment.base_config(None)
+    experiment.base_config()
 
 
 def load_experiment(path: str | os.PathLike,

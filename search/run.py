@@ -77,6 +77,7 @@ def _writable_folder(path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     overrides = {"name": args.name}
     if args.tracking_uri is not None:
@@ -96,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: cannot reach the Ray cluster at "
                        f"{args.address!r}: {error}\n")
     except (KeyboardInterrupt, StudyInterrupted):
-        again = " ".join(a for a in sys.argv[1:] if a != "--resume")
-        print(f"\ninterrupted; continue with: python search/run.py {again} --resume".replace(
-            "  ", " "), file=sys.stderr)
+        again = " ".join([*(a for a in argv if a != "--resume"), "--resume"])
+        print(f"\ninterrupted; continue with: python search/run.py {again}", file=sys.stderr)
         return 130
     for table in tables:
         print(f"\n{table}")

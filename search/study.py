@@ -26,14 +26,13 @@ from pathlib import Path
 
 import optuna
 import ray
-from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from oneprune.data import ImageData
-from oneprune.train import TrainConfig, check_data
+from oneprune.train import check_data
 from search import tracking
 from search.config import Experiment
 from search.report import FamilyOutcome, format_params, write_report
@@ -123,6 +122,7 @@ class Study:
         self.storage_path = storage_path
         self.echo = echo
         self.client = MlflowClient(experiment.tracking_uri)
+        self.experiment_id: str | None = None  # opened by run(), not before the checks
 
     def tune_path(self, part: str) -> Path:
         return self.storage_path / f"{self.name}-{part}"
@@ -206,21 +206,11 @@ class Study:
         outcome.schedule, outcome.lr_policy = cfg.schedule, cfg.lr_policy()
         outcome.best_params = dict(best.config)
         outcome.best_val_acc = best.metrics[METRIC]
-        self._log_family(run_id, cfg, outcome)
+        tracking.finish_family(self.client, run_id, cfg.to_dict(), {
+            "best_val_acc": outcome.best_val_acc, "trials": outcome.trials,
+            "trials_completed": outcome.trials_completed,
+            "search_seconds": outcome.search_seconds})
         return outcome
-
-    def _log_family(self, run_id: str, cfg: TrainConfig, outcome: FamilyOutcome) -> None:
-        stamp = tracking._now_ms()
-        metrics = {"best_val_acc": outcome.best_val_acc, "trials": outcome.trials,
-                   "trials_completed": outcome.trials_completed,
-                   "search_seconds": outcome.search_seconds}
-        params = []
-        if not self.client.get_run(run_id).data.params:  # params are write-once
-            params = [Param(k, v) for k, v in tracking.flat_params(cfg.to_dict()).items()]
-        self.client.log_batch(run_id, params=params,
-                              metrics=[Metric(k, float(v), stamp, 0)
-                                       for k, v in metrics.items()])
-        self.client.set_terminated(run_id, "FINISHED")
 
     def final_runs(self, outcomes: list[FamilyOutcome], resume: bool) -> FamilyOutcome:
         """Re-run each best config with fresh seeds, and the dense reference; fills the
@@ -228,9 +218,9 @@ class Study:
         exp = self.experiment
         seeds = [exp.search.seed + 1 + i for i in range(exp.final_seeds)]
         dense = FamilyOutcome(tracking.DENSE, schedule=None,
-                              lr_policy=exp.base_config(None).lr_policy())
+                              lr_policy=exp.base_config().lr_policy())
         by_family = {o.family: o for o in outcomes if o.schedule is not None}
-        configs = [exp.base_config(None, seed=seed).to_dict() for seed in seeds]
+        configs = [exp.base_config(seed=seed).to_dict() for seed in seeds]
         for family, outcome in by_family.items():
             cfg = trial_config(exp.base_config(family, self.sparsity), outcome.best_params)
             configs += [dataclasses.replace(cfg, seed=seed).to_dict() for seed in seeds]
@@ -272,26 +262,21 @@ class Study:
         outcomes = [self.search_family(family, resume) for family in self.experiment.families]
         dense = self.final_runs(outcomes, resume)
         outcomes.append(dense)
-        run_id = tracking.ensure_run(self.client, self.experiment_id,
-                                     {tracking.ROLE: "comparison"}, "comparison")
         title = (f"{self.name}: {self.experiment.model or 'default model'} on "
                  f"{self.experiment.dataset} at {self.sparsity:.0%} sparsity, "
                  f"{self.experiment.epochs} epochs")
         with tempfile.TemporaryDirectory() as folder:
             table = write_report(outcomes, Path(folder), title)
-            self.client.log_artifacts(run_id, folder)
-        stamp = tracking._now_ms()
-        self.client.log_batch(run_id, metrics=[
-            Metric(f"test_acc_mean.{o.family}", sum(o.test_accs) / len(o.test_accs), stamp, 0)
-            for o in outcomes if o.test_accs])
-        self.client.set_terminated(run_id, "FINISHED")
+            tracking.finish_comparison(self.client, self.experiment_id, folder, {
+                f"test_acc_mean.{o.family}": sum(o.test_accs) / len(o.test_accs)
+                for o in outcomes if o.test_accs})
         return f"{title}\n\n{table}"
 
 
 def load_data(experiment: Experiment) -> ImageData:
     """The experiment's dataset and splits, checked against its model (`ValueError`: files
     missing, images too small)."""
-    base = experiment.base_config(None)
+    base = experiment.base_config()
     data = base.load_data()
     check_data(base, data)
     return data
@@ -301,7 +286,7 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: Pat
                    resume: bool = False, echo: Callable[[str], None] = print) -> list[str]:
     """Run (or resume) every study of `experiment` on the connected Ray cluster; returns
     each study's comparison table. `data` comes from `load_data(experiment)`."""
-    check_data(experiment.base_config(None), data)
+    check_data(experiment.base_config(), data)
     data_ref = ray.put(data)
     studies = [Study(experiment, sparsity, data_ref, storage_path=storage_path, echo=echo)
                for sparsity in experiment.sparsity]

@@ -45,6 +45,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _metrics(values: Mapping[str, float], step: int = 0) -> list[Metric]:
+    stamp = _now_ms()
+    return [Metric(key, float(value), stamp, step) for key, value in values.items()]
+
+
 def flat_params(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """A nested config as MLflow params: `schedule.alpha`, ... (values as strings)."""
     params = {}
@@ -160,10 +165,9 @@ class TrialLogger(tune.Callback):
         step = int(result["epoch"])
         if step <= last_step:  # already logged before an interruption
             return
-        stamp = _now_ms()
-        metrics = [Metric(key, float(result[key]), stamp, step) for key in METRICS
-                   if key in result and not math.isnan(float(result[key]))]
-        self.client.log_batch(run_id, metrics=metrics)
+        self.client.log_batch(run_id, metrics=_metrics(
+            {key: result[key] for key in METRICS
+             if key in result and not math.isnan(float(result[key]))}, step))
         self._runs[trial.trial_id] = (run_id, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -182,6 +186,26 @@ class TrialLogger(tune.Callback):
         for run in find_runs(self.client, self.experiment_id, self.scope):
             if run.info.run_id not in kept:
                 self.client.delete_run(run.info.run_id)
+
+
+def finish_family(client: MlflowClient, run_id: str, best_config: Mapping[str, Any],
+                  metrics: Mapping[str, float]) -> None:
+    """Record a family's best config (params are write-once: kept if already there, as
+    on a resumed study) and its search metrics, and close its run."""
+    params = []
+    if not client.get_run(run_id).data.params:
+        params = [Param(k, v) for k, v in flat_params(best_config).items()]
+    client.log_batch(run_id, params=params, metrics=_metrics(metrics))
+    client.set_terminated(run_id, "FINISHED")
+
+
+def finish_comparison(client: MlflowClient, experiment_id: str, folder: str,
+                      metrics: Mapping[str, float]) -> None:
+    """Upload the comparison's files from `folder` and its headline metrics."""
+    run_id = ensure_run(client, experiment_id, {ROLE: "comparison"}, "comparison")
+    client.log_artifacts(run_id, folder)
+    client.log_batch(run_id, metrics=_metrics(metrics))
+    client.set_terminated(run_id, "FINISHED")
 
 
 def describe_trial(trial_id: str, config: Mapping[str, Any], *, base: Mapping[str, Any],
