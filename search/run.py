@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 
 from search.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
-from search.study import StudyInterrupted, load_data, run_experiment
+from search.study import StudyInterrupted, StudyRefused, load_data, run_experiment
 
 DEFAULT_STORAGE = Path("~/ray_results")
 
@@ -89,13 +89,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
         storage = _writable_folder(args.storage_path)
         data = load_data(experiment)
-        _connect(args.address, args.num_cpus)
-        tables = run_experiment(experiment, data, storage_path=storage, resume=args.resume)
-    except ValueError as error:  # ConfigError, missing data, an existing study
+    except ValueError as error:  # ConfigError, missing or unusable data
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    try:
+        _connect(args.address, args.num_cpus)
     except ConnectionError as error:
         parser.exit(2, f"{parser.prog}: error: cannot reach the Ray cluster at "
                        f"{args.address!r}: {error}\n")
+    try:
+        tables = run_experiment(experiment, data, storage_path=storage, resume=args.resume)
+    except StudyRefused as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     except (KeyboardInterrupt, StudyInterrupted):
         again = " ".join([*(a for a in argv if a != "--resume"), "--resume"])
         print(f"\ninterrupted; continue with: python search/run.py {again}", file=sys.stderr)

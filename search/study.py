@@ -43,8 +43,9 @@ METRIC = "val_acc"
 MAX_FAILURES = 2  # a failed trial is retried this often before it counts as failed
 
 
-class StudyExistsError(ValueError):
-    """A fresh run of a study that already has results (resume it, or rename it)."""
+class StudyRefused(ValueError):
+    """A study that cannot start: it has results and `resume` is off, or its MLflow
+    experiment is deleted. Raised before any study runs."""
 
 
 class StudyInterrupted(Exception):
@@ -127,16 +128,24 @@ class Study:
     def tune_path(self, part: str) -> Path:
         return self.storage_path / f"{self.name}-{part}"
 
-    def existing_results(self) -> list[str]:
-        """Where this study already has results (Tune state, MLflow runs)."""
+    def check_can_start(self, resume: bool) -> None:
+        """Raise `StudyRefused` if this study's MLflow experiment is deleted, or, without
+        `resume`, if it already has results (Tune state or MLflow runs)."""
+        mlflow_experiment = self.client.get_experiment_by_name(self.name)
+        if mlflow_experiment is not None and mlflow_experiment.lifecycle_stage != "active":
+            raise StudyRefused(f"MLflow experiment {self.name!r} is deleted; restore it "
+                               f"(mlflow experiments restore) or pass --name to start another")
+        if resume:
+            return
         found = [str(self.tune_path(part))
                  for part in (*self.experiment.families, "final")
                  if tune.Tuner.can_restore(self.tune_path(part))]
-        mlflow_experiment = self.client.get_experiment_by_name(self.name)
         if mlflow_experiment is not None and self.client.search_runs(
                 [mlflow_experiment.experiment_id], max_results=1):
             found.append(f"MLflow experiment {self.name!r}")
-        return found
+        if found:
+            raise StudyRefused(f"study {self.name!r} already has results ({', '.join(found)}):"
+                               f" pass --resume to continue it, or --name to start another")
 
     def _tuner(self, part: str, trainable, resume: bool, make: Callable[[], tune.Tuner]):
         path = self.tune_path(part)
@@ -290,11 +299,6 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: Pat
     data_ref = ray.put(data)
     studies = [Study(experiment, sparsity, data_ref, storage_path=storage_path, echo=echo)
                for sparsity in experiment.sparsity]
-    if not resume:
-        for study in studies:
-            found = study.existing_results()
-            if found:
-                raise StudyExistsError(
-                    f"study {study.name!r} already has results ({', '.join(found)}): "
-                    f"pass --resume to continue it, or --name to start another")
+    for study in studies:
+        study.check_can_start(resume)
     return [study.run(resume) for study in studies]

@@ -66,13 +66,10 @@ def _filter(tags: Mapping[str, str]) -> str:
 
 
 def open_experiment(client: MlflowClient, name: str) -> str:
-    """The id of MLflow experiment `name`, created if missing; `ValueError` if deleted."""
+    """The id of the active MLflow experiment `name`, created if missing."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return client.create_experiment(name)
-    if experiment.lifecycle_stage != "active":
-        raise ValueError(f"MLflow experiment {name!r} is deleted; restore it "
-                         f"(mlflow experiments restore) or choose another name")
     return experiment.experiment_id
 
 

@@ -135,6 +135,12 @@ def test_a_tiny_study_end_to_end(study, capsys):
     assert "| dense |" in capsys.readouterr().out
     assert_complete_study(study["uri"])
 
+    # A study whose MLflow experiment was deleted is refused rather than half-written.
+    client.delete_experiment(client.get_experiment_by_name("tiny").experiment_id)
+    with pytest.raises(SystemExit) as refused:
+        main([*study["args"], "--resume"])
+    assert refused.value.code == 2 and "is deleted" in capsys.readouterr().err
+
 
 def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study):
     """SIGKILL the driver once trials have finished, then `--resume` in this process."""
@@ -142,18 +148,17 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study):
     driver = subprocess.Popen(
         [sys.executable, str(ROOT / "search" / "run.py"), *study["args"],
          "--address", study["address"]], stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
     finished_before = set()
     deadline = time.monotonic() + 240
     while len(finished_before) < TRIALS + 1:  # one family done, the next one started
         assert driver.poll() is None, (study["folder"] / "driver.log").read_text()
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.2)
-        if (study["folder"] / "mlflow.db").exists():
-            try:
-                _, by_role = runs_by_role(study["uri"])
-            except Exception:  # the driver is still creating the database
-                continue
+        # Read MLflow only once the driver has created its database (it logs a family's
+        # start after that): two processes creating one sqlite schema collide.
+        if "trials x" in (study["folder"] / "driver.log").read_text():
+            _, by_role = runs_by_role(study["uri"])
             finished_before = {run.info.run_id for run in by_role.get("trial", [])
                                if run.info.status == "FINISHED"}
     driver.send_signal(signal.SIGKILL)
