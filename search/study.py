@@ -11,8 +11,8 @@ Per sparsity (one study each):
 3. the comparison (table and plots) goes to MLflow and is returned.
 
 Each `Tuner` keeps its state under `storage_path/<study>-<family>` (and `<study>-final`),
-so `resume=True` continues an interrupted study with `Tuner.restore`; MLflow runs are
-found again by their tags, never duplicated.
+so `resume=True` continues an interrupted search with `Tuner.restore` (the final re-runs
+start over); MLflow runs are found again by their tags, never duplicated.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ class Study:
             "search_seconds": outcome.search_seconds})
         return outcome
 
-    def final_runs(self, outcomes: list[FamilyOutcome], resume: bool) -> FamilyOutcome:
+    def final_runs(self, outcomes: list[FamilyOutcome]) -> FamilyOutcome:
         """Re-run each best config with fresh seeds, and the dense reference; fills the
         outcomes' test accuracies and returns the dense outcome."""
         exp = self.experiment
@@ -236,23 +236,26 @@ class Study:
         family_runs = {family: tracking.ensure_run(
             self.client, self.experiment_id, {tracking.ROLE: "family", tracking.FAMILY: family},
             family) for family in by_family}
-        trainable = tune.with_parameters(final_run, data=self.data_ref)
+        trainable = tune.with_parameters(final_run, runs=configs, data=self.data_ref)
 
         def fresh() -> tune.Tuner:
-            logger = tracking.final_logger(exp.tracking_uri, self.experiment_id,
+            logger = tracking.final_logger(exp.tracking_uri, self.experiment_id, runs=configs,
                                            family_run_ids=family_runs, epochs=exp.epochs)
             return tune.Tuner(
-                trainable, param_space={"train": tune.grid_search(configs)},
+                trainable, param_space={"run": tune.grid_search(list(range(len(configs))))},
                 tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_slots(exp),
                                             reuse_actors=True),
                 run_config=self._run_config("final", logger, len(configs)))
 
         self.echo(f"[{self.name}] final: {len(by_family)} best configs + dense x "
                   f"{len(seeds)} seeds, test accuracy")
-        results = _fit(self._tuner("final", trainable, resume, fresh), len(configs))
+        # Not restored on --resume: the restored trials of this grid came back without their
+        # config here (Ray 2.60). Re-running is safe: runs are found by family and seed,
+        # and logged steps are not logged again.
+        results = _fit(fresh(), len(configs))
         by_family[tracking.DENSE] = dense
         for result in results:
-            train = result.config["train"]
+            train = configs[result.config["run"]]
             family = train["schedule"]["family"] if train["schedule"] else tracking.DENSE
             metrics = result.metrics or {}
             if result.error is not None or "test_acc" not in metrics:
@@ -261,7 +264,9 @@ class Study:
             outcome = by_family[family]
             outcome.test_accs.append(metrics["test_acc"])
             outcome.final_seconds += metrics["train_seconds"]
-            history = result.metrics_dataframe.sort_values("epoch")
+            # A trial restarted after an interruption has its first attempt's rows too.
+            history = (result.metrics_dataframe.drop_duplicates("epoch", keep="last")
+                       .sort_values("epoch"))
             outcome.histories.append(history[["epoch", "val_acc", "sparsity"]]
                                      .to_dict("records"))
         return dense
@@ -269,7 +274,7 @@ class Study:
     def run(self, resume: bool) -> str:
         self.experiment_id = tracking.open_experiment(self.client, self.name)
         outcomes = [self.search_family(family, resume) for family in self.experiment.families]
-        dense = self.final_runs(outcomes, resume)
+        dense = self.final_runs(outcomes)
         outcomes.append(dense)
         title = (f"{self.name}: {self.experiment.model or 'default model'} on "
                  f"{self.experiment.dataset} at {self.sparsity:.0%} sparsity, "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,8 +108,8 @@ class RunSpec:
 class TrialLogger(tune.Callback):
     """Mirror each Tune trial into an MLflow run, live, from the driver.
 
-    `describe(trial.config)` says which run a trial is. `scope` tags select the runs this
-    logger owns: when the experiment ends, owned runs that match no trial (a trial the
+    `describe(trial_id, trial.config)` says which run a trial is. `scope` tags select the
+    runs this logger owns: when the experiment ends, owned runs that match no trial (a trial the
     interrupted driver started after Tune's last state snapshot) are deleted, so a resumed
     study keeps exactly one run per trial. The callback pickles without its client (Tune
     stores it with the experiment for `Tuner.restore`).
@@ -215,9 +215,11 @@ def describe_trial(trial_id: str, config: Mapping[str, Any], *, base: Mapping[st
 
 
 def describe_final(trial_id: str, config: Mapping[str, Any], *,
+                   runs: Sequence[Mapping[str, Any]],
                    family_run_ids: Mapping[str, str]) -> RunSpec:
-    """A final re-run: identified by family and seed, child of its family run."""
-    train = config["train"]
+    """A final re-run (`runs[config["run"]]`): identified by family and seed, child of its
+    family run."""
+    train = runs[config["run"]]
     family = train["schedule"]["family"] if train["schedule"] else DENSE
     parent = family_run_ids.get(family)
     return RunSpec(identity={FAMILY: family, SEED: str(train["seed"])},
@@ -233,9 +235,9 @@ def trial_logger(tracking_uri: str, experiment_id: str, *, family: str, family_r
                                          family_run_id=family_run_id), epochs)
 
 
-def final_logger(tracking_uri: str, experiment_id: str, *,
+def final_logger(tracking_uri: str, experiment_id: str, *, runs: Sequence[Mapping[str, Any]],
                  family_run_ids: Mapping[str, str], epochs: int) -> TrialLogger:
     """The logger of the final re-runs (every family and the dense reference)."""
     return TrialLogger(tracking_uri, experiment_id, {ROLE: "final"},
-                       functools.partial(describe_final, family_run_ids=dict(family_run_ids)),
-                       epochs)
+                       functools.partial(describe_final, runs=list(runs),
+                                         family_run_ids=dict(family_run_ids)), epochs)

@@ -8,7 +8,7 @@ the training time so far, from which the service sums its compute.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
@@ -51,7 +51,9 @@ def search_trial(config: Mapping[str, Any], *, base: Mapping[str, Any],
     _run(trial_config(TrainConfig.from_dict(base), config), data, test=False)
 
 
-def final_run(config: Mapping[str, Any], *, data: ImageData) -> None:
-    """A final re-run: `config["train"]` is a whole `TrainConfig.to_dict()`; its last
-    report adds the test accuracy."""
-    _run(TrainConfig.from_dict(config["train"]), data, test=True)
+def final_run(config: Mapping[str, Any], *, runs: Sequence[Mapping[str, Any]],
+              data: ImageData) -> None:
+    """A final re-run: `runs[config["run"]]` is its whole `TrainConfig.to_dict()` (the
+    grid is over indices: Tune restores plain values, not placeholders of nested dicts);
+    its last report adds the test accuracy."""
+    _run(TrainConfig.from_dict(runs[config["run"]]), data, test=True)

@@ -142,8 +142,11 @@ def test_a_tiny_study_end_to_end(study, capsys):
     assert refused.value.code == 2 and "is deleted" in capsys.readouterr().err
 
 
-def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study):
-    """SIGKILL the driver once trials have finished, then `--resume` in this process."""
+@pytest.mark.parametrize(("role", "finished"), [("trial", TRIALS + 1), ("final", 1)],
+                         ids=["mid-search", "mid-final-runs"])
+def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, role, finished):
+    """SIGKILL the driver once `finished` runs of `role` have finished (the second family's
+    search has started, or the final re-runs have), then `--resume` in this process."""
     log = open(study["folder"] / "driver.log", "w")
     driver = subprocess.Popen(
         [sys.executable, str(ROOT / "search" / "run.py"), *study["args"],
@@ -151,7 +154,7 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study):
         env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
     finished_before = set()
     deadline = time.monotonic() + 240
-    while len(finished_before) < TRIALS + 1:  # one family done, the next one started
+    while len(finished_before) < finished:
         assert driver.poll() is None, (study["folder"] / "driver.log").read_text()
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.2)
@@ -159,7 +162,7 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study):
         # start after that): two processes creating one sqlite schema collide.
         if "trials x" in (study["folder"] / "driver.log").read_text():
             _, by_role = runs_by_role(study["uri"])
-            finished_before = {run.info.run_id for run in by_role.get("trial", [])
+            finished_before = {run.info.run_id for run in by_role.get(role, [])
                                if run.info.status == "FINISHED"}
     driver.send_signal(signal.SIGKILL)
     assert driver.wait(timeout=30) == -signal.SIGKILL
@@ -167,4 +170,4 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study):
 
     assert main([*study["args"], "--resume"]) == 0
     _, by_role, _ = assert_complete_study(study["uri"])
-    assert finished_before <= {run.info.run_id for run in by_role["trial"]}
+    assert finished_before <= {run.info.run_id for run in by_role[role]}
