@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -52,12 +53,19 @@ class StudyInterrupted(Exception):
     """Tune stopped before every trial ended (Ctrl+C); its state is saved for --resume."""
 
 
+class _TrialsLost(Exception):
+    """A Tuner ended with fewer trials than it was asked for, none of them unfinished."""
+
+
 def _fit(tuner: tune.Tuner, trials: int) -> tune.ResultGrid:
-    """`tuner.fit()`, raising `StudyInterrupted` if Tune was stopped before all `trials`
-    ended (Tune returns normally after a Ctrl+C)."""
+    """`tuner.fit()`, raising `StudyInterrupted` if Tune was stopped before its trials
+    ended (Tune returns normally after a Ctrl+C), `_TrialsLost` if it ended with fewer
+    than `trials`."""
     results = tuner.fit()
-    if len(results) < trials or results.num_terminated + results.num_errors < len(results):
+    if results.num_terminated + results.num_errors < len(results):
         raise StudyInterrupted(f"{results.experiment_path} stopped before its trials ended")
+    if len(results) < trials:
+        raise _TrialsLost(f"{results.experiment_path} has {len(results)} of {trials} trials")
     return results
 
 
@@ -147,12 +155,29 @@ class Study:
             raise StudyRefused(f"study {self.name!r} already has results ({', '.join(found)}):"
                                f" pass --resume to continue it, or --name to start another")
 
-    def _tuner(self, part: str, trainable, resume: bool, make: Callable[[], tune.Tuner]):
+    def _fit_or_resume(self, part: str, trainable, trials: int, resume: bool,
+                       fresh: Callable[[], tune.Tuner]) -> tune.ResultGrid:
+        """Fit `part`'s Tuner: restored from its saved state when resuming, else `fresh()`.
+
+        A driver killed while Tune writes its first state snapshot of a part leaves state
+        whose search has fewer trials than asked (seen with Ray 2.60: the searcher counted
+        a trial the snapshot lacks). That part is then searched again from scratch; it had
+        only just started.
+        """
         path = self.tune_path(part)
         if resume and tune.Tuner.can_restore(path):
             self.echo(f"[{self.name}] {part}: resuming from {path}")
-            return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-        return make()
+            try:
+                return _fit(tune.Tuner.restore(str(path), trainable=trainable,
+                                               resume_errored=True), trials)
+            except _TrialsLost as lost:
+                self.echo(f"[{self.name}] {part}: the saved state is incomplete ({lost}); "
+                          f"starting this part again")
+                shutil.rmtree(path)
+        try:
+            return _fit(fresh(), trials)
+        except _TrialsLost as lost:  # stopped before all trials were created
+            raise StudyInterrupted(str(lost)) from None
 
     def _run_config(self, part: str, logger: tracking.TrialLogger,
                     trials: int) -> tune.RunConfig:
@@ -194,7 +219,7 @@ class Study:
 
         self.echo(f"[{self.name}] {family}: {exp.trials_per_family} trials x "
                   f"{exp.epochs} epochs")
-        results = _fit(self._tuner(family, trainable, resume, fresh), exp.trials_per_family)
+        results = self._fit_or_resume(family, trainable, exp.trials_per_family, resume, fresh)
         outcome = FamilyOutcome(family, schedule=None, lr_policy=None,
                                 trials=len(results))
         best = None
@@ -249,10 +274,11 @@ class Study:
 
         self.echo(f"[{self.name}] final: {len(by_family)} best configs + dense x "
                   f"{len(seeds)} seeds, test accuracy")
-        # Not restored on --resume: the restored trials of this grid came back without their
-        # config here (Ray 2.60). Re-running is safe: runs are found by family and seed,
-        # and logged steps are not logged again.
-        results = _fit(fresh(), len(configs))
+        # Never restored: after a kill while Tune wrote this grid's first snapshot, its
+        # restored trials came back without their config (Ray 2.60). Re-running is safe:
+        # the MLflow runs are found by family and seed, and logged steps are not logged
+        # again.
+        results = self._fit_or_resume("final", trainable, len(configs), False, fresh)
         by_family[tracking.DENSE] = dense
         for result in results:
             train = configs[result.config["run"]]
