@@ -171,12 +171,6 @@ def _name(key: str, value) -> str:
     return value
 
 
-def _path_or_none(key: str, value) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{key} must be a path or null, got {value!r}")
-    return value
-
-
 def _choices(allowed: Sequence[str]) -> Callable[[str, Any], tuple[str, ...]]:
     def parse(key: str, value) -> tuple[str, ...]:
         values = [value] if isinstance(value, str) else value
@@ -241,50 +235,44 @@ def _space(key: str, value) -> dict[str, dict[str, Any]]:
     return space
 
 
-_INTEGER = _validate.integer
-_REAL = _validate.real
-
 _SEARCH = {
     "sampler": lambda key, value: _validate.choice(key, value, SAMPLERS),
-    "seed": _checked(_INTEGER, **_validate.SEED),
+    "seed": _checked(_validate.integer, **_validate.SEED),
     "asha": _boolean,
-    "grace_period": _checked(_INTEGER, low=1, high=10_000),
+    "grace_period": _checked(_validate.integer, low=1, high=10_000),
     "space": _space,
 }
 _TRAINING = {
     "optimizer": lambda key, value: _validate.choice(key, value, OPTIMIZERS),
     "lr_max": _checked(_number_or_range, low=0.0, high=10.0, low_open=True),
-    "pct_start": _checked(_REAL, low=0.0, high=1.0, low_open=True, high_open=True),
-    "weight_decay": _checked(_REAL, low=0.0, high=1.0),
+    "pct_start": _checked(_validate.real, low=0.0, high=1.0, low_open=True, high_open=True),
+    "weight_decay": _checked(_validate.real, low=0.0, high=1.0),
     "coupling": _choices(COUPLINGS),
     "recovery_gain": _checked(_number_or_range, low=0.0, high=100.0),
 }
 _RESOURCES = {
-    "cpus_per_trial": _checked(_REAL, low=0.0, high=1024.0, low_open=True),
-    "gpus_per_trial": _checked(_REAL, low=0.0, high=64.0),
+    "cpus_per_trial": _checked(_validate.real, low=0.0, high=1024.0, low_open=True),
+    "gpus_per_trial": _checked(_validate.real, low=0.0, high=64.0),
     "workers_per_trial": _workers,
 }
 _TRACKING = {"tracking_uri": _tracking_uri}
 
 
+def _train_field(key: str, value):
+    """A key named after a `TrainConfig` field: `_check_runnable` checks it there, and the
+    message names it."""
+    return value
+
+
 _TOP = {
     "name": _name,
-    "dataset": lambda key, value: value,  # checked with the model by TrainConfig below
-    "model": lambda key, value: value,
-    "width": _checked(_REAL, **_validate.WIDTH),
-    "data_dir": _path_or_none,
-    "download": _boolean,
-    "image_size": _checked(_INTEGER, **_validate.IMAGE_SIZE),
+    **{key: _train_field for key in ("dataset", "model", "width", "data_dir", "download",
+                                     "image_size", "epochs", "batch_size", "val_fraction",
+                                     "split_seed", "scope", "granularity")},
     "sparsity": _sparsities,
-    "epochs": _checked(_INTEGER, low=1, high=10_000),
-    "batch_size": _checked(_INTEGER, low=2, high=65_536),
     "families": _choices(tuple(FAMILIES)),
-    "trials_per_family": _checked(_INTEGER, low=1, high=100_000),
-    "final_seeds": _checked(_INTEGER, low=2, high=1_000),
-    "val_fraction": _checked(_REAL, **_validate.VAL_FRACTION),
-    "split_seed": _checked(_INTEGER, **_validate.SEED),
-    "scope": lambda key, value: value,
-    "granularity": lambda key, value: value,
+    "trials_per_family": _checked(_validate.integer, low=1, high=100_000),
+    "final_seeds": _checked(_validate.integer, low=2, high=1_000),
     "search": lambda key, value: SearchSettings(**_section(value, key, _SEARCH)),
     "training": lambda key, value: TrainingSpace(**_section(value, key, _TRAINING)),
     "resources": lambda key, value: Resources(**_section(value, key, _RESOURCES)),
