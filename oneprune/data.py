@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +141,15 @@ class Batches:
     def __len__(self) -> int:
         size = self._shard_size()
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+
+    def generator_state(self) -> dict[str, torch.Tensor]:
+        """The random state of batch order and augmentation (to resume a pass exactly)."""
+        return {"order": self._order.get_state(), "augment": self._augment_generator.get_state()}
+
+    def load_generator_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what `generator_state()` returned."""
+        self._order.set_state(state["order"])
+        self._augment_generator.set_state(state["augment"])
 
     def __iter__(self):
         n = len(self.labels)

@@ -9,8 +9,11 @@ trains at t = 1 with the schedule's final sparsity):
     lr = coupled one-cycle LR at t          # oneprune.lr
     forward, backward, optimizer step, pruner.apply_masks()
 
-Per epoch: validation loss and accuracy, and a `report(metrics)` call (rank 0 only). At the
-end: test loss and accuracy. The same seed on CPU gives the same metrics.
+Per epoch: validation loss and accuracy, a `report(metrics)` call (rank 0 only) and a
+`checkpoint(metrics, state)` call (every rank); `train(..., resume=state)` continues from
+such a state exactly where it was taken. A non-finite training loss ends the run after
+that epoch as diverged. At the end: test loss and accuracy. The same seed on CPU gives the
+same metrics, resumed or not.
 
 Under torch.distributed (initialised by the caller: torchrun, Ray Train), the model is
 wrapped in DDP, every rank trains on its shard of each batch order and evaluates on its
@@ -25,6 +28,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import pickle
 import re
 import sys
 import time
@@ -41,6 +45,7 @@ from torch import nn
 from tqdm import tqdm
 
 from oneprune import _validate
+from oneprune._files import write_atomically
 from oneprune.data import DATASETS, Batches, ImageData, load_dataset
 from oneprune.export import save_pruned
 from oneprune.lr import COUPLINGS, CoupledLR
@@ -191,6 +196,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)
     pruner: Pruner | None = field(default=None, repr=False)
+    diverged: bool = False
 
     def metrics(self) -> dict[str, Any]:
         """JSON-ready summary (what `--out` writes to metrics.json)."""
@@ -201,7 +207,8 @@ class TrainResult:
                 "sparsity": self.sparsity,
                 "target_sparsity": (0.0 if self.config.schedule is None
                                     else self.config.schedule.final_sparsity),
-                "seconds": self.seconds, "history": self.history, "layers": layers}
+                "seconds": self.seconds, "diverged": self.diverged,
+                "history": self.history, "layers": layers}
 
 
 def _distributed() -> tuple[int, int]:
@@ -238,6 +245,23 @@ def evaluate(model: nn.Module, batches: Batches,
     return loss_sum / count, correct / count
 
 
+def save_state(state: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write a `checkpoint` state to `path` atomically (a crash never leaves half a file)."""
+    write_atomically(Path(path), lambda f: torch.save(dict(state), f))
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a state written by `save_state`, with `weights_only=True` (no pickled code runs)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+        raise ValueError(f"cannot read training state {os.fspath(path)!r}: {error}") from None
+    if not isinstance(state, dict) or not STATE_KEYS <= set(state):
+        raise ValueError(f"{os.fspath(path)!r} is not a training state "
+                         f"(keys {sorted(STATE_KEYS)})")
+    return state
+
+
 def check_data(cfg: TrainConfig, data: ImageData) -> None:
     """Raise `ValueError` unless `data` was loaded as `cfg` says and suits its model."""
     made = {"dataset": data.name, "split_seed": data.split_seed,
@@ -257,13 +281,18 @@ def check_data(cfg: TrainConfig, data: ImageData) -> None:
 
 
 def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
-          data: ImageData | None = None, progress: bool = False,
-          test: bool = True) -> TrainResult:
+          data: ImageData | None = None, progress: bool = False, test: bool = True,
+          checkpoint: Callable[[dict, dict], Any] | None = None,
+          resume: Mapping[str, Any] | None = None) -> TrainResult:
     """Train `cfg` once, pruning along its schedule; call `report` after every epoch.
 
     `data` may be passed in already loaded (e.g. once for many runs); it must have been
     loaded as the config says. `progress` shows a tqdm bar per epoch. `test=False` skips
     the test split (a tuning run must not see it): test loss and accuracy are then NaN.
+    `checkpoint(metrics, state)` is called after every epoch on every rank (all ranks hold
+    the same state; save it once, e.g. with `save_state`, during the call: its tensors are
+    the live ones); `resume=state` continues the run from it with the same config, data
+    and world size.
     """
     rank, world_size = _distributed()
     device = cfg.resolve_device()
@@ -309,9 +338,21 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
     final_target = target_at[-1]
 
     history: list[dict[str, float]] = []
-    step, pruned_to = 0, 0.0
-    started = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    step, pruned_to, first_epoch, seconds_before = 0, 0.0, 1, 0.0
+    if resume is not None:
+        _check_resume(resume, cfg, world_size)
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if pruner is not None:
+            pruner.load_state_dict(resume["pruner"])
+        train_batches.load_generator_state(resume["batches"][rank])
+        torch.set_rng_state(resume["rng"])
+        history = [dict(row) for row in resume["history"]]
+        step, pruned_to = resume["step"], resume["pruned_to"]
+        first_epoch, seconds_before = resume["epoch"] + 1, resume["seconds"]
+    started = time.perf_counter() - seconds_before
+    diverged = bool(history and history[-1].get("diverged"))
+    for epoch in range(first_epoch, 1 + (first_epoch - 1 if diverged else cfg.epochs)):
         epoch_start = time.perf_counter()
         net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -337,19 +378,32 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
                 bar.update()
             train_loss_sum, seen = _all_sum(
                 [loss_sum.item(), len(train_batches) * cfg.batch_size], device)
+            diverged = not math.isfinite(train_loss_sum)
             val_loss, val_acc = evaluate(model, val_batches, autocast)
             metrics = {
                 "epoch": epoch, "step": step, "progress": step / total_steps, "lr": lr,
                 "target_sparsity": target,
                 "sparsity": 0.0 if pruner is None else pruner.sparsity(),
                 "train_loss": train_loss_sum / seen, "val_loss": val_loss, "val_acc": val_acc,
-                "epoch_seconds": time.perf_counter() - epoch_start,
+                "epoch_seconds": time.perf_counter() - epoch_start, "diverged": diverged,
             }
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{val_acc:.3f}",
                             sparsity=f"{metrics['sparsity']:.3f}")
         history.append(metrics)
         if report is not None and rank == 0:
             report(dict(metrics))
+        if checkpoint is not None:
+            state = {
+                "config": cfg.to_dict(), "world_size": world_size, "epoch": epoch,
+                "step": step, "pruned_to": pruned_to, "history": list(history),
+                "seconds": time.perf_counter() - started, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "pruner": None if pruner is None else pruner.state_dict(),
+                "batches": _gather(train_batches.generator_state(), world_size),
+                "rng": torch.get_rng_state()}
+            checkpoint(dict(metrics), state)
+        if diverged:
+            break
 
     test_loss, test_acc = math.nan, math.nan
     if test:
@@ -357,7 +411,36 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
                                        autocast)
     return TrainResult(cfg, test_loss, test_acc, history[-1]["val_loss"],
                        history[-1]["val_acc"], history[-1]["sparsity"],
-                       time.perf_counter() - started, history, model, pruner)
+                       time.perf_counter() - started, history, model, pruner, diverged)
+
+
+STATE_KEYS = frozenset({"config", "world_size", "epoch", "step", "pruned_to", "history",
+                        "seconds", "model", "optimizer", "pruner", "batches", "rng"})
+
+
+def _gather(value: Any, world_size: int) -> list[Any]:
+    """`value` from every rank, in rank order (a one-element list without DDP)."""
+    if world_size == 1:
+        return [value]
+    values: list[Any] = [None] * world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _check_resume(state: Mapping[str, Any], cfg: TrainConfig, world_size: int) -> None:
+    """Refuse a state taken from another run: it would silently mix two trainings."""
+    if not isinstance(state, Mapping) or not STATE_KEYS <= set(state):
+        raise ValueError(f"resume must be a training state with keys {sorted(STATE_KEYS)}")
+    if state["config"] != cfg.to_dict():
+        differs = sorted(k for k, v in cfg.to_dict().items() if state["config"].get(k) != v)
+        raise ValueError(f"resume state was taken with another config (differs in "
+                         f"{', '.join(differs)})")
+    if state["world_size"] != world_size:
+        raise ValueError(f"resume state was taken with world_size={state['world_size']}, "
+                         f"this run has {world_size}")
+    if not 1 <= state["epoch"] <= cfg.epochs:
+        raise ValueError(f"resume state epoch must be in [1, {cfg.epochs}], "
+                         f"got {state['epoch']}")
 
 
 # -- command line -------------------------------------------------------------------------

@@ -9,11 +9,11 @@ import torch
 from oneprune.data import Batches, load_dataset
 from oneprune.export import MODEL_FILE, load_pruned, save_pruned
 from oneprune.schedules import AGP, Iterative, OneCycle, OneShot
-from oneprune.train import TrainConfig, evaluate, train
+from oneprune.train import TrainConfig, evaluate, load_state, save_state, train
 
 QUICK = TrainConfig(epochs=3, batch_size=128, lr_max=1e-2, device="cpu")
 REPORT_KEYS = {"epoch", "step", "progress", "lr", "target_sparsity", "sparsity", "train_loss",
-               "val_loss", "val_acc", "epoch_seconds"}
+               "val_loss", "val_acc", "epoch_seconds", "diverged"}
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +194,51 @@ def test_bf16_autocast_and_channels_last(digits, device):
     assert weight.device.type == device and weight.dtype == torch.float32  # autocast only
     assert result.sparsity == pytest.approx(0.9, abs=1e-3)
     assert result.test_acc > 0.3 and np.isfinite(result.history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("schedule", [OneCycle(0.9), None], ids=["pruned", "dense"])
+def test_a_run_resumed_from_a_saved_state_equals_the_uninterrupted_run(digits, tmp_path,
+                                                                       schedule):
+    cfg = dataclasses.replace(QUICK, epochs=4, schedule=schedule)
+    whole = train(cfg, data=digits)
+    saved = []
+
+    def checkpoint(metrics, state):
+        path = tmp_path / f"epoch{metrics['epoch']}.pt"
+        save_state(state, path)
+        saved.append(path)
+
+    train(cfg, data=digits, checkpoint=checkpoint)
+    assert len(saved) == 4
+    resumed = train(cfg, data=digits, resume=load_state(saved[1]))  # after epoch 2
+    assert without_times(resumed.history) == without_times(whole.history)
+    assert resumed.test_acc == whole.test_acc
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_a_state_of_another_run_is_refused(digits, tmp_path):
+    states = []
+    train(QUICK, data=digits, checkpoint=lambda metrics, state: states.append(
+        save_state(state, tmp_path / "state.pt")))
+    with pytest.raises(ValueError, match="another config .*seed"):
+        train(dataclasses.replace(QUICK, seed=1), data=digits,
+              resume=load_state(tmp_path / "state.pt"))
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read training state"):
+        load_state(tmp_path / "broken.pt")
+    torch.save({"model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="is not a training state"):
+        load_state(tmp_path / "partial.pt")
+
+
+def test_a_non_finite_loss_ends_the_run_as_diverged(digits):
+    def poison_after_epoch_1(metrics, state):
+        if metrics["epoch"] == 1:
+            next(iter(state["model"].values())).fill_(float("nan"))
+
+    result = train(dataclasses.replace(QUICK, epochs=4), data=digits,
+                   checkpoint=poison_after_epoch_1)
+    assert result.diverged and [h["diverged"] for h in result.history] == [False, True]
+    assert result.metrics()["diverged"] is True
+    assert not train(QUICK, data=digits).diverged
