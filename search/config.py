@@ -13,6 +13,7 @@
                recovery_gain: [0, 2]}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0, workers_per_trial: 1}
     tracking: {tracking_uri: "sqlite:///mlflow.db"}
+    faults: {raise_at_epoch: 2, nan_at_epoch: 2, nan_families: [agp]}   # test-only
 
 `load_experiment(path)` returns an `Experiment` or raises `ConfigError` with one line that
 names the offending key. Every value is checked by the library's own validation (a
@@ -80,11 +81,39 @@ class TrainingSpace:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one trial holds on the cluster."""
+    """What one trial holds on the cluster: `workers_per_trial` processes (more than one: a
+    Ray Train DDP run), each with `cpus_per_trial` CPUs and `gpus_per_trial` GPUs."""
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     workers_per_trial: int = 1
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Test-only fault injection, to prove the service survives them (README, Reliability).
+
+    `raise_at_epoch`: a trial raises at the end of that epoch, before its checkpoint is
+    saved, on every attempt that did not resume from a checkpoint (its retry resumes and
+    passes; at epoch 1 every attempt fails). `nan_at_epoch` (>= 2): a trial's weights turn
+    NaN once the epoch before is saved, so that epoch's loss is NaN. `raise_families` and
+    `nan_families`: the families whose trials and final runs get each fault ("dense": the
+    dense reference); None: all.
+    """
+
+    raise_at_epoch: int | None = None
+    raise_families: tuple[str, ...] | None = None
+    nan_at_epoch: int | None = None
+    nan_families: tuple[str, ...] | None = None
+
+    def for_family(self, family: str) -> Faults | None:
+        """The faults a run of `family` gets (None: none)."""
+        mine = Faults(
+            raise_at_epoch=self.raise_at_epoch if self.raise_families is None
+            or family in self.raise_families else None,
+            nan_at_epoch=self.nan_at_epoch if self.nan_families is None
+            or family in self.nan_families else None)
+        return mine if mine.raise_at_epoch or mine.nan_at_epoch else None
 
 
 @dataclass(frozen=True)
@@ -112,6 +141,7 @@ class Experiment:
     training: TrainingSpace = field(default_factory=TrainingSpace)
     resources: Resources = field(default_factory=Resources)
     tracking_uri: str = DEFAULT_TRACKING_URI
+    faults: Faults | None = None
 
     def study_name(self, sparsity: float) -> str:
         """The MLflow experiment (and Tune folder prefix) of the study at `sparsity`."""
@@ -208,14 +238,6 @@ def _sparsities(key: str, value) -> tuple[float, ...]:
     return parsed
 
 
-def _workers(key: str, value) -> int:
-    workers = _validate.integer(key, value, low=1, high=1024)
-    if workers > 1:
-        raise ConfigError(f"{key} must be 1: distributed trials (a Ray Train TorchTrainer per "
-                          f"trial) are not built yet, got {value!r}")
-    return workers
-
-
 def _tracking_uri(key: str, value) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{key} must be a non-empty MLflow tracking URI, got {value!r}")
@@ -253,9 +275,15 @@ _TRAINING = {
 _RESOURCES = {
     "cpus_per_trial": _checked(_validate.real, low=0.0, high=1024.0, low_open=True),
     "gpus_per_trial": _checked(_validate.real, low=0.0, high=64.0),
-    "workers_per_trial": _workers,
+    "workers_per_trial": _checked(_validate.integer, low=1, high=1024),
 }
 _TRACKING = {"tracking_uri": _tracking_uri}
+_FAULTS = {  # the epochs' upper bound is checked against `epochs` in `_check_runnable`
+    "raise_at_epoch": _checked(_validate.integer, low=1, high=10_000),
+    "raise_families": _choices((*FAMILIES, "dense")),
+    "nan_at_epoch": _checked(_validate.integer, low=2, high=10_000),
+    "nan_families": _choices((*FAMILIES, "dense")),
+}
 
 
 def _train_field(key: str, value):
@@ -277,6 +305,7 @@ _TOP = {
     "training": lambda key, value: TrainingSpace(**_section(value, key, _TRAINING)),
     "resources": lambda key, value: Resources(**_section(value, key, _RESOURCES)),
     "tracking": lambda key, value: _section(value, key, _TRACKING),
+    "faults": lambda key, value: Faults(**_section(value, key, _FAULTS)),
 }
 
 
@@ -302,6 +331,12 @@ def parse_experiment(raw: Any) -> Experiment:
 
 def _check_runnable(experiment: Experiment) -> None:
     """Build the training config of every family at both ends of every tuned range."""
+    faults = experiment.faults
+    for name in ("raise_at_epoch", "nan_at_epoch"):
+        epoch = faults and getattr(faults, name)
+        if epoch and epoch > experiment.epochs:
+            raise ConfigError(f"faults.{name} must be at most epochs={experiment.epochs}, "
+                              f"got {epoch}")
     training = experiment.training
     ends = {name: value if isinstance(value, tuple) else (value,)
             for name, value in (("lr_max", training.lr_max),

@@ -24,7 +24,7 @@ from oneprune.schedules import Schedule
 REFERENCE = "one_cycle"
 COLUMNS = ("family", "best_params", "test_acc_mean", "test_acc_std", "ci95_low", "ci95_high",
            "seeds", "diff_to_one_cycle", "diff_ci95_low", "diff_ci95_high", "best_val_acc",
-           "trials_completed", "trials", "compute_seconds")
+           "trials_completed", "trials_diverged", "trials", "compute_seconds")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class FamilyOutcome:
     best_val_acc: float = math.nan
     trials: int = 0
     trials_completed: int = 0
+    trials_diverged: int = 0  # ended by a non-finite loss (not completed)
     search_seconds: float = 0.0
     test_accs: list[float] = field(default_factory=list)
     final_seconds: float = 0.0
@@ -93,7 +94,7 @@ def comparison_rows(outcomes: Sequence[FamilyOutcome]) -> list[dict]:
             "seeds": len(outcome.test_accs), "diff_to_one_cycle": diff[0],
             "diff_ci95_low": diff[1], "diff_ci95_high": diff[2],
             "best_val_acc": outcome.best_val_acc, "trials_completed": outcome.trials_completed,
-            "trials": outcome.trials,
+            "trials_diverged": outcome.trials_diverged, "trials": outcome.trials,
             "compute_seconds": outcome.search_seconds + outcome.final_seconds})
     return rows
 

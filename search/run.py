@@ -16,12 +16,14 @@ import os
 import sys
 from pathlib import Path
 
+import pyarrow
+import pyarrow.fs
 import ray
 
 from search.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
 from search.study import StudyInterrupted, StudyRefused, load_data, run_experiment
 
-DEFAULT_STORAGE = Path("~/ray_results")
+DEFAULT_STORAGE = "~/ray_results"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,9 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                              "'auto' joins the running one, or HOST:PORT / ray://HOST:PORT")
     parser.add_argument("--num-cpus", type=int,
                         help="CPUs of the local cluster (default: all of this machine's)")
-    parser.add_argument("--storage-path", type=Path, default=DEFAULT_STORAGE,
-                        help="where Ray Tune keeps the study's state and trial results "
-                             "(default: ~/ray_results; shared storage on a multi-node "
+    parser.add_argument("--storage-path", default=DEFAULT_STORAGE,
+                        help="where Ray Tune keeps the study's state, trial results and "
+                             "checkpoints: a folder (default: ~/ray_results) or a URI "
+                             "such as s3://bucket/path (shared storage for a multi-node "
                              "cluster)")
     parser.add_argument("--tracking-uri",
                         help="MLflow tracking URI (default: the experiment's "
@@ -63,16 +66,22 @@ def _connect(address: str, num_cpus: int | None) -> None:
         ray.init(address=address)
 
 
-def _writable_folder(path: Path) -> Path:
-    """`path` made absolute and created; `ConfigError` if that fails or it is read-only."""
-    folder = path.expanduser().resolve()
+def _writable_storage(storage: str) -> str:
+    """`storage` (a folder, made absolute, or a URI) once a probe file was written and
+    removed there; `ConfigError` (one line) if it cannot be, before any trial starts."""
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"--storage-path {folder}: {error.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"--storage-path {folder} is not writable")
-    return folder
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(storage)
+        filesystem.create_dir(path)
+        probe = f"{path.rstrip('/')}/.oneprune-write-check-{os.getpid()}"
+        with filesystem.open_output_stream(probe) as stream:
+            stream.write(b"ok")
+        filesystem.delete_file(probe)
+    except (OSError, pyarrow.ArrowException) as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise ConfigError(f"--storage-path {storage} is not writable: {reason}") from None
+    return storage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                      {k: v for k, v in overrides.items() if v is not None})
         if args.num_cpus is not None and args.num_cpus < 1:
             raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
-        storage = _writable_folder(args.storage_path)
+        storage = _writable_storage(args.storage_path)
         data = load_data(experiment)
     except ValueError as error:  # ConfigError, missing or unusable data
         parser.exit(2, f"{parser.prog}: error: {error}\n")

@@ -12,7 +12,9 @@ Per sparsity (one study each):
 
 Each `Tuner` keeps its state under `storage_path/<study>-<family>` (and `<study>-final`),
 so `resume=True` continues an interrupted search with `Tuner.restore` (the final re-runs
-start over); MLflow runs are found again by their tags, never duplicated.
+start over); MLflow runs are found again by their tags, never duplicated. A distributed
+trial's Ray Train run lives in `<its Tuner's folder>/train/<trial id>`. The storage path
+is a local folder or a URI (s3://...: shared storage for a multi-node cluster).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import pyarrow.fs
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -38,7 +40,7 @@ from search import tracking
 from search.config import Experiment
 from search.report import FamilyOutcome, format_params, write_report
 from search.space import define_by_run, trial_config
-from search.trainable import final_run, search_trial
+from search.trainable import Launch, final_run, search_trial
 
 METRIC = "val_acc"
 MAX_FAILURES = 2  # a failed trial is retried this often before it counts as failed
@@ -84,8 +86,9 @@ def concurrent_slots(experiment: Experiment) -> int | None:
     """How many trials fit on the cluster at once (None: a resource the trials need is not
     there yet, e.g. GPU workers an autoscaler adds on demand)."""
     available = ray.cluster_resources()
-    needs = {"CPU": experiment.resources.cpus_per_trial,
-             "GPU": experiment.resources.gpus_per_trial}
+    resources = experiment.resources
+    needs = {"CPU": resources.cpus_per_trial * resources.workers_per_trial,
+             "GPU": resources.gpus_per_trial * resources.workers_per_trial}
     slots = [math.floor(available.get(name, 0) / need) for name, need in needs.items()
              if need > 0]
     return None if min(slots) < 1 else min(slots)
@@ -106,6 +109,8 @@ class TrialProgress(tune.Callback):
                    f"{result['train_seconds']:.1f} s" if METRIC in result else "no result")
         if "test_acc" in result:
             metrics = f"test_acc {result['test_acc']:.4f}, " + metrics
+        if result.get("diverged"):
+            what = f"{what} (diverged: non-finite loss)"
         print(f"[{self.label}] {ended}/{self.total} {trial.trial_id} {what}: {metrics}",
               flush=True)
 
@@ -119,11 +124,21 @@ class TrialProgress(tune.Callback):
         self._line(trials, trial, "FAILED")
 
 
+def join_storage(storage_path: str, name: str) -> str:
+    """`storage_path/name` for a local folder or a URI."""
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
+def _remove_storage(path: str) -> None:
+    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
+    filesystem.delete_dir(inner)
+
+
 class Study:
     """One study of an experiment (one sparsity); `run()` returns the comparison table."""
 
     def __init__(self, experiment: Experiment, sparsity: float, data_ref: ray.ObjectRef, *,
-                 storage_path: Path, echo: Callable[[str], None] = print):
+                 storage_path: str, echo: Callable[[str], None] = print):
         self.experiment = experiment
         self.sparsity = sparsity
         self.name = experiment.study_name(sparsity)
@@ -133,8 +148,28 @@ class Study:
         self.client = MlflowClient(experiment.tracking_uri)
         self.experiment_id: str | None = None  # opened by run(), not before the checks
 
-    def tune_path(self, part: str) -> Path:
-        return self.storage_path / f"{self.name}-{part}"
+    def tune_path(self, part: str) -> str:
+        return join_storage(self.storage_path, f"{self.name}-{part}")
+
+    def _trainable(self, trainable: Callable, **arguments) -> tune.Trainable:
+        """`trainable` with its arguments and resources: a single-process trial holds its
+        CPUs and GPUs; a distributed one is a light Tune driver (a token of memory, since
+        Tune wants some request) whose Ray Train workers hold them."""
+        resources = self.experiment.resources
+        launch = Launch(workers=resources.workers_per_trial,
+                        cpus_per_worker=resources.cpus_per_trial,
+                        gpus_per_worker=resources.gpus_per_trial,
+                        train_storage=join_storage(self.tune_path(arguments.pop("part")),
+                                                   "train"),
+                        faults=self.experiment.faults)
+        if launch.workers == 1:
+            request = {"CPU": launch.cpus_per_worker, "GPU": launch.gpus_per_worker}
+            data = self.data_ref
+        else:
+            request = {"CPU": 0, "memory": 1}
+            data = (self.data_ref,)  # workers fetch it; the tuple keeps Tune from resolving
+        return tune.with_resources(
+            tune.with_parameters(trainable, data=data, launch=launch, **arguments), request)
 
     def check_can_start(self, resume: bool) -> None:
         """Raise `StudyRefused` if this study's MLflow experiment is deleted, or, without
@@ -168,12 +203,12 @@ class Study:
         if resume and tune.Tuner.can_restore(path):
             self.echo(f"[{self.name}] {part}: resuming from {path}")
             try:
-                return _fit(tune.Tuner.restore(str(path), trainable=trainable,
+                return _fit(tune.Tuner.restore(path, trainable=trainable,
                                                resume_errored=True), trials)
             except _TrialsLost as lost:
                 self.echo(f"[{self.name}] {part}: the saved state is incomplete ({lost}); "
                           f"starting this part again")
-                shutil.rmtree(path)
+                _remove_storage(path)
         try:
             return _fit(fresh(), trials)
         except _TrialsLost as lost:  # stopped before all trials were created
@@ -182,7 +217,7 @@ class Study:
     def _run_config(self, part: str, logger: tracking.TrialLogger,
                     trials: int) -> tune.RunConfig:
         return tune.RunConfig(
-            name=self.tune_path(part).name, storage_path=str(self.storage_path),
+            name=f"{self.name}-{part}", storage_path=self.storage_path,
             callbacks=[logger, TrialProgress(f"{self.name} {part}", trials)],
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=0)
 
@@ -192,8 +227,7 @@ class Study:
         base = exp.base_config(family, self.sparsity)
         run_id = tracking.ensure_run(self.client, self.experiment_id,
                                      {tracking.ROLE: "family", tracking.FAMILY: family}, family)
-        trainable = tune.with_parameters(search_trial, base=base.to_dict(),
-                                         data=self.data_ref)
+        trainable = self._trainable(search_trial, part=family, base=base.to_dict())
 
         def fresh() -> tune.Tuner:
             searcher = OptunaSearch(
@@ -208,7 +242,8 @@ class Study:
                                                            exp.epochs))
             logger = tracking.trial_logger(exp.tracking_uri, self.experiment_id,
                                            family=family, family_run_id=run_id,
-                                           base=base.to_dict(), epochs=exp.epochs)
+                                           base=base.to_dict(), epochs=exp.epochs,
+                                           workers=exp.resources.workers_per_trial)
             return tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -226,13 +261,19 @@ class Study:
         for result in results:
             metrics = result.metrics or {}
             outcome.search_seconds += metrics.get("train_seconds", 0.0)
-            if result.error is None and metrics.get("epoch") == exp.epochs:
+            if metrics.get("diverged"):
+                outcome.trials_diverged += 1
+            elif result.error is None and metrics.get("epoch") == exp.epochs:
                 outcome.trials_completed += 1
                 if best is None or metrics[METRIC] > best.metrics[METRIC]:
                     best = result
+        search_metrics = {"trials": outcome.trials,
+                          "trials_completed": outcome.trials_completed,
+                          "trials_diverged": outcome.trials_diverged,
+                          "search_seconds": outcome.search_seconds}
         if best is None:
             self.echo(f"[{self.name}] {family}: no trial completed the budget")
-            self.client.set_terminated(run_id, "FAILED")
+            tracking.fail_family(self.client, run_id, search_metrics)
             return outcome
         cfg = trial_config(base, best.config)
         self.echo(f"[{self.name}] {family}: best val_acc {best.metrics[METRIC]:.4f} with "
@@ -241,9 +282,7 @@ class Study:
         outcome.best_params = dict(best.config)
         outcome.best_val_acc = best.metrics[METRIC]
         tracking.finish_family(self.client, run_id, cfg.to_dict(), {
-            "best_val_acc": outcome.best_val_acc, "trials": outcome.trials,
-            "trials_completed": outcome.trials_completed,
-            "search_seconds": outcome.search_seconds})
+            "best_val_acc": outcome.best_val_acc, **search_metrics})
         return outcome
 
     def final_runs(self, outcomes: list[FamilyOutcome]) -> FamilyOutcome:
@@ -261,11 +300,12 @@ class Study:
         family_runs = {family: tracking.ensure_run(
             self.client, self.experiment_id, {tracking.ROLE: "family", tracking.FAMILY: family},
             family) for family in by_family}
-        trainable = tune.with_parameters(final_run, runs=configs, data=self.data_ref)
+        trainable = self._trainable(final_run, part="final", runs=configs)
 
         def fresh() -> tune.Tuner:
             logger = tracking.final_logger(exp.tracking_uri, self.experiment_id, runs=configs,
-                                           family_run_ids=family_runs, epochs=exp.epochs)
+                                           family_run_ids=family_runs, epochs=exp.epochs,
+                                           workers=exp.resources.workers_per_trial)
             return tune.Tuner(
                 trainable, param_space={"run": tune.grid_search(list(range(len(configs))))},
                 tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_slots(exp),
@@ -322,7 +362,7 @@ def load_data(experiment: Experiment) -> ImageData:
     return data
 
 
-def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: Path,
+def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str,
                    resume: bool = False, echo: Callable[[str], None] = print) -> list[str]:
     """Run (or resume) every study of `experiment` on the connected Ray cluster; returns
     each study's comparison table. `data` comes from `load_data(experiment)`."""

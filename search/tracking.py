@@ -5,7 +5,9 @@ One MLflow experiment per study. Every run is tagged with `oneprune.role` and
 
     role=family      one parent run per family: its best parameters and metrics
     role=trial       one child run per Tune trial (mlflow.parentRunId = its family run):
-                     params = the whole training config, metrics per epoch (step = epoch)
+                     params = the whole training config, metrics per epoch (step = epoch),
+                     tags oneprune.workers (DDP processes) and, for a run whose loss went
+                     NaN/inf, oneprune.status=diverged
     role=final       the seed re-runs of each family's best config, and the dense reference
     role=comparison  the table (comparison.md / .csv) and plots (schedules.png, curves.png)
 
@@ -36,6 +38,9 @@ SEED = "oneprune.seed"
 PARENT = "mlflow.parentRunId"
 STOPPED_EARLY = "oneprune.stopped_early"
 ERROR = "oneprune.error"
+WORKERS = "oneprune.workers"
+STATUS = "oneprune.status"
+DIVERGED = "diverged"
 DENSE = "dense"
 METRICS = ("lr", "target_sparsity", "sparsity", "train_loss", "val_loss", "val_acc",
            "epoch_seconds", "train_seconds", "test_loss", "test_acc")
@@ -108,18 +113,20 @@ class RunSpec:
 class TrialLogger(tune.Callback):
     """Mirror each Tune trial into an MLflow run, live, from the driver.
 
-    `describe(trial_id, trial.config)` says which run a trial is. `scope` tags select the
-    runs this logger owns: when the experiment ends, owned runs that match no trial (a trial the
-    interrupted driver started after Tune's last state snapshot) are deleted, so a resumed
-    study keeps exactly one run per trial. The callback pickles without its client (Tune
-    stores it with the experiment for `Tuner.restore`).
+    `describe(trial_id, trial.config)` says which run a trial is; `tags` go on every run it
+    creates. `scope` tags select the runs this logger owns: when the experiment ends, owned
+    runs that match no trial (a trial the interrupted driver started after Tune's last state
+    snapshot) are deleted, so a resumed study keeps exactly one run per trial. The callback
+    pickles without its client (Tune stores it with the experiment for `Tuner.restore`).
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, scope: Mapping[str, str],
-                 describe: Callable[[str, Mapping[str, Any]], RunSpec], epochs: int):
+                 describe: Callable[[str, Mapping[str, Any]], RunSpec], epochs: int,
+                 tags: Mapping[str, str]):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.scope = dict(scope)
+        self.tags = dict(tags)
         self.describe = describe
         self.epochs = epochs
         self._client: MlflowClient | None = None
@@ -145,7 +152,7 @@ class TrialLogger(tune.Callback):
                 last_step = max((m.step for m in history), default=0)
             else:
                 run_id = self.client.create_run(
-                    self.experiment_id, tags={**identity, **spec.tags},
+                    self.experiment_id, tags={**identity, **self.tags, **spec.tags},
                     run_name=spec.run_name).info.run_id
                 self.client.log_batch(run_id, params=[Param(k, v)
                                                       for k, v in spec.params.items()])
@@ -165,11 +172,13 @@ class TrialLogger(tune.Callback):
         self.client.log_batch(run_id, metrics=_metrics(
             {key: result[key] for key in METRICS
              if key in result and not math.isnan(float(result[key]))}, step))
+        if result.get("diverged"):
+            self.client.set_tag(run_id, STATUS, DIVERGED)
         self._runs[trial.trial_id] = (run_id, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id, last_step = self._run_of(trial)
-        if last_step < self.epochs:
+        if last_step < self.epochs and not (trial.last_result or {}).get("diverged"):
             self.client.set_tag(run_id, STOPPED_EARLY, f"after epoch {last_step}")
         self.client.set_terminated(run_id, "FINISHED")
 
@@ -194,6 +203,12 @@ def finish_family(client: MlflowClient, run_id: str, best_config: Mapping[str, A
         params = [Param(k, v) for k, v in flat_params(best_config).items()]
     client.log_batch(run_id, params=params, metrics=_metrics(metrics))
     client.set_terminated(run_id, "FINISHED")
+
+
+def fail_family(client: MlflowClient, run_id: str, metrics: Mapping[str, float]) -> None:
+    """Close the run of a family none of whose trials completed, with its search metrics."""
+    client.log_batch(run_id, metrics=_metrics(metrics))
+    client.set_terminated(run_id, "FAILED")
 
 
 def finish_comparison(client: MlflowClient, experiment_id: str, folder: str,
@@ -228,16 +243,20 @@ def describe_final(trial_id: str, config: Mapping[str, Any], *,
 
 
 def trial_logger(tracking_uri: str, experiment_id: str, *, family: str, family_run_id: str,
-                 base: Mapping[str, Any], epochs: int) -> TrialLogger:
-    """The logger of one family's search trials (`base`: their `TrainConfig.to_dict()`)."""
+                 base: Mapping[str, Any], epochs: int, workers: int) -> TrialLogger:
+    """The logger of one family's search trials (`base`: their `TrainConfig.to_dict()`;
+    `workers`: DDP processes per trial)."""
     return TrialLogger(tracking_uri, experiment_id, {ROLE: "trial", FAMILY: family},
                        functools.partial(describe_trial, base=dict(base),
-                                         family_run_id=family_run_id), epochs)
+                                         family_run_id=family_run_id), epochs,
+                       {WORKERS: str(workers)})
 
 
 def final_logger(tracking_uri: str, experiment_id: str, *, runs: Sequence[Mapping[str, Any]],
-                 family_run_ids: Mapping[str, str], epochs: int) -> TrialLogger:
+                 family_run_ids: Mapping[str, str], epochs: int,
+                 workers: int) -> TrialLogger:
     """The logger of the final re-runs (every family and the dense reference)."""
     return TrialLogger(tracking_uri, experiment_id, {ROLE: "final"},
                        functools.partial(describe_final, runs=list(runs),
-                                         family_run_ids=dict(family_run_ids)), epochs)
+                                         family_run_ids=dict(family_run_ids)), epochs,
+                       {WORKERS: str(workers)})

@@ -1,59 +1,196 @@
-"""The Tune trainables: one `oneprune.train.train` run per trial, reported every epoch.
+"""The Tune trainables: one `oneprune.train.train` run per trial, reported every epoch with
+a checkpoint, so a trial that fails is retried from its last finished epoch.
 
-Both take the dataset, which the driver loaded once and put in Ray's object store (it passes
-the reference to `tune.with_parameters`, which hands trials the object): no trial reads
-files or re-splits data. Each report carries the epoch's metrics and `train_seconds`,
-the training time so far, from which the service sums its compute.
+With one worker per trial the Tune function trains in its own process. With K > 1 it is
+the driver of a Ray Train `TorchTrainer` of K workers (DDP: gloo on CPU, nccl on GPU)
+whose rank 0 reports through `TuneReportCallback`; Ray Train restarts a failed worker
+group from the last checkpoint, and a retried Tune trial finds its Train run (same name
+and storage path) and continues it.
+
+The dataset is loaded once by the driver and put in Ray's object store: single-process
+trials receive the object (`tune.with_parameters` resolves it), Train workers fetch it by
+reference. Each report carries the epoch's metrics, `train_seconds` (the training time so
+far, from which the service sums its compute), `resumed_from` (the epoch of the checkpoint
+this attempt started from; 0: none), and, space-separated in rank order, the Ray node of
+every rank (`rank_nodes`) and a digest of every rank's pruning masks (`rank_masks`; a
+trial whose ranks disagree fails).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import math
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
+import ray.train
 import torch
+import torch.distributed as dist
 from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from oneprune.data import ImageData
-from oneprune.train import TrainConfig, train
+from oneprune.train import TrainConfig, load_state, save_state, train
+from search.config import Faults
 from search.space import trial_config
+
+STATE_FILE = "state.pt"
+TRAIN_MAX_FAILURES = 2  # worker-group restarts within one attempt of a distributed trial
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the experiment's `faults.raise_at_epoch` (test-only)."""
+
+
+def _mask_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 of a training state's pruning masks ("" for a dense run)."""
+    digest = hashlib.sha256()
+    for mask in (state["pruner"] or {"masks": {}})["masks"].values():
+        digest.update(mask.cpu().numpy().tobytes())
+    return digest.hexdigest() if state["pruner"] else ""
+
+
+def _gather(value: Any) -> list[Any]:
+    """`value` of every rank, in rank order (one element outside torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | None,
+            test: bool, faults: Faults | None,
+            report: Callable[[dict, Path | None], None]) -> None:
+    """Train `cfg` from `start` (a saved state, or None), calling `report(metrics, folder)`
+    after every epoch on every rank, with a folder holding rank 0's checkpoint (None on
+    other ranks). With `test`, the last report comes after the test split and adds
+    `test_acc` and `test_loss` (so a run whose last epoch was reported has its test too).
+    `faults` are this trial's injected faults (None: none)."""
+    node = ray.get_runtime_context().get_node_id()
+    held: dict[str, Any] = {}
+
+    def on_epoch(metrics: dict, state: dict) -> None:
+        epoch = metrics["epoch"]
+        if faults and faults.raise_at_epoch == epoch and start is None:
+            raise InjectedFault(f"injected fault at epoch {epoch} (faults.raise_at_epoch)")
+        masks = _gather(_mask_digest(state))
+        if len(set(masks)) > 1:
+            raise RuntimeError(f"the ranks' pruning masks differ after epoch {epoch}")
+        metrics = {**metrics,
+                   "train_seconds": sum(row["epoch_seconds"] for row in state["history"]),
+                   "resumed_from": 0 if start is None else start["epoch"],
+                   # strings, not lists: Tune's TensorBoard logger warns about lists
+                   "rank_nodes": " ".join(_gather(node)), "rank_masks": " ".join(masks)}
+        if test and (epoch == cfg.epochs or metrics["diverged"]):
+            held.update(metrics)  # reported with the test metrics
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                if dist.is_initialized() and dist.get_rank() != 0:
+                    report(metrics, None)
+                else:
+                    save_state(state, Path(folder) / STATE_FILE)
+                    report(metrics, Path(folder))
+        if faults and faults.nan_at_epoch == epoch + 1:
+            with torch.no_grad():
+                next(iter(state["model"].values())).fill_(math.nan)
+
+    result = train(cfg, data=data, test=test, checkpoint=on_epoch, resume=start)
+    if test:
+        report({**held, "test_acc": result.test_acc, "test_loss": result.test_loss}, None)
 
 
 def _use_assigned_cpus() -> None:
-    """One torch thread per CPU the trial holds, so concurrent trials don't oversubscribe."""
+    """One torch thread per CPU the process holds, so concurrent trials don't oversubscribe."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def _run(cfg: TrainConfig, data: ImageData, *, test: bool) -> None:
-    """Train `cfg`, reporting every epoch; with `test`, the last report adds test metrics."""
+def _tune_report(metrics: dict, folder: Path | None) -> None:
+    tune.report(metrics, checkpoint=None if folder is None
+                else tune.Checkpoint.from_directory(folder))
+
+
+def _train_report(metrics: dict, folder: Path | None) -> None:
+    ray.train.report(metrics, checkpoint=None if folder is None
+                     else ray.train.Checkpoint.from_directory(folder))
+
+
+def _start_from(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_state(Path(folder) / STATE_FILE)
+
+
+# The dataset: the object itself for a single-process trial; for a distributed one, its
+# object-store reference in a 1-tuple (so that Tune passes it on unresolved).
+TrialData = ImageData | tuple[ray.ObjectRef]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a trial trains: in its own process (`workers` 1) or as a `TorchTrainer` of
+    `workers` DDP workers whose Train runs live under `train_storage` (shared storage
+    on a multi-node cluster: a restarted worker may land on another node)."""
+
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    train_storage: str = ""
+    faults: Faults | None = None
+
+
+def _distributed_worker(config: Mapping[str, Any]) -> None:
+    """One Ray Train worker: its rank of the DDP run `config` describes."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(ray.train.torch.get_device())
     _use_assigned_cpus()
-    train_seconds = 0.0
-    last: dict[str, Any] = {}
+    data = ray.get(config["data"][0])  # the reference rode in a tuple, unresolved
+    _epochs(TrainConfig.from_dict(config["train"]), data,
+            start=_start_from(ray.train.get_checkpoint()), test=config["test"],
+            faults=config["faults"], report=_train_report)
 
-    def report(metrics: dict) -> None:
-        nonlocal train_seconds, last
-        train_seconds += metrics["epoch_seconds"]
-        last = {**metrics, "train_seconds": train_seconds}
-        if not (test and metrics["epoch"] == cfg.epochs):
-            tune.report(last)
 
-    result = train(cfg, report, data=data, test=test)
-    if test:
-        tune.report({**last, "test_acc": result.test_acc, "test_loss": result.test_loss})
+def _run(cfg: TrainConfig, data: TrialData, launch: Launch, *, test: bool) -> None:
+    faults = launch.faults and launch.faults.for_family(
+        cfg.schedule.family if cfg.schedule else "dense")
+    if launch.workers == 1:
+        _use_assigned_cpus()
+        _epochs(cfg, data, start=_start_from(tune.get_checkpoint()), test=test,
+                faults=faults, report=_tune_report)
+        return
+    trainer = TorchTrainer(
+        _distributed_worker,
+        train_loop_config={"train": cfg.to_dict(), "data": data, "test": test,
+                           "faults": faults},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=launch.workers, use_gpu=launch.gpus_per_worker > 0,
+            resources_per_worker={"CPU": launch.cpus_per_worker,
+                                  "GPU": launch.gpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=tune.get_context().get_trial_id(), storage_path=launch.train_storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=TRAIN_MAX_FAILURES),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
+    trainer.fit()
 
 
 def search_trial(config: Mapping[str, Any], *, base: Mapping[str, Any],
-                 data: ImageData) -> None:
+                 data: TrialData, launch: Launch) -> None:
     """A tuning trial: `base` (a `TrainConfig.to_dict()`) with the sampled `config`;
     reports validation metrics only."""
-    _run(trial_config(TrainConfig.from_dict(base), config), data, test=False)
+    _run(trial_config(TrainConfig.from_dict(base), config), data, launch, test=False)
 
 
 def final_run(config: Mapping[str, Any], *, runs: Sequence[Mapping[str, Any]],
-              data: ImageData) -> None:
+              data: TrialData, launch: Launch) -> None:
     """A final re-run: `runs[config["run"]]` is its whole `TrainConfig.to_dict()` (the
     grid is over indices: Tune restores plain values, not placeholders of nested dicts);
     its last report adds the test accuracy."""
-    _run(TrainConfig.from_dict(runs[config["run"]]), data, test=True)
+    _run(TrainConfig.from_dict(runs[config["run"]]), data, launch, test=True)

@@ -121,25 +121,33 @@ def cifar100_dir(tmp_path):
     return write_cifar(tmp_path / "data", "cifar100")
 
 
-# -- a real local Ray cluster, shared by the search service's tests ------------------------
+# -- a real two-node Ray cluster on this machine, shared by the search service's tests -----
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A local 2-CPU Ray cluster for the session (never a bare `ray.init()`, which would
-    attach to a cluster already running). Token auth is off so that another driver
-    process can join it by its address, which is yielded."""
+    """A Ray cluster of two nodes (a head and a worker raylet) of 1 CPU each, started on
+    this machine for the session and joined by this process: trials, Train workers and
+    objects really cross nodes. Token auth is off so that another driver process can join
+    by the address, which is yielded. (Never a bare `ray.init()`: it attaches to any
+    cluster already running.)"""
     import os
 
     import ray
+    from ray.cluster_utils import Cluster
 
     previous = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
     try:
-        yield ray.get_runtime_context().gcs_address
+        yield cluster.address
     finally:
         ray.shutdown()
+        cluster.shutdown()
         if previous is None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:

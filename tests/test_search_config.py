@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from oneprune.schedules import OneCycle
-from search.config import ConfigError, load_experiment, parse_experiment
+from search.config import ConfigError, Faults, load_experiment, parse_experiment
 from search.space import define_by_run, midpoint_schedule, trial_config
 from search.study import load_data
 
@@ -104,7 +104,13 @@ def test_a_valid_experiment_parses_with_its_ranges():
     ("training.pct_start", 1.0, "training.pct_start"),
     ("resources.cpus_per_trial", 0, "resources.cpus_per_trial"),
     ("resources.gpus_per_trial", -1, "resources.gpus_per_trial"),
-    ("resources.workers_per_trial", 2, "resources.workers_per_trial"),
+    ("resources.workers_per_trial", 0, "resources.workers_per_trial"),
+    ("resources.workers_per_trial", 1.5, "resources.workers_per_trial"),
+    ("faults.raise_at_epoch", 0, "faults.raise_at_epoch"),
+    ("faults.raise_at_epoch", 3, "faults.raise_at_epoch"),  # past epochs=2
+    ("faults.nan_at_epoch", 1, "faults.nan_at_epoch"),
+    ("faults.nan_families", ["agp", "nope"], "faults.nan_families"),
+    ("faults.when", 1, "faults.when"),
     ("tracking.tracking_uri", "", "tracking.tracking_uri"),
     ("tracking.server", "x", "tracking.server"),
 ])
@@ -181,3 +187,18 @@ def test_cli_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path, raw, e
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert expected in done.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_faults_select_families_and_distributed_trials_parse():
+    raw = with_value("faults", {"raise_at_epoch": 2, "nan_at_epoch": 2,
+                                "nan_families": ["agp", "dense"]})
+    raw["resources"]["workers_per_trial"] = 4
+    experiment = parse_experiment(raw)
+    assert experiment.resources.workers_per_trial == 4
+    faults = experiment.faults
+    assert faults.for_family("one_cycle") == Faults(raise_at_epoch=2)
+    assert faults.for_family("dense") == Faults(raise_at_epoch=2, nan_at_epoch=2)
+    only_nan = parse_experiment(with_value("faults", {"nan_at_epoch": 2,
+                                                      "nan_families": ["agp"]})).faults
+    assert only_nan.for_family("one_cycle") is None
+    assert parse_experiment(VALID).faults is None

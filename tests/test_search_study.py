@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -38,6 +39,12 @@ def study(tmp_path, monkeypatch, ray_cluster):
     args = ["--experiment", str(path), "--storage-path", str(tmp_path / "ray")]
     return {"args": args, "uri": f"sqlite:///{tmp_path}/mlflow.db", "folder": tmp_path,
             "address": ray_cluster}
+
+
+def tune_results(folder):
+    """Every trial's reported rows under a Tuner's folder, by trial folder."""
+    return {path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
+            for path in folder.glob("*/result.json")}
 
 
 def runs_by_role(uri):
@@ -116,6 +123,13 @@ def test_a_tiny_study_end_to_end(study, capsys):
                 k: v for k, v in best.items() if k != "seed"}
         else:
             assert run.data.params["schedule"] == "None"
+    # The trials ran on both nodes of the cluster (1 CPU each: two at once).
+    rows = [row for part in (*FAMILIES_UNDER_TEST, "final")
+            for trial in tune_results(study["folder"] / "ray" / f"tiny-{part}").values()
+            for row in trial]
+    assert {row["rank_nodes"] for row in rows} == {
+        node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    assert all(row["resumed_from"] == 0 for row in rows)  # nothing failed
     for run in by_role["family"]:  # ASHA always lets the first trial at a rung go on
         assert run.data.metrics["trials_completed"] == completed[
             run.data.tags["oneprune.family"]] >= 1
@@ -208,3 +222,40 @@ def test_a_saved_state_that_lost_trials_is_searched_again(study, capsys):
     assert main([*study["args"], "--resume"]) == 0
     assert "the saved state is incomplete" in capsys.readouterr().out
     assert_complete_study(study["uri"])
+
+
+def test_failing_and_diverging_trials_do_not_stop_the_study(study, capsys):
+    """Test-only faults: every one_cycle run raises at the end of epoch 2 once, and every
+    agp trial's loss turns NaN at epoch 2. The one_cycle runs resume from their epoch-1
+    checkpoint and complete; the agp trials end as diverged; the study completes."""
+    path = Path(study["args"][1])
+    spec = yaml.safe_load(path.read_text())
+    spec["search"]["asha"] = False
+    spec["faults"] = {"raise_at_epoch": 2, "raise_families": ["one_cycle"],
+                      "nan_at_epoch": 2, "nan_families": ["agp"]}
+    path.write_text(yaml.safe_dump(spec))
+    assert main(study["args"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("failed, retrying") == TRIALS + SEEDS  # search + final one_cycle
+    assert printed.count("diverged: non-finite loss") == TRIALS
+
+    client, by_role = runs_by_role(study["uri"])
+    assert {role: len(runs) for role, runs in by_role.items()} == {
+        "family": 2, "trial": 2 * TRIALS, "final": 2 * SEEDS, "comparison": 1}
+    for run in by_role["trial"]:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert run.info.status == "FINISHED"
+        if run.data.tags["oneprune.family"] == "agp":
+            assert run.data.tags["oneprune.status"] == "diverged" and steps == [1, 2]
+            assert "oneprune.stopped_early" not in run.data.tags
+        else:
+            assert "oneprune.status" not in run.data.tags
+            assert sorted(steps) == [1, 2]  # each epoch logged once, though retried
+    families = {run.data.tags["oneprune.family"]: run for run in by_role["family"]}
+    assert families["agp"].info.status == "FAILED"  # no trial completed its budget
+    assert families["agp"].data.metrics["trials_diverged"] == TRIALS
+    assert families["one_cycle"].data.metrics["trials_completed"] == TRIALS
+    assert {r.data.tags["oneprune.family"] for r in by_role["final"]} == {"one_cycle",
+                                                                          "dense"}
+    for rows in tune_results(study["folder"] / "ray" / "tiny-one_cycle").values():
+        assert [(row["epoch"], row["resumed_from"]) for row in rows] == [(1, 0), (2, 1)]

@@ -1,0 +1,78 @@
+"""Distributed trials on a real two-node Ray cluster (the session fixture): a study with
+`workers_per_trial: 2` runs each trial as a Ray Train `TorchTrainer` whose two DDP workers
+land on the two nodes, keep identical masks, resume from their checkpoint after a worker
+fails, and log to MLflow like single-process trials."""
+
+import json
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.run import main
+
+EPOCHS, SEEDS = 2, 2
+
+
+def tune_results(folder):
+    """Every trial's reported rows under a Tuner's folder, by trial folder."""
+    return {path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
+            for path in folder.glob("*/result.json")}
+
+
+@pytest.fixture
+def distributed_study(tmp_path, monkeypatch, ray_cluster):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "ddp", "dataset": "digits", "sparsity": 0.9, "epochs": EPOCHS,
+        "families": ["one_cycle"], "trials_per_family": 1, "final_seeds": SEEDS,
+        "training": {"lr_max": [3e-3, 3e-2]},
+        "resources": {"workers_per_trial": 2, "cpus_per_trial": 1},
+        # The one_cycle runs' workers raise after epoch 2 once: Ray Train restarts the
+        # worker group from the epoch-1 checkpoint.
+        "faults": {"raise_at_epoch": 2, "raise_families": ["one_cycle"]},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}))
+    return tmp_path, ["--experiment", str(path), "--storage-path", str(tmp_path / "ray")]
+
+
+def test_a_study_with_two_workers_per_trial(distributed_study):
+    folder, args = distributed_study
+    assert main(args) == 0
+
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    experiment = client.get_experiment_by_name("ddp")
+    runs = client.search_runs([experiment.experiment_id])
+    by_role = {}
+    for run in runs:
+        by_role.setdefault(run.data.tags["oneprune.role"], []).append(run)
+    assert {role: len(r) for role, r in by_role.items()} == {
+        "family": 1, "trial": 1, "final": 2 * SEEDS, "comparison": 1}
+    for run in by_role["trial"] + by_role["final"]:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["oneprune.workers"] == "2"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1))
+    assert all(0 <= run.data.metrics["test_acc"] <= 1 for run in by_role["final"])
+
+    nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    assert len(nodes) == 2
+    (search_rows,) = tune_results(folder / "ray" / "ddp-one_cycle").values()
+    finals = tune_results(folder / "ray" / "ddp-final")
+    assert len(finals) == 2 * SEEDS
+    for rows in [search_rows, *finals.values()]:
+        for row in rows:
+            # One DDP worker on each node, and the same masks on both ranks.
+            assert set(row["rank_nodes"].split()) == nodes
+            masks = row["rank_masks"].split(" ")
+            assert len(masks) == 2 and len(set(masks)) == 1
+    pruned = {row["rank_masks"] for row in search_rows}
+    assert len(pruned) == EPOCHS and "" not in pruned  # the masks moved with the schedule
+    # The injected worker failures at epoch 2 were resumed from the epoch-1 checkpoint:
+    # epoch 1 was reported once, epoch 2 by an attempt that started from it (the dense
+    # runs got no fault).
+    for rows in [search_rows, *finals.values()]:
+        assert [row["epoch"] for row in rows] == [1, 2]
+        faulty = rows[0]["rank_masks"].strip() != ""  # pruned: one_cycle, not dense
+        assert [row["resumed_from"] for row in rows] == ([0, 1] if faulty else [0, 0])
