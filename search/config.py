@@ -354,8 +354,9 @@ def _check_runnable(experiment: Experiment) -> None:
 
 def load_experiment(path: str | os.PathLike,
                     overrides: Mapping[str, Any] | None = None) -> Experiment:
-    """Read and validate an experiment file, with top-level keys replaced by `overrides`
-    (the command line's); raises `ConfigError` (one line) if unusable."""
+    """Read and validate an experiment file, with keys replaced by `overrides` (the
+    command line's; a mapping is merged into the file's section, so the section's other
+    keys are still checked); raises `ConfigError` (one line) if unusable."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -370,7 +371,9 @@ def load_experiment(path: str | os.PathLike,
         problem = getattr(error, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if overrides and isinstance(raw, Mapping):
-        raw = {**raw, **overrides}
+        raw = {**raw, **{key: {**raw[key], **value} if isinstance(value, Mapping)
+                         and isinstance(raw.get(key), Mapping) else value
+                         for key, value in overrides.items()}}
     try:
         return parse_experiment(raw)
     except ConfigError as error:

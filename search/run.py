@@ -22,6 +22,7 @@ import ray
 
 from search.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
 from search.study import StudyInterrupted, StudyRefused, load_data, run_experiment
+from search.tracking import check_tracking_uri
 
 DEFAULT_STORAGE = "~/ray_results"
 
@@ -96,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                                      {k: v for k, v in overrides.items() if v is not None})
         if args.num_cpus is not None and args.num_cpus < 1:
             raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
-        storage = _writable_storage(args.storage_path)
         data = load_data(experiment)
-    except ValueError as error:  # ConfigError, missing or unusable data
+        storage = _writable_storage(args.storage_path)
+        check_tracking_uri(experiment.tracking_uri)
+    except ValueError as error:  # bad config or storage, unusable data, no MLflow
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     try:
         _connect(args.address, args.num_cpus)

@@ -17,11 +17,14 @@ so a resumed study continues its runs instead of duplicating them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param
@@ -64,6 +67,39 @@ def flat_params(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             params[f"{prefix}{key}"] = str(value)
     return params
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Raise `ValueError` (one line) unless the MLflow store at `uri` answers at once and,
+    for sqlite, its file can be written: a study must not fail after hours of training.
+    (The probe asks once, without MLflow's minutes of retries; it may create the store.)"""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///")).expanduser()
+        folder = next(parent for parent in path.absolute().parents if parent.exists())
+        if (path.exists() and not os.access(path, os.W_OK)) or (
+                not path.exists() and not os.access(folder, os.W_OK)):
+            raise ValueError(f"tracking URI {uri}: {path} is not writable")
+    try:
+        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                          MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:  # MLflow raises many kinds: connection, schema, OS, parse
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"tracking URI {uri} does not answer: {reason}") from None
 
 
 def _filter(tags: Mapping[str, str]) -> str:

@@ -19,6 +19,7 @@ trial whose ranks disagree fails).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -105,10 +106,13 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
         report({**held, "test_acc": result.test_acc, "test_loss": result.test_loss}, None)
 
 
-def _use_assigned_cpus() -> None:
-    """One torch thread per CPU the process holds, so concurrent trials don't oversubscribe."""
+def _prepare_process() -> None:
+    """One torch thread per CPU the process holds, so concurrent trials don't
+    oversubscribe; and no log line per saved checkpoint (one per trial and epoch)."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
+    for storage in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(storage).setLevel(logging.WARNING)
 
 
 def _tune_report(metrics: dict, folder: Path | None) -> None:
@@ -150,7 +154,7 @@ def _distributed_worker(config: Mapping[str, Any]) -> None:
     """One Ray Train worker: its rank of the DDP run `config` describes."""
     if torch.cuda.is_available():
         torch.cuda.set_device(ray.train.torch.get_device())
-    _use_assigned_cpus()
+    _prepare_process()
     data = ray.get(config["data"][0])  # the reference rode in a tuple, unresolved
     _epochs(TrainConfig.from_dict(config["train"]), data,
             start=_start_from(ray.train.get_checkpoint()), test=config["test"],
@@ -161,7 +165,7 @@ def _run(cfg: TrainConfig, data: TrialData, launch: Launch, *, test: bool) -> No
     faults = launch.faults and launch.faults.for_family(
         cfg.schedule.family if cfg.schedule else "dense")
     if launch.workers == 1:
-        _use_assigned_cpus()
+        _prepare_process()
         _epochs(cfg, data, start=_start_from(tune.get_checkpoint()), test=test,
                 faults=faults, report=_tune_report)
         return

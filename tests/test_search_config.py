@@ -202,3 +202,15 @@ def test_faults_select_families_and_distributed_trials_parse():
                                                       "nan_families": ["agp"]})).faults
     assert only_nan.for_family("one_cycle") is None
     assert parse_experiment(VALID).faults is None
+
+
+def test_a_command_line_override_is_merged_into_its_section(tmp_path):
+    """--tracking-uri replaces the URI only: a bad key beside it is still refused (found by
+    the fuzz test: the override used to replace the whole section)."""
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(with_value("tracking.server", "x")))
+    with pytest.raises(ConfigError, match="tracking.server"):
+        load_experiment(path, {"tracking": {"tracking_uri": "sqlite:///y.db"}})
+    path.write_text(yaml.safe_dump(VALID))
+    assert load_experiment(path, {"tracking": {"tracking_uri": "sqlite:///y.db"}}
+                           ).tracking_uri == "sqlite:///y.db"
