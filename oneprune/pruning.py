@@ -52,30 +52,38 @@ class LayerSparsity(NamedTuple):
     sparsity: float
 
 
-_SAMPLE = 1 << 16  # sample size of `_kth_smallest`'s bracketing pass
+_SAMPLE = 1 << 16  # largest sample of `_kth_smallest`'s bracketing pass
+_BRACKET_CPU = 1 << 15  # on CPU, bracket from this many scores on (GPU: above 16 * _SAMPLE)
 
 
 def _kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Exact k-th smallest (1-based) value of 1-D `scores`, as a 0-d tensor.
 
-    On large inputs a full `torch.kthvalue` is the bottleneck of a global prune, so a
-    strided sample first brackets the answer (Floyd-Rivest): the sample's ranks around
+    On large inputs a full `torch.kthvalue` is the bottleneck of a prune (on CPU already
+    from a few 10k scores, where it is several times slower than a pass that compares), so
+    a strided sample first brackets the answer (Floyd-Rivest): the sample's ranks around
     k/n, widened by 3 sqrt(sample) (6 standard deviations of a random sample's rank),
-    give [low, high]; `kthvalue` then runs on the few entries inside. When the bracket
+    give [low, high]; `kthvalue` then runs on the few entries inside. Ties at `low` (such
+    as the pruned units' common score) are counted rather than ranked. When the bracket
     misses (a sample that is not representative), the full `kthvalue` answers.
     """
     n = scores.numel()
-    if n <= 16 * _SAMPLE:
+    small = n <= 16 * _SAMPLE and not (scores.device.type == "cpu" and n >= _BRACKET_CPU)
+    if small or torch.isnan(scores.sum()):  # NaN (kthvalue sorts it last): no bracket
         return torch.kthvalue(scores, k).values
-    sample = scores[:: n // _SAMPLE].sort().values
-    last = sample.numel() - 1
-    position, margin = k / n * sample.numel(), 3.0 * sample.numel() ** 0.5
-    low = sample[min(max(int(position - margin), 0), last)]
-    high = sample[min(int(position + margin), last)]
-    below = int(torch.count_nonzero(scores < low))
-    inside = scores[(scores >= low) & (scores <= high)]
-    if below < k <= below + inside.numel():
-        return torch.kthvalue(inside, k - below).values
+    sample = scores[:: n // min(_SAMPLE, n // 16)]
+    size = sample.numel()
+    position, margin = k / n * size, 3.0 * size ** 0.5
+    low = torch.kthvalue(sample, min(max(int(position - margin), 0), size - 1) + 1).values
+    high = torch.kthvalue(sample, min(int(position + margin), size - 1) + 1).values
+    above_low = scores > low
+    up_to_low = n - int(torch.count_nonzero(above_low))
+    if k > up_to_low:  # the usual case: the answer is inside (low, high] or a miss
+        inside = scores[above_low & (scores <= high)]
+        if k - up_to_low <= inside.numel():
+            return torch.kthvalue(inside, k - up_to_low).values
+    elif k > int(torch.count_nonzero(scores < low)):
+        return low
     return torch.kthvalue(scores, k).values
 
 
@@ -84,10 +92,11 @@ def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     kth = _kth_smallest(scores, k)
-    selected = scores < kth
-    needed = k - int(torch.count_nonzero(selected))
-    tied = torch.nonzero(scores == kth).flatten()[:needed]
-    selected[tied] = True
+    selected = scores <= kth
+    extra = int(torch.count_nonzero(selected)) - k
+    if extra > 0:  # ties at the k-th value: only the first (lowest index) ones are needed
+        tied = torch.nonzero(scores == kth).flatten()
+        selected[tied[tied.numel() - extra:]] = False
     return selected
 
 
@@ -143,13 +152,22 @@ class Pruner:
     def _unit_size(self, weight: torch.Tensor) -> int:
         return weight[0].numel() if self.granularity == "filter" else 1
 
-    def _scores(self, weight: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        """Magnitude of every unit as a 1-D float tensor; pruned units score -1."""
-        w = weight.detach()
+    def _scores(self, i: int) -> torch.Tensor:
+        """Magnitude of every unit of layer i as a 1-D float tensor; pruned units score -1."""
+        w, alive = self._layers[i][1].weight.detach(), self._alive[i]
         if self.granularity == "filter":
             magnitude = w.flatten(1).float().pow(2).mean(dim=1).sqrt()
         else:
             magnitude = w.abs().flatten().float()
+            if magnitude.device.type == "cpu":
+                # Branch-free on CPU, where masked_fill with a scattered mask is several
+                # times slower: |w| * 1 + 0 = |w| for live weights, |w| * 0 - 1 = -1 for
+                # pruned ones. Scores are >= -1 or NaN, so the sum is NaN only if a score
+                # is (a non-finite weight): then the rule below.
+                mask = self._masks[i].flatten().float()
+                scores = torch.addcmul(mask - 1.0, magnitude, mask)
+                if not torch.isnan(scores.sum()):
+                    return scores
         return magnitude.masked_fill_(~alive, -1.0)
 
     # -- pruning --------------------------------------------------------------------------
@@ -166,15 +184,13 @@ class Pruner:
         target = _validate.real("sparsity", sparsity, low=0.0, high=1.0, high_open=True)
         self._follow_weights()
         if self.scope == "local":
-            for i, (_, module) in enumerate(self._layers):
-                alive = self._alive[i]
+            for i, alive in enumerate(self._alive):
                 n, pruned = alive.numel(), alive.numel() - int(torch.count_nonzero(alive))
                 k = min(round(target * n), n - 1)
                 if k > pruned:
-                    self._set_alive(i, ~_smallest(self._scores(module.weight, alive), k))
+                    self._set_alive(i, ~_smallest(self._scores(i), k))
         else:
-            scores = [self._scores(m.weight, alive)
-                      for (_, m), alive in zip(self._layers, self._alive, strict=True)]
+            scores = [self._scores(i) for i in range(len(self._layers))]
             for layer_scores in scores:  # each layer's best live unit is never ranked
                 layer_scores[layer_scores.argmax()] = float("inf")
             ranking = torch.cat(scores)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from oneprune.pruning import Pruner, _smallest
+from oneprune.pruning import Pruner, _kth_smallest, _smallest
 
 
 def small_net() -> nn.Module:
@@ -184,6 +184,53 @@ def test_smallest_is_exact_against_a_stable_sort_reference():
             expected = torch.zeros(len(scores), dtype=torch.bool)
             expected[order[:k]] = True
             assert torch.equal(_smallest(scores, k), expected), k
+
+
+def test_smallest_is_exact_on_mid_sized_cpu_scores():
+    # 32k..1M scores on CPU take the bracketing path too (a plain kthvalue is slow there).
+    gen = torch.Generator().manual_seed(1)
+    n = 100_000
+    pruned = torch.rand(n, generator=gen)
+    pruned[torch.randperm(n, generator=gen)[: 6 * n // 10]] = -1.0  # pruned units' score
+    low_sample = torch.rand(n, generator=gen) + 1.0
+    low_sample[::16] = 0.0  # the strided sample sees only zeros: the inside is empty
+    high_sample = torch.zeros(n)
+    high_sample[::16] = 100.0  # the strided sample sees only 100s
+    cases = [pruned, torch.randint(0, 3, (n,), generator=gen).float(), low_sample,
+             high_sample, torch.rand(1 << 15, generator=gen)]
+    for scores in cases:
+        order = torch.sort(scores, stable=True).indices
+        m = len(scores)
+        for k in (0, 1, m // 16, m // 16 + 1, m // 3, 6 * m // 10, 6 * m // 10 + 1,
+                  6 * m // 10 + m // 100, m - m // 16, m - 1, m):
+            expected = torch.zeros(m, dtype=torch.bool)
+            expected[order[:k]] = True
+            assert torch.equal(_smallest(scores, k), expected), k
+    with_nan = torch.rand(n, generator=gen)
+    with_nan[::1000] = float("nan")  # kthvalue sorts NaN last; so must the bracket
+    for k in (1, n // 2, n - n // 1000, n - n // 1000 + 1, n):
+        torch.testing.assert_close(_kth_smallest(with_nan, k), torch.kthvalue(with_nan, k).values,
+                                   rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_scores_follow_the_rule_with_non_finite_weights(bad):
+    # On CPU the scores are computed branch-free; a non-finite weight must not change them.
+    model = small_net()
+    pruner = Pruner(model)
+    pruner.prune_to(0.5)
+    conv = convs(model)[1][1]
+    with torch.no_grad():
+        flat = conv.weight.view(-1)
+        flat[int(torch.nonzero(flat == 0)[0])] = bad  # a pruned weight
+        flat[int(torch.nonzero(flat != 0)[-1])] = bad  # a live weight
+    expected = conv.weight.detach().abs().flatten().masked_fill(~pruner._alive[1], -1.0)
+    scores = pruner._scores(1)
+    assert torch.equal(scores.isnan(), expected.isnan())
+    assert torch.equal(scores.nan_to_num(), expected.nan_to_num())
+    n = conv.weight.numel()
+    pruner.prune_to(0.6)
+    assert pruner.layer_report()[1].pruned == expected_local(n, 0.6)
 
 
 def test_masks_are_identical_for_identical_weights():
