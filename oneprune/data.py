@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 
 from oneprune import _validate
 from oneprune._files import write_atomically
@@ -173,6 +172,7 @@ class Batches:
 
 def _stratified(split: Split, fraction: float, seed: int, field: str) -> tuple[Split, Split]:
     """(rest, carved): a stratified, seeded `fraction` of `split` carved out."""
+    from sklearn.model_selection import train_test_split  # ~1 s to import; loading only
     indices = np.arange(len(split))
     try:
         rest, carved = train_test_split(indices, test_size=fraction, random_state=seed,

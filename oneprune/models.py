@@ -4,6 +4,8 @@ Every model takes `num_classes`, `in_channels` and a `width` multiplier that sca
 channel count of every layer (at least one channel each), so the paper's networks can be
 shrunk for CPU experiments without changing their depth or shape. All of them end in a
 global average pool, so they accept any input size from `MIN_IMAGE_SIZE` on (VGG-16: 32).
+torchvision is imported when a ResNet or VGG is built (its import costs about a second in
+every new trial process, which the small ConvNet does not need).
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
-from torchvision.models.vgg import cfgs as vgg_cfgs
-from torchvision.models.vgg import make_layers as vgg_make_layers
 
 from oneprune import _validate
 
@@ -34,23 +33,24 @@ def _init_like_torchvision(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class CifarResNet18(ResNet):
+def cifar_resnet18(num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     """torchvision's ResNet-18 with the CIFAR stem: one 3x3 stride-1 conv and no max-pool."""
+    from torchvision.models.resnet import BasicBlock, ResNet
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0):
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-        planes = [_scaled(c, width) for c in (64, 128, 256, 512)]
-        self.conv1 = nn.Conv2d(in_channels, planes[0], kernel_size=3, stride=1, padding=1,
-                               bias=False)
-        self.bn1 = nn.BatchNorm2d(planes[0])
-        self.maxpool = nn.Identity()
-        self.inplanes = planes[0]  # `_make_layer` chains stages through this attribute
-        self.layer1 = self._make_layer(BasicBlock, planes[0], 2)
-        self.layer2 = self._make_layer(BasicBlock, planes[1], 2, stride=2)
-        self.layer3 = self._make_layer(BasicBlock, planes[2], 2, stride=2)
-        self.layer4 = self._make_layer(BasicBlock, planes[3], 2, stride=2)
-        self.fc = nn.Linear(planes[3], num_classes)
-        _init_like_torchvision(self)
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    planes = [_scaled(c, width) for c in (64, 128, 256, 512)]
+    model.conv1 = nn.Conv2d(in_channels, planes[0], kernel_size=3, stride=1, padding=1,
+                            bias=False)
+    model.bn1 = nn.BatchNorm2d(planes[0])
+    model.maxpool = nn.Identity()
+    model.inplanes = planes[0]  # `_make_layer` chains stages through this attribute
+    model.layer1 = model._make_layer(BasicBlock, planes[0], 2)
+    model.layer2 = model._make_layer(BasicBlock, planes[1], 2, stride=2)
+    model.layer3 = model._make_layer(BasicBlock, planes[2], 2, stride=2)
+    model.layer4 = model._make_layer(BasicBlock, planes[3], 2, stride=2)
+    model.fc = nn.Linear(planes[3], num_classes)
+    _init_like_torchvision(model)
+    return model
 
 
 class CifarVGG16(nn.Module):
@@ -58,9 +58,11 @@ class CifarVGG16(nn.Module):
     global average pool and one linear layer instead of the 4096-wide ImageNet classifier."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0):
+        from torchvision.models.vgg import cfgs, make_layers
+
         super().__init__()
-        config = [v if v == "M" else _scaled(v, width) for v in vgg_cfgs["D"]]
-        self.features = vgg_make_layers(config, batch_norm=True)
+        config = [v if v == "M" else _scaled(v, width) for v in cfgs["D"]]
+        self.features = make_layers(config, batch_norm=True)
         first = self.features[0]  # make_layers assumes RGB input
         self.features[0] = nn.Conv2d(in_channels, first.out_channels, kernel_size=3, padding=1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -98,7 +100,7 @@ class ConvNet(nn.Module):
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "convnet": ConvNet,
-    "resnet18": CifarResNet18,
+    "resnet18": cifar_resnet18,
     "vgg16": CifarVGG16,
 }
 
