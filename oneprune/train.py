@@ -399,7 +399,7 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
                 "seconds": time.perf_counter() - started, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "pruner": None if pruner is None else pruner.state_dict(),
-                "batches": _gather(train_batches.generator_state(), world_size),
+                "batches": gather(train_batches.generator_state()),
                 "rng": torch.get_rng_state()}
             checkpoint(dict(metrics), state)
         if diverged:
@@ -418,8 +418,10 @@ STATE_KEYS = frozenset({"config", "world_size", "epoch", "step", "pruned_to", "h
                         "seconds", "model", "optimizer", "pruner", "batches", "rng"})
 
 
-def _gather(value: Any, world_size: int) -> list[Any]:
-    """`value` from every rank, in rank order (a one-element list without DDP)."""
+def gather(value: Any) -> list[Any]:
+    """`value` (any picklable object) from every rank, in rank order: a collective call
+    under torch.distributed, a one-element list without it."""
+    world_size = _distributed()[1]
     if world_size == 1:
         return [value]
     values: list[Any] = [None] * world_size

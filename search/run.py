@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _connect(address: str, num_cpus: int | None) -> None:
+def connect(address: str, num_cpus: int | None) -> None:
     """Start or join the Ray cluster, unless this process is already connected."""
     if ray.is_initialized():
         return
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # bad config or storage, unusable data, no MLflow
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     try:
-        _connect(args.address, args.num_cpus)
+        connect(args.address, args.num_cpus)
     except ConnectionError as error:
         parser.exit(2, f"{parser.prog}: error: cannot reach the Ray cluster at "
                        f"{args.address!r}: {error}\n")

@@ -36,7 +36,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from oneprune.data import ImageData
-from oneprune.train import TrainConfig, load_state, save_state, train
+from oneprune.train import TrainConfig, gather, load_state, save_state, train
 from search.config import Faults
 from search.space import trial_config
 
@@ -50,19 +50,12 @@ class InjectedFault(RuntimeError):
 
 def _mask_digest(state: Mapping[str, Any]) -> str:
     """SHA-256 of a training state's pruning masks ("" for a dense run)."""
+    if state["pruner"] is None:
+        return ""
     digest = hashlib.sha256()
-    for mask in (state["pruner"] or {"masks": {}})["masks"].values():
+    for mask in state["pruner"]["masks"].values():
         digest.update(mask.cpu().numpy().tobytes())
-    return digest.hexdigest() if state["pruner"] else ""
-
-
-def _gather(value: Any) -> list[Any]:
-    """`value` of every rank, in rank order (one element outside torch.distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    values: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
+    return digest.hexdigest()
 
 
 def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | None,
@@ -80,14 +73,14 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
         epoch = metrics["epoch"]
         if faults and faults.raise_at_epoch == epoch and start is None:
             raise InjectedFault(f"injected fault at epoch {epoch} (faults.raise_at_epoch)")
-        masks = _gather(_mask_digest(state))
+        masks = gather(_mask_digest(state))
         if len(set(masks)) > 1:
             raise RuntimeError(f"the ranks' pruning masks differ after epoch {epoch}")
         metrics = {**metrics,
                    "train_seconds": sum(row["epoch_seconds"] for row in state["history"]),
                    "resumed_from": 0 if start is None else start["epoch"],
                    # strings, not lists: Tune's TensorBoard logger warns about lists
-                   "rank_nodes": " ".join(_gather(node)), "rank_masks": " ".join(masks)}
+                   "rank_nodes": " ".join(gather(node)), "rank_masks": " ".join(masks)}
         if test and (epoch == cfg.epochs or metrics["diverged"]):
             held.update(metrics)  # reported with the test metrics
         else:
@@ -162,6 +155,7 @@ def _distributed_worker(config: Mapping[str, Any]) -> None:
 
 
 def _run(cfg: TrainConfig, data: TrialData, launch: Launch, *, test: bool) -> None:
+    """Train `cfg` as `launch` says, inside the running Tune trial."""
     faults = launch.faults and launch.faults.for_family(
         cfg.schedule.family if cfg.schedule else "dense")
     if launch.workers == 1:
