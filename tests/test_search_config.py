@@ -214,3 +214,23 @@ def test_a_command_line_override_is_merged_into_its_section(tmp_path):
     path.write_text(yaml.safe_dump(VALID))
     assert load_experiment(path, {"tracking": {"tracking_uri": "sqlite:///y.db"}}
                            ).tracking_uri == "sqlite:///y.db"
+
+
+@pytest.mark.parametrize(("where", "value", "expected"), [
+    ("--tracking-uri", "http://127.0.0.1:9", "does not answer"),        # nothing listens
+    ("--tracking-uri", "sqlite:///{file}/mlflow.db", "does not answer"),  # under a file
+    ("--storage-path", "{file}/ray", "is not writable"),
+], ids=["tracking-unreachable", "tracking-unwritable", "storage-unwritable"])
+def test_cli_fails_fast_when_mlflow_or_storage_is_unusable(tmp_path, where, value, expected):
+    """Found before Ray starts and before any trial: one line, exit 2."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = {"--experiment": str(ROOT / "experiments" / "quick.yaml"),
+            "--storage-path": str(tmp_path / "ray"),
+            "--tracking-uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    args[where] = value.format(file=blocker)
+    done = run_search_cli(*[item for pair in args.items() for item in pair], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert expected in done.stderr and where.lstrip("-").split("-")[0] in done.stderr
+    assert "Ray" not in done.stderr  # never got as far as starting a cluster
