@@ -38,19 +38,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
+from _common import Parser, cpu_name, json_path, machine, write_json
 from torch import nn
 from torch.ao.pruning import BaseSparsifier
 
@@ -251,25 +248,8 @@ def measure_global_prune(device: torch.device, repeats: int, seed: int) -> dict:
             "global_prune_sparsity": pruner.sparsity()}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python bench/overhead.py", description=__doc__.splitlines()[0])
+    p = Parser(prog="python bench/overhead.py", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per method (default: 100 on cpu, 400 on cuda)")
@@ -284,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--global-repeats", type=int, default=3,
                    help="repeats of the 25M-weight global prune (0: skip it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--json", type=json_path, help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -339,14 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(f"{args.steps} steps x {len(METHODS)} methods, resnet18 width {args.width:g}, "
               f"batch {args.batch_size}, {device}, {args.threads} thread(s)", file=sys.stderr)
-    result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else _cpu_name()),
-        "cpu": _cpu_name(), "threads": torch.get_num_threads(), "optimizer": "AdamW",
-        "python": platform.python_version(),
-    }
+    result = {**machine(), "device": str(device),
+              "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                              else cpu_name()),
+              "threads": torch.get_num_threads(), "optimizer": "AdamW"}
     result.update(measure_steps(device, args.width, args.batch_size, args.steps,
                                 args.warmup, args.sparsity, args.resolution, args.seed,
                                 progress=not args.quiet))
@@ -360,8 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.global_repeats:
         print(f"global prune_to(0.9) on {result['global_prune_weights']:,} weights: "
               f"{result['global_prune_25m_seconds']:.3f} s (median of {args.global_repeats})")
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 
