@@ -151,7 +151,7 @@ class Study:
     def tune_path(self, part: str) -> str:
         return join_storage(self.storage_path, f"{self.name}-{part}")
 
-    def _trainable(self, trainable: Callable, **arguments) -> tune.Trainable:
+    def _trainable(self, trainable: Callable, part: str, **arguments) -> tune.Trainable:
         """`trainable` with its arguments and resources: a single-process trial holds its
         CPUs and GPUs; a distributed one is a light Tune driver (a token of memory, since
         Tune wants some request) whose Ray Train workers hold them."""
@@ -159,8 +159,7 @@ class Study:
         launch = Launch(workers=resources.workers_per_trial,
                         cpus_per_worker=resources.cpus_per_trial,
                         gpus_per_worker=resources.gpus_per_trial,
-                        train_storage=join_storage(self.tune_path(arguments.pop("part")),
-                                                   "train"),
+                        train_storage=join_storage(self.tune_path(part), "train"),
                         faults=self.experiment.faults)
         if launch.workers == 1:
             request = {"CPU": launch.cpus_per_worker, "GPU": launch.gpus_per_worker}

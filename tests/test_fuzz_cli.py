@@ -10,13 +10,14 @@ counts the cases it ran per kind (printed with `pytest -s`).
 
 import copy
 from collections import Counter
+from unittest import mock
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.run import main
+from search import run
 
 BASE = {"name": "fuzz", "dataset": "digits", "sparsity": 0.9, "epochs": 2,
         "families": ["one_cycle", "agp"], "trials_per_family": 2, "final_seeds": 2,
@@ -29,12 +30,12 @@ BASE = {"name": "fuzz", "dataset": "digits", "sparsity": 0.9, "epochs": 2,
 OUT_OF_RANGE = {
     "epochs": st.integers(max_value=0) | st.integers(min_value=10_001),
     "batch_size": st.integers(max_value=1) | st.integers(min_value=65_537),
-    "width": st.floats(max_value=0.0) | st.floats(min_value=100.0, exclude_min=True),
-    "val_fraction": st.floats(min_value=0.5, max_value=1e6) | st.floats(max_value=0.0),
+    "width": st.floats(max_value=0.0) | st.floats(min_value=4.0, exclude_min=True),
+    "val_fraction": st.floats(min_value=0.5, exclude_min=True) | st.floats(max_value=0.0),
     "trials_per_family": st.integers(max_value=0),
     "final_seeds": st.integers(max_value=1),
-    "split_seed": st.integers(max_value=-1),
-    "image_size": st.integers(max_value=7),
+    "split_seed": st.integers(max_value=-1) | st.integers(min_value=2**32),
+    "image_size": st.integers(max_value=7) | st.integers(min_value=1025),
     "search.seed": st.integers(max_value=-1),
     "search.grace_period": st.integers(max_value=0),
     "training.lr_max": st.floats(max_value=0.0) | st.floats(min_value=10.0,
@@ -133,10 +134,12 @@ def test_malformed_experiments_exit_2_with_one_line(case, tmp_path_factory, caps
     path = folder / "experiment.yaml"
     path.write_text(text.replace("DATA_DIR", str(folder / "data")))
     database = folder / "mlflow.db"
-    with pytest.raises(SystemExit) as exit_:
-        # An address nothing listens on: a file that slipped through fails, not runs.
-        main(["--experiment", str(path), "--storage-path", str(folder / "ray"),
-              "--tracking-uri", f"sqlite:///{database}", "--address", "127.0.0.1:9"])
+    # A file that slipped through must fail here, not start a study.
+    slipped = AssertionError(f"a {kind} experiment was accepted:\n{text}")
+    with mock.patch.object(run, "connect", side_effect=slipped), \
+            pytest.raises(SystemExit) as exit_:
+        run.main(["--experiment", str(path), "--storage-path", str(folder / "ray"),
+                  "--tracking-uri", f"sqlite:///{database}"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2, (kind, text, err)
     lines = err.strip().splitlines()
