@@ -351,8 +351,10 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
         step, pruned_to = resume["step"], resume["pruned_to"]
         first_epoch, seconds_before = resume["epoch"] + 1, resume["seconds"]
     started = time.perf_counter() - seconds_before
-    diverged = bool(history and history[-1].get("diverged"))
-    for epoch in range(first_epoch, 1 + (first_epoch - 1 if diverged else cfg.epochs)):
+    diverged = bool(history) and history[-1]["diverged"]
+    if diverged:  # resumed from the state of a run that diverged: nothing left to train
+        first_epoch = cfg.epochs + 1
+    for epoch in range(first_epoch, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)

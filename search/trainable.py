@@ -12,8 +12,8 @@ trials receive the object (`tune.with_parameters` resolves it), Train workers fe
 reference. Each report carries the epoch's metrics, `train_seconds` (the training time so
 far, from which the service sums its compute), `resumed_from` (the epoch of the checkpoint
 this attempt started from; 0: none), and, space-separated in rank order, the Ray node of
-every rank (`rank_nodes`) and a digest of every rank's pruning masks (`rank_masks`; a
-trial whose ranks disagree fails).
+every rank (`rank_nodes`) and, for a distributed trial, a digest of every rank's pruning
+masks (`rank_masks`; a trial whose ranks disagree fails).
 """
 
 from __future__ import annotations
@@ -73,14 +73,16 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
         epoch = metrics["epoch"]
         if faults and faults.raise_at_epoch == epoch and start is None:
             raise InjectedFault(f"injected fault at epoch {epoch} (faults.raise_at_epoch)")
-        masks = gather(_mask_digest(state))
-        if len(set(masks)) > 1:
-            raise RuntimeError(f"the ranks' pruning masks differ after epoch {epoch}")
         metrics = {**metrics,
                    "train_seconds": sum(row["epoch_seconds"] for row in state["history"]),
                    "resumed_from": 0 if start is None else start["epoch"],
                    # strings, not lists: Tune's TensorBoard logger warns about lists
-                   "rank_nodes": " ".join(gather(node)), "rank_masks": " ".join(masks)}
+                   "rank_nodes": " ".join(gather(node))}
+        if dist.is_initialized():  # one rank has nothing to compare its masks with
+            masks = gather(_mask_digest(state))
+            if len(set(masks)) > 1:
+                raise RuntimeError(f"the ranks' pruning masks differ after epoch {epoch}")
+            metrics["rank_masks"] = " ".join(masks)
         if test and (epoch == cfg.epochs or metrics["diverged"]):
             held.update(metrics)  # reported with the test metrics
         else:
