@@ -5,19 +5,32 @@ launcher's own steps, then for the properties that keep the cluster safe and usa
 min/max workers) and `validate_config` (Ray's JSON schema, head type, worker counts) before
 it asks the cloud for anything; these tests run exactly those two, with no network. What
 only the cloud can tell (AMI, instance types, quotas, IAM, the bucket) is not checked.
-No Ray cluster is started.
+No Ray cluster is started: the head's MLflow start and stop commands run in bash, the way
+Ray's SSH runner runs them, in a scratch HOME with fake ray, pip and mlflow executables.
 """
 
 import copy
+import inspect
+import os
 import re
+import shlex
+import shutil
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 import ray
 import yaml
+from ray.autoscaler._private import commands as launcher_commands
+from ray.autoscaler._private.command_runner import _with_interactive
+from ray.autoscaler._private.local.node_provider import LocalNodeProvider
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from oneprune.data import DATASETS, DEFAULT_DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster.yaml"
@@ -30,6 +43,22 @@ COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_comman
 
 def load(path):
     return yaml.safe_load(path.read_text())
+
+
+def header(path):
+    """The file's leading comment block (its documentation), without the `# `."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:])
+    return "\n".join(lines)
+
+
+def paper_experiments():
+    found = sorted((ROOT / "experiments" / "paper").glob("*.yaml"))
+    assert found, "no experiments/paper/*.yaml: the checks on them would pass vacuously"
+    return found
 
 
 def commands(config, *keys):
@@ -81,7 +110,7 @@ def test_aws_node_types_as_ray_sees_them():
     assert len({t["node_config"]["ImageId"] for t in types.values()}) == 1   # one AMI
     assert 1 <= gpu["max_workers"] <= prepared["max_workers"]
     # One trial of the paper's grid (cpus_per_trial 4, gpus_per_trial 1) fits a worker.
-    for experiment in (ROOT / "experiments" / "paper").glob("*.yaml"):
+    for experiment in paper_experiments():
         needs = load(experiment)["resources"]
         assert needs["cpus_per_trial"] <= gpu["resources"]["CPU"], experiment.name
         assert needs["gpus_per_trial"] <= gpu["resources"]["GPU"], experiment.name
@@ -211,10 +240,6 @@ def test_project_is_synced_and_installed(path):
     assert f'"ray[default,tune]=={ray.__version__}"' in setup   # the Ray that checks it
     assert "pip install -q -e ~/oneprune" in setup
     assert setup.index("torch==") < setup.index("-e ~/oneprune")
-    data = " ".join(config["head_setup_commands"])
-    assert "load_dataset" in data and "download=True" in data
-    for name in ("cifar10", "cifar100", "caltech101"):
-        assert f"'{name}'" in data
 
 
 def test_results_go_to_s3_placeholders_on_aws():
@@ -233,5 +258,206 @@ def test_results_go_to_shared_storage_on_prem():
 
 
 def test_experiments_track_to_the_head_mlflow_server():
-    for experiment in (ROOT / "experiments" / "paper").glob("*.yaml"):
+    for experiment in paper_experiments():
         assert load(experiment)["tracking"]["tracking_uri"] == "http://127.0.0.1:5000"
+
+
+# -- network needs: `ray up` must work on a head without internet ------------------------------
+
+
+DOWNLOADS = re.compile(r"download\s*=\s*True|--download\b|load_dataset|oneprune\.data|"
+                       r"\bwget\b|curl\s+(?:-\S+\s+)*https?://(?!127\.0\.0\.1)")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_ray_up_downloads_no_dataset(path):
+    # Nothing of the kind in any command: a dataset is fetched by the study that uses it
+    # (download: true in its experiment file), or in advance with the header's command.
+    for cmd in commands(load(path)):
+        assert not DOWNLOADS.search(cmd), cmd
+    # The data folder is made, so `ray rsync-up` into it works on a fresh head.
+    setup = commands(load(path), "head_setup_commands")
+    data_dir = str(DEFAULT_DATA_DIR)
+    assert f"mkdir -p {data_dir}" in setup
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_header_documents_the_dataset_commands(path):
+    text = header(path)
+    data_dir = str(DEFAULT_DATA_DIR)
+    # Pre-download on the head: one `ray exec` that runs on the head's venv Python.
+    (line,) = [ln.strip() for ln in text.splitlines()
+               if ln.strip().startswith(f"ray exec {path.name} ") and "download=True" in ln]
+    argv = shlex.split(line)                               # as your shell passes it
+    assert argv[:3] == ["ray", "exec", path.name] and len(argv) == 4
+    remote = shlex.split(argv[3])                          # as the head's bash runs it
+    assert remote[:2] == ["python", "-c"]
+    snippet, dataset = remote[2], remote[3]
+    compile(snippet, "<header>", "exec")
+    assert "load_dataset(sys.argv[1], download=True)" in snippet
+    assert dataset in DATASETS and dataset != "digits"
+    for name in DATASETS:                                  # the names it lists
+        assert name == "digits" or name in text
+    # Air-gapped head: copy a filled cache into the default data_dir.
+    assert f"ray rsync-up {path.name} {data_dir}/ {data_dir}/" in text
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_header_says_where_pip_installs_from(path):
+    setup = " ".join(commands(load(path), "setup_commands", "head_setup_commands"))
+    assert "pip install" in setup and "--index-url" not in setup   # so: PyPI by default
+    text = " ".join(header(path).split())
+    assert "PyPI" in text
+    assert "export PIP_INDEX_URL=" in text                 # a mirror
+    assert "PIP_NO_INDEX=1" in text and "PIP_FIND_LINKS=" in text   # or a wheelhouse
+    assert "~/.bashrc" in text and "pip.conf" in text
+
+
+def test_studies_download_their_own_dataset():
+    # The headers promise that a study fetches its dataset itself; the paper's do.
+    for experiment in paper_experiments():
+        config = load(experiment)
+        if config["dataset"] != "digits":
+            assert config.get("download") is True, experiment.name
+
+
+# -- MLflow: one server, stopped with the cluster --------------------------------------------
+
+
+def mlflow_start(config):
+    (cmd,) = [c for c in commands(config, "head_start_ray_commands") if "mlflow server" in c]
+    return cmd
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_mlflow_server_writes_a_pid_file_and_starts_once(path):
+    config = load(path)
+    start = mlflow_start(config)
+    # Its own process group (setsid), whose id is the pid in ~/mlflow.pid (exec keeps it).
+    assert re.search(r"setsid bash -c 'echo \$\$ > ~/mlflow\.pid; exec mlflow server ", start)
+    # Not started when one answers on the port or the pid file's server is alive.
+    guard, launch = start.split("|| {")
+    assert "curl -sf http://127.0.0.1:5000/health" in guard
+    assert 'ps -ww -p "$(cat ~/mlflow.pid 2>/dev/null)" -o args=' in guard
+    assert 'grep -q "mlflow server"' in guard
+    assert "mlflow server" in launch and "&" in launch
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_ray_stop_on_the_head_stops_mlflow(path):
+    config = load(path)
+    setup = commands(config, "head_setup_commands")
+    (hooks,) = [c for c in setup if c.endswith("> ~/.oneprune_head.sh")]
+    assert "'ray() { if [ \"$1\" = stop ]; then oneprune_stop_mlflow; fi; command ray \"$@\"; }'" \
+        in hooks
+    assert 'kill -- -"$pid"' in hooks and "rm -f ~/mlflow.pid" in hooks
+    sourced = "source ~/.oneprune_head.sh"                # once, after the file is written
+    hook = f"grep -qxF '{sourced}' ~/.bashrc || echo '{sourced}' >> ~/.bashrc"
+    assert hook in setup and setup.index(hook) > setup.index(hooks)
+    # `ray up` restarts Ray through the function, then starts MLflow.
+    start = commands(config, "head_start_ray_commands")
+    assert start[0] == "ray stop" and "mlflow server" in start[-1]
+    # The one command that stops it by hand.
+    assert f"ray exec {path.name} 'kill -- -$(cat ~/mlflow.pid) && rm ~/mlflow.pid'" \
+        in header(path)
+
+
+def test_ray_down_runs_ray_stop_on_the_head_in_a_bashrc_shell():
+    # What the function above relies on, read from the installed Ray: `ray down` execs
+    # "ray stop" on the head (the only command it runs there), through the SSH runner's
+    # login shell, which sources ~/.bashrc first; a local provider's terminate_node only
+    # records the node as terminated (nothing runs on it).
+    teardown = inspect.getsource(launcher_commands.teardown_cluster)
+    assert re.findall(r'\bcmd="([^"]*)"', teardown) == ["ray stop"]
+    assert "source ~/.bashrc;" in " ".join(_with_interactive("ray stop"))
+    terminate = inspect.getsource(LocalNodeProvider.terminate_node)
+    for runs_something in ("cmd_runner", "subprocess", "ssh", ".run("):
+        assert runs_something not in terminate
+
+
+FAKE_MLFLOW = """#!/bin/bash
+sleep 300 &                                                # a worker, as uvicorn has
+trap 'exit 0' TERM
+wait
+"""
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_head_commands_start_one_mlflow_and_ray_down_stops_it(path, tmp_path):
+    """Runs the head's setup and start commands, then `ray down`'s `ray stop`, each the way
+    Ray's SSH runner runs them (bash --login -i, ~/.bashrc first), in a scratch HOME whose
+    ~/.bashrc puts fakes of ray, pip, python, curl (nothing answers on :5000) and mlflow
+    first."""
+    for tool in ("bash", "setsid", "nohup", "ps", "grep", "seq"):
+        if not shutil.which(tool, path="/usr/bin:/bin"):
+            pytest.skip(f"{tool} not found")
+    config = load(path)
+    for cmd in commands(config):                           # runs nothing that downloads
+        assert not DOWNLOADS.search(cmd), cmd
+    system_path = "/usr/bin:/bin"
+    assert not shutil.which("ray", path=system_path)       # only the fake ray can run
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mlflow").write_text(FAKE_MLFLOW)
+    (fake / "ray").write_text('#!/bin/bash\necho "ray $*" >> "$HOME/ray.calls"\n')
+    for tool in ("pip", "python", "python3"):
+        (fake / tool).write_text("#!/bin/bash\n")
+    (fake / "curl").write_text("#!/bin/bash\nexit 7\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    (tmp_path / ".bashrc").write_text(f'export PATH="{fake}:$PATH"\n')
+    env = {"HOME": str(tmp_path), "PATH": system_path, "TERM": "dumb"}
+    pid_file = tmp_path / "mlflow.pid"
+    groups = set()
+
+    def on_head(cmd):
+        line = " ".join(_with_interactive(cmd))            # what ssh hands the head's shell
+        subprocess.run(["bash", "-c", line], env=env, cwd=tmp_path, timeout=60,
+                       stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                       start_new_session=True)             # as over ssh: not our group
+
+    def servers():
+        listing = subprocess.run(["ps", "-ww", "-eo", "pid=,pgid=,args="], capture_output=True,
+                                 text=True, check=True).stdout
+        found = [int(line.split()[1]) for line in listing.splitlines()
+                 if f"{fake}/mlflow server" in line]
+        groups.update(found)                               # all killed at the end
+        return found
+
+    def wait_for(condition):
+        for _ in range(200):
+            if condition():
+                return
+            time.sleep(0.05)
+
+    def ray_up():
+        for cmd in commands(config, "head_setup_commands", "head_start_ray_commands"):
+            on_head(cmd)
+        wait_for(lambda: pid_file.is_file() and servers())  # pid written, then exec
+        if pid_file.is_file() and pid_file.read_text().strip().isdigit():
+            groups.add(int(pid_file.read_text()))
+
+    try:
+        ray_up()
+        (first,) = servers()
+        assert int(pid_file.read_text()) == first          # pid = process group id
+        ray_up()                                           # again: one server, a fresh one
+        (second,) = servers()
+        assert second != first
+        on_head(mlflow_start(config))                      # the start alone: no second one
+        assert servers() == [second]
+        assert (tmp_path / ".bashrc").read_text().count("source ~/.oneprune_head.sh") == 1
+        on_head("ray stop")                                # what `ray down` runs
+        wait_for(lambda: not servers())
+        assert servers() == [] and not pid_file.exists()
+        with pytest.raises(ProcessLookupError):            # its worker went too
+            os.killpg(second, 0)
+        calls = (tmp_path / "ray.calls").read_text().splitlines()
+        assert calls.count("ray stop") == 3 and calls[-1] == "ray stop"
+        on_head("ray stop")                                # no server, no pid file: fine
+    finally:
+        for group in groups - {os.getpgrp()}:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
