@@ -3,12 +3,12 @@
     python bench/search_efficiency.py --json bench/results/search_efficiency.json
 
 Searches one family (one_cycle; `--family`) of the quick study (experiments/quick.yaml, or
-`--experiment`) with the service's own `Study.search_family` on a fresh local Ray cluster,
-once per sampler and seed, and records the best validation accuracy reached after each
-number of finished trials (trials in the order they finished), and the mean accuracy of
-the second half of the trials (where TPE exploits what it learnt). The search seed also
-seeds training (as in the service), so both samplers see the same training noise per
-seed. Printed: the means over seeds.
+`--experiment`) with the service's own `run_experiment` (one family, the fewest final
+seeds) on a fresh local Ray cluster, once per sampler and seed, and records the best
+validation accuracy reached after each number of finished trials (trials in the order they
+finished), and the mean accuracy of the second half of the trials (where TPE exploits what
+it learnt). The search seed also seeds training (as in the service), so both samplers see
+the same training noise per seed. Printed: the means over seeds.
 """
 
 from __future__ import annotations
@@ -25,26 +25,24 @@ import numpy as np
 import ray
 from _common import Parser, json_path, machine, write_json
 
-from search import tracking
+from oneprune.data import ImageData
 from search.config import DEFAULT_EXPERIMENT, SAMPLERS, Experiment, load_experiment
-from search.study import Study, load_data
+from search.study import load_data, run_experiment
 
 
-def search_once(experiment: Experiment, family: str, data_ref: ray.ObjectRef) -> list[float]:
-    """Search `family` once; every trial's final val_acc, in the order they finished."""
+def search_once(experiment: Experiment, data: ImageData) -> list[float]:
+    """Run the one-family `experiment` as the service does; every search trial's final
+    val_acc, in the order they finished."""
     with tempfile.TemporaryDirectory() as folder:
-        experiment = dataclasses.replace(experiment,
+        experiment = dataclasses.replace(experiment, final_seeds=2,  # the fewest allowed
                                          tracking_uri=f"sqlite:///{folder}/mlflow.db")
-        sparsity = experiment.sparsity[0]
-        study = Study(experiment, sparsity, data_ref, storage_path=folder,
-                      echo=lambda line: None)
-        study.experiment_id = tracking.open_experiment(study.client, study.name)
         with contextlib.redirect_stdout(io.StringIO()):
-            study.search_family(family, resume=False)
+            run_experiment(experiment, data, storage_path=folder, echo=lambda line: None)
         finals = []
-        for result in Path(study.tune_path(family)).glob("*/result.json"):
+        for result in Path(folder, experiment.name).glob("*/result.json"):
             last = json.loads(result.read_text().splitlines()[-1])
-            finals.append((last["timestamp"], last["val_acc"]))
+            if last["config"]["part"] == "search":
+                finals.append((last["timestamp"], last["val_acc"]))
     return [acc for _, acc in sorted(finals)]
 
 
@@ -69,13 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     trials: dict[str, dict[int, list[float]]] = {sampler: {} for sampler in SAMPLERS}
     try:
-        data_ref = ray.put(data)
         for seed in args.seeds:
             for sampler in SAMPLERS:
                 experiment = dataclasses.replace(
                     base, name=f"bench-{sampler}-{seed}", families=(args.family,),
                     search=dataclasses.replace(base.search, sampler=sampler, seed=seed))
-                trials[sampler][seed] = search_once(experiment, args.family, data_ref)
+                trials[sampler][seed] = search_once(experiment, data)
                 print(f"{sampler} seed {seed}: best val_acc {max(trials[sampler][seed]):.4f}",
                       flush=True)
     finally:

@@ -12,7 +12,8 @@
     training: {optimizer: adam, lr_max: [1.0e-3, 3.0e-2], coupling: [none, align],
                recovery_gain: [0, 2]}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0, workers_per_trial: 1}
-    tracking: {tracking_uri: "sqlite:///mlflow.db"}
+    checkpoint_every: 5          # epochs between a trial's checkpoints (only the newest kept)
+    tracking: {tracking_uri: "sqlite:///mlflow.db", optuna_storage: "sqlite:///optuna.db"}
     faults: {raise_at_epoch: 2, nan_at_epoch: 2, nan_families: [agp]}   # test-only
 
 `load_experiment(path)` returns an `Experiment` or raises `ConfigError` with one line that
@@ -41,6 +42,7 @@ from search.space import midpoint_schedule
 DEFAULT_FAMILIES = ("one_cycle", "one_shot", "iterative", "agp")
 SAMPLERS = ("tpe", "random")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+OPTUNA_FILE = "optuna.db"  # the default Optuna storage: this file beside a sqlite MLflow store
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "quick.yaml"
 
 
@@ -140,8 +142,21 @@ class Experiment:
     search: SearchSettings = field(default_factory=SearchSettings)
     training: TrainingSpace = field(default_factory=TrainingSpace)
     resources: Resources = field(default_factory=Resources)
+    checkpoint_every: int = 5
     tracking_uri: str = DEFAULT_TRACKING_URI
+    optuna_storage: str | None = None
     faults: Faults | None = None
+
+    @property
+    def optuna_storage_url(self) -> str:
+        """Where the Optuna studies live: `optuna_storage`, or by default `optuna.db` beside
+        a sqlite MLflow store (in the working folder for any other tracking URI)."""
+        if self.optuna_storage is not None:
+            return self.optuna_storage
+        if self.tracking_uri.startswith("sqlite:///"):
+            mlflow_db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            return f"sqlite:///{mlflow_db.parent / OPTUNA_FILE}"
+        return f"sqlite:///{OPTUNA_FILE}"
 
     def study_name(self, sparsity: float) -> str:
         """The MLflow experiment (and Tune folder prefix) of the study at `sparsity`."""
@@ -244,6 +259,14 @@ def _tracking_uri(key: str, value) -> str:
     return value
 
 
+def _storage_url(key: str, value) -> str:
+    """An Optuna RDB storage URL (SQLAlchemy's form: sqlite:///path, postgresql://...)."""
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigError(f"{key} must be a database URL such as sqlite:///optuna.db or "
+                          f"postgresql://user@host/db, got {value!r}")
+    return value
+
+
 def _space(key: str, value) -> dict[str, dict[str, Any]]:
     """Per-family overrides of the default search bounds, checked by the family itself."""
     raw = _section(value, key, {family: lambda _, v: v for family in FAMILIES})
@@ -277,7 +300,7 @@ _RESOURCES = {
     "gpus_per_trial": _checked(_validate.real, low=0.0, high=64.0),
     "workers_per_trial": _checked(_validate.integer, low=1, high=1024),
 }
-_TRACKING = {"tracking_uri": _tracking_uri}
+_TRACKING = {"tracking_uri": _tracking_uri, "optuna_storage": _storage_url}
 _FAULTS = {  # the epochs' upper bound is checked against `epochs` in `_check_runnable`
     "raise_at_epoch": _checked(_validate.integer, low=1, high=10_000),
     "raise_families": _choices((*FAMILIES, "dense")),
@@ -301,6 +324,7 @@ _TOP = {
     "families": _choices(tuple(FAMILIES)),
     "trials_per_family": _checked(_validate.integer, low=1, high=100_000),
     "final_seeds": _checked(_validate.integer, low=2, high=1_000),
+    "checkpoint_every": _checked(_validate.integer, low=1, high=10_000),
     "search": lambda key, value: SearchSettings(**_section(value, key, _SEARCH)),
     "training": lambda key, value: TrainingSpace(**_section(value, key, _TRAINING)),
     "resources": lambda key, value: Resources(**_section(value, key, _RESOURCES)),
@@ -317,9 +341,7 @@ def parse_experiment(raw: Any) -> Experiment:
         values = _section(raw, "", _TOP)
         if "name" not in values:
             raise ConfigError("missing key 'name' (the study's MLflow experiment name)")
-        tracking = values.pop("tracking", {})
-        if "tracking_uri" in tracking:
-            values["tracking_uri"] = tracking["tracking_uri"]
+        values.update(values.pop("tracking", {}))
         experiment = Experiment(**values)
         _check_runnable(experiment)
     except ConfigError:

@@ -21,10 +21,12 @@ import pyarrow.fs
 import ray
 
 from search.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+from search.report import comparison_rows, markdown_table
+from search.searcher import check_optuna_storage
 from search.study import StudyInterrupted, StudyRefused, load_data, run_experiment
 from search.tracking import check_tracking_uri
 
-DEFAULT_STORAGE = "~/ray_results"
+DEFAULT_STORAGE = "ray_results"  # in the working folder, like ./mlflow.db
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cpus", type=int,
                         help="CPUs of the local cluster (default: all of this machine's)")
     parser.add_argument("--storage-path", default=DEFAULT_STORAGE,
-                        help="where Ray Tune keeps the study's state, trial results and "
-                             "checkpoints: a folder (default: ~/ray_results) or a URI "
+                        help="where Ray Tune keeps the experiment's state, trial results "
+                             "and checkpoints: a folder (default: ./ray_results) or a URI "
                              "such as s3://bucket/path (shared storage for a multi-node "
                              "cluster)")
     parser.add_argument("--tracking-uri",
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(experiment)
         storage = _writable_storage(args.storage_path)
         check_tracking_uri(experiment.tracking_uri)
+        check_optuna_storage(experiment.optuna_storage_url)
     except ValueError as error:  # bad config or storage, unusable data, no MLflow
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     try:
@@ -108,15 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: cannot reach the Ray cluster at "
                        f"{args.address!r}: {error}\n")
     try:
-        tables = run_experiment(experiment, data, storage_path=storage, resume=args.resume)
+        studies = run_experiment(experiment, data, storage_path=storage, resume=args.resume)
     except StudyRefused as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     except (KeyboardInterrupt, StudyInterrupted):
         again = " ".join([*(a for a in argv if a != "--resume"), "--resume"])
         print(f"\ninterrupted; continue with: python search/run.py {again}", file=sys.stderr)
         return 130
-    for table in tables:
-        print(f"\n{table}")
+    for study in studies:
+        print(f"\n{study.title}\n\n{markdown_table(comparison_rows(study.outcomes))}")
     return 0
 
 

@@ -33,8 +33,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from oneprune.train import TrainConfig
-from search.space import trial_config
+from search.config import Experiment
+from search.plan import SEARCH, group_of, train_config
 
 ROLE = "oneprune.role"
 FAMILY = "oneprune.family"
@@ -46,7 +46,6 @@ ERROR = "oneprune.error"
 WORKERS = "oneprune.workers"
 STATUS = "oneprune.status"
 DIVERGED = "diverged"
-DENSE = "dense"
 METRICS = ("lr", "target_sparsity", "sparsity", "train_loss", "val_loss", "val_acc",
            "epoch_seconds", "train_seconds", "test_loss", "test_acc")
 
@@ -72,7 +71,8 @@ def flat_params(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _environment(**values: str):
+def environment(**values: str):
+    """Set environment variables for the duration of a `with` block."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
@@ -96,7 +96,7 @@ def check_tracking_uri(uri: str) -> None:
                 not path.exists() and not os.access(folder, os.W_OK)):
             raise ValueError(f"tracking URI {uri}: {path} is not writable")
     try:
-        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        with environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
                           MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # MLflow raises many kinds: connection, schema, OS, parse
@@ -140,8 +140,10 @@ def ensure_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What a Tune trial's MLflow run is: identity tags, other tags, params, name."""
+    """What a Tune trial's MLflow run is: its MLflow experiment, identity tags, other tags,
+    params, name."""
 
+    experiment_id: str
     identity: dict[str, str]
     run_name: str
     params: dict[str, str] = field(default_factory=dict)
@@ -151,22 +153,19 @@ class RunSpec:
 class TrialLogger(tune.Callback):
     """Mirror each Tune trial into an MLflow run, live, from the driver.
 
-    `describe(trial_id, trial.config)` says which run a trial is; `tags` go on every run it
-    creates. `scope` tags select the runs this logger owns: when the experiment ends, owned
-    runs that match no trial (a trial the interrupted driver started after Tune's last state
-    snapshot) are deleted, so a resumed study keeps exactly one run per trial. The writes
-    run in order on a writer thread, and `on_experiment_end` waits for them (and raises a
-    failed one): the study's own reads after `Tuner.fit` see everything. The callback
-    pickles without its client and thread (Tune stores it for `Tuner.restore`).
+    `describe(trial_id, trial.config)` says which run a trial is. `scopes` (pairs of an
+    MLflow experiment id and tags) select the runs this logger owns: when the Tuner ends,
+    owned runs that match no trial (a trial the interrupted driver started after Tune's
+    last state snapshot) are deleted, so a resumed study keeps exactly one run per trial.
+    The writes run in order on a writer thread, and `on_experiment_end` waits for them (and
+    raises a failed one): the study's own reads after `Tuner.fit` see everything. The
+    callback pickles without its client and thread (Tune stores it for `Tuner.restore`).
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, scope: Mapping[str, str],
-                 describe: Callable[[str, Mapping[str, Any]], RunSpec], epochs: int,
-                 tags: Mapping[str, str]):
+    def __init__(self, tracking_uri: str, scopes: Sequence[tuple[str, Mapping[str, str]]],
+                 describe: Callable[[str, Mapping[str, Any]], RunSpec], epochs: int):
         self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.scope = dict(scope)
-        self.tags = dict(tags)
+        self.scopes = [(experiment_id, dict(tags)) for experiment_id, tags in scopes]
         self.describe = describe
         self.epochs = epochs
         self._client: MlflowClient | None = None
@@ -215,15 +214,14 @@ class TrialLogger(tune.Callback):
     def _run_of(self, trial_id: str, config: Mapping[str, Any]) -> tuple[str, int]:
         if trial_id not in self._runs:
             spec = self.describe(trial_id, config)
-            identity = {**self.scope, **spec.identity}
-            found = find_runs(self.client, self.experiment_id, identity)
+            found = find_runs(self.client, spec.experiment_id, spec.identity)
             if found:
                 run_id = found[0].info.run_id
                 history = self.client.get_metric_history(run_id, "val_acc")
                 last_step = max((m.step for m in history), default=0)
             else:
                 run_id = self.client.create_run(
-                    self.experiment_id, tags={**identity, **self.tags, **spec.tags},
+                    spec.experiment_id, tags={**spec.identity, **spec.tags},
                     run_name=spec.run_name).info.run_id
                 self.client.log_batch(run_id, params=[Param(k, v)
                                                       for k, v in spec.params.items()])
@@ -282,9 +280,10 @@ class TrialLogger(tune.Callback):
 
         def reconcile():
             kept = {self._run_of(trial_id, config)[0] for trial_id, config in known}
-            for run in find_runs(self.client, self.experiment_id, self.scope):
-                if run.info.run_id not in kept:
-                    self.client.delete_run(run.info.run_id)
+            for experiment_id, tags in self.scopes:
+                for run in find_runs(self.client, experiment_id, tags):
+                    if run.info.run_id not in kept:
+                        self.client.delete_run(run.info.run_id)
         self._submit(reconcile)
         self.flush()
 
@@ -315,43 +314,37 @@ def finish_comparison(client: MlflowClient, experiment_id: str, folder: str,
     client.set_terminated(run_id, "FINISHED")
 
 
-def describe_trial(trial_id: str, config: Mapping[str, Any], *, base: Mapping[str, Any],
-                   family_run_id: str) -> RunSpec:
-    """A search trial's run: child of its family run, identified by the Tune trial id;
-    its params are the whole training config the trial ran."""
-    train = trial_config(TrainConfig.from_dict(base), config).to_dict()
-    return RunSpec(identity={TRIAL_ID: trial_id}, run_name=f"trial {trial_id}",
-                   params=flat_params(train), tags={PARENT: family_run_id})
+def describe_run(trial_id: str, config: Mapping[str, Any], *, experiment: Experiment,
+                 experiment_ids: Mapping[float, str],
+                 family_run_ids: Mapping[tuple[float, str], str]) -> RunSpec:
+    """A trial's run, in the MLflow experiment of its sparsity, child of its family run
+    (none for dense), with the whole training config as params. A search trial is
+    identified by its Tune trial id; a final run by family and seed, so that it is found
+    again when it runs anew after an interruption."""
+    family = config["family"]
+    train = train_config(experiment, config).to_dict()
+    if config["part"] == SEARCH:
+        identity = {ROLE: "trial", FAMILY: family, TRIAL_ID: trial_id}
+        name = f"trial {trial_id}"
+    else:
+        identity = {ROLE: "final", FAMILY: family, SEED: str(config["seed"])}
+        name = f"{family} seed {config['seed']}"
+    parent = family_run_ids.get(group_of(config))
+    tags = {WORKERS: str(experiment.resources.workers_per_trial)}
+    if parent:
+        tags[PARENT] = parent
+    return RunSpec(experiment_ids[config["sparsity"]], identity, name,
+                   params=flat_params(train), tags=tags)
 
 
-def describe_final(trial_id: str, config: Mapping[str, Any], *,
-                   runs: Sequence[Mapping[str, Any]],
-                   family_run_ids: Mapping[str, str]) -> RunSpec:
-    """A final re-run (`runs[config["run"]]`): identified by family and seed, child of its
-    family run."""
-    train = runs[config["run"]]
-    family = train["schedule"]["family"] if train["schedule"] else DENSE
-    parent = family_run_ids.get(family)
-    return RunSpec(identity={FAMILY: family, SEED: str(train["seed"])},
-                   run_name=f"{family} seed {train['seed']}", params=flat_params(train),
-                   tags={PARENT: parent} if parent else {})
-
-
-def trial_logger(tracking_uri: str, experiment_id: str, *, family: str, family_run_id: str,
-                 base: Mapping[str, Any], epochs: int, workers: int) -> TrialLogger:
-    """The logger of one family's search trials (`base`: their `TrainConfig.to_dict()`;
-    `workers`: DDP processes per trial)."""
-    return TrialLogger(tracking_uri, experiment_id, {ROLE: "trial", FAMILY: family},
-                       functools.partial(describe_trial, base=dict(base),
-                                         family_run_id=family_run_id), epochs,
-                       {WORKERS: str(workers)})
-
-
-def final_logger(tracking_uri: str, experiment_id: str, *, runs: Sequence[Mapping[str, Any]],
-                 family_run_ids: Mapping[str, str], epochs: int,
-                 workers: int) -> TrialLogger:
-    """The logger of the final re-runs (every family and the dense reference)."""
-    return TrialLogger(tracking_uri, experiment_id, {ROLE: "final"},
-                       functools.partial(describe_final, runs=list(runs),
-                                         family_run_ids=dict(family_run_ids)), epochs,
-                       {WORKERS: str(workers)})
+def trial_logger(experiment: Experiment, experiment_ids: Mapping[float, str],
+                 family_run_ids: Mapping[tuple[float, str], str]) -> TrialLogger:
+    """The logger of every trial of an experiment's Tuner: search trials and final runs
+    of every sparsity (`experiment_ids`: its MLflow experiment per sparsity)."""
+    scopes = [(experiment_id, {ROLE: role}) for experiment_id in experiment_ids.values()
+              for role in ("trial", "final")]
+    return TrialLogger(experiment.tracking_uri, scopes,
+                       functools.partial(describe_run, experiment=experiment,
+                                         experiment_ids=dict(experiment_ids),
+                                         family_run_ids=dict(family_run_ids)),
+                       experiment.epochs)

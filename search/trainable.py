@@ -1,5 +1,6 @@
-"""The Tune trainables: one `oneprune.train.train` run per trial, reported every epoch with
-a checkpoint, so a trial that fails is retried from its last finished epoch.
+"""The Tune trainable: one `oneprune.train.train` run per trial, reported every epoch, with a
+checkpoint every `checkpoint_every` epochs, so a trial that fails is retried from its last
+checkpoint (Tune and Ray Train keep only the newest).
 
 With one worker per trial the Tune function trains in its own process. With K > 1 it is
 the driver of a Ray Train `TorchTrainer` of K workers (DDP: gloo on CPU, nccl on GPU)
@@ -22,8 +23,7 @@ import hashlib
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from oneprune.data import ImageData
 from oneprune.train import TrainConfig, gather, load_state, save_state, train
-from search.config import Faults
-from search.space import trial_config
+from search.config import Experiment, Faults
+from search.plan import FINAL, train_config
 
 STATE_FILE = "state.pt"
 TRAIN_MAX_FAILURES = 2  # worker-group restarts within one attempt of a distributed trial
@@ -59,13 +59,14 @@ def _mask_digest(state: Mapping[str, Any]) -> str:
 
 
 def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | None,
-            test: bool, faults: Faults | None,
+            test: bool, every: int, faults: Faults | None,
             report: Callable[[dict, Path | None], None]) -> None:
     """Train `cfg` from `start` (a saved state, or None), calling `report(metrics, folder)`
-    after every epoch on every rank, with a folder holding rank 0's checkpoint (None on
-    other ranks). With `test`, the last report comes after the test split and adds
-    `test_acc` and `test_loss` (so a run whose last epoch was reported has its test too).
-    `faults` are this trial's injected faults (None: none)."""
+    after every epoch on every rank, with a folder holding rank 0's checkpoint after every
+    `every`-th epoch but the last (None otherwise, and on other ranks: a finished run needs
+    none). With `test`, the last report comes after the test split and adds `test_acc` and
+    `test_loss` (so a run whose last epoch was reported has its test too). `faults` are
+    this trial's injected faults (None: none)."""
     node = ray.get_runtime_context().get_node_id()
     held: dict[str, Any] = {}
 
@@ -83,15 +84,15 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
             if len(set(masks)) > 1:
                 raise RuntimeError(f"the ranks' pruning masks differ after epoch {epoch}")
             metrics["rank_masks"] = " ".join(masks)
-        if test and (epoch == cfg.epochs or metrics["diverged"]):
+        last = epoch == cfg.epochs or metrics["diverged"]
+        if test and last:
             held.update(metrics)  # reported with the test metrics
+        elif last or epoch % every or (dist.is_initialized() and dist.get_rank() != 0):
+            report(metrics, None)
         else:
             with tempfile.TemporaryDirectory() as folder:
-                if dist.is_initialized() and dist.get_rank() != 0:
-                    report(metrics, None)
-                else:
-                    save_state(state, Path(folder) / STATE_FILE)
-                    report(metrics, Path(folder))
+                save_state(state, Path(folder) / STATE_FILE)
+                report(metrics, Path(folder))
         if faults and faults.nan_at_epoch == epoch + 1:
             with torch.no_grad():
                 next(iter(state["model"].values())).fill_(math.nan)
@@ -132,19 +133,6 @@ def _start_from(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | Non
 TrialData = ImageData | tuple[ray.ObjectRef]
 
 
-@dataclass(frozen=True)
-class Launch:
-    """How a trial trains: in its own process (`workers` 1) or as a `TorchTrainer` of
-    `workers` DDP workers whose Train runs live under `train_storage` (shared storage
-    on a multi-node cluster: a restarted worker may land on another node)."""
-
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    train_storage: str = ""
-    faults: Faults | None = None
-
-
 def _distributed_worker(config: Mapping[str, Any]) -> None:
     """One Ray Train worker: its rank of the DDP run `config` describes."""
     if torch.cuda.is_available():
@@ -153,44 +141,38 @@ def _distributed_worker(config: Mapping[str, Any]) -> None:
     data = ray.get(config["data"][0])  # the reference rode in a tuple, unresolved
     _epochs(TrainConfig.from_dict(config["train"]), data,
             start=_start_from(ray.train.get_checkpoint()), test=config["test"],
-            faults=config["faults"], report=_train_report)
+            every=config["checkpoint_every"], faults=config["faults"],
+            report=_train_report)
 
 
-def _run(cfg: TrainConfig, data: TrialData, launch: Launch, *, test: bool) -> None:
-    """Train `cfg` as `launch` says, inside the running Tune trial."""
-    faults = launch.faults and launch.faults.for_family(
-        cfg.schedule.family if cfg.schedule else "dense")
-    if launch.workers == 1:
+def run_trial(config: Mapping[str, Any], *, experiment: Experiment, data: TrialData,
+              train_storage: str) -> None:
+    """A trial of the experiment's Tuner (`config` as `search.plan` describes it): in this
+    process, or as a `TorchTrainer` of `resources.workers_per_trial` DDP workers whose Train
+    runs live under `train_storage` (shared storage on a multi-node cluster: a restarted
+    worker may land on another node). A final run's last report adds its test accuracy;
+    a search trial never sees the test split."""
+    cfg = train_config(experiment, config)
+    test = config["part"] == FINAL
+    faults = experiment.faults and experiment.faults.for_family(config["family"])
+    resources = experiment.resources
+    if resources.workers_per_trial == 1:
         _prepare_process()
         _epochs(cfg, data, start=_start_from(tune.get_checkpoint()), test=test,
-                faults=faults, report=_tune_report)
+                every=experiment.checkpoint_every, faults=faults, report=_tune_report)
         return
     trainer = TorchTrainer(
         _distributed_worker,
         train_loop_config={"train": cfg.to_dict(), "data": data, "test": test,
+                           "checkpoint_every": experiment.checkpoint_every,
                            "faults": faults},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=launch.workers, use_gpu=launch.gpus_per_worker > 0,
-            resources_per_worker={"CPU": launch.cpus_per_worker,
-                                  "GPU": launch.gpus_per_worker}),
+            num_workers=resources.workers_per_trial, use_gpu=resources.gpus_per_trial > 0,
+            resources_per_worker={"CPU": resources.cpus_per_trial,
+                                  "GPU": resources.gpus_per_trial}),
         run_config=ray.train.RunConfig(
-            name=tune.get_context().get_trial_id(), storage_path=launch.train_storage,
+            name=tune.get_context().get_trial_id(), storage_path=train_storage,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=TRAIN_MAX_FAILURES),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
     trainer.fit()
-
-
-def search_trial(config: Mapping[str, Any], *, base: Mapping[str, Any],
-                 data: TrialData, launch: Launch) -> None:
-    """A tuning trial: `base` (a `TrainConfig.to_dict()`) with the sampled `config`;
-    reports validation metrics only."""
-    _run(trial_config(TrainConfig.from_dict(base), config), data, launch, test=False)
-
-
-def final_run(config: Mapping[str, Any], *, runs: Sequence[Mapping[str, Any]],
-              data: TrialData, launch: Launch) -> None:
-    """A final re-run: `runs[config["run"]]` is its whole `TrainConfig.to_dict()` (the
-    grid is over indices: Tune restores plain values, not placeholders of nested dicts);
-    its last report adds the test accuracy."""
-    _run(TrainConfig.from_dict(runs[config["run"]]), data, launch, test=True)

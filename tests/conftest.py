@@ -1,5 +1,6 @@
 """Test settings and fixtures shared by the whole suite."""
 
+import json
 import pickle
 
 import numpy as np
@@ -152,3 +153,13 @@ def ray_cluster():
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = previous
+
+
+@pytest.fixture
+def tune_results():
+    """`tune_results(folder)`: every trial's reported rows (with its config) under a Tuner's
+    folder, by trial folder."""
+    def read(folder):
+        return {path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
+                for path in folder.glob("*/result.json")}
+    return read

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from oneprune.schedules import OneCycle
 from search.config import ConfigError, Faults, load_experiment, parse_experiment
@@ -113,6 +114,8 @@ def test_a_valid_experiment_parses_with_its_ranges():
     ("faults.when", 1, "faults.when"),
     ("tracking.tracking_uri", "", "tracking.tracking_uri"),
     ("tracking.server", "x", "tracking.server"),
+    ("tracking.optuna_storage", "optuna.db", "tracking.optuna_storage"),
+    ("checkpoint_every", 0, "checkpoint_every"),
 ])
 def test_bad_values_name_their_key(path, value, key):
     with pytest.raises(ConfigError) as error:
@@ -234,3 +237,29 @@ def test_cli_fails_fast_when_mlflow_or_storage_is_unusable(tmp_path, where, valu
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert expected in done.stderr and where.lstrip("-").split("-")[0] in done.stderr
     assert "Ray" not in done.stderr  # never got as far as starting a cluster
+
+
+def test_optuna_studies_live_beside_a_sqlite_mlflow_store_by_default():
+    base = {"name": "x", "tracking": {"tracking_uri": "sqlite:////data/runs/mlflow.db"}}
+    assert parse_experiment(base).optuna_storage_url == "sqlite:////data/runs/optuna.db"
+    assert parse_experiment({"name": "x"}).optuna_storage_url == "sqlite:///optuna.db"
+    server = {"name": "x", "tracking": {"tracking_uri": "http://127.0.0.1:5000"}}
+    assert parse_experiment(server).optuna_storage_url == "sqlite:///optuna.db"
+    chosen = {"name": "x", "tracking": {"optuna_storage": "postgresql://u@db/optuna"}}
+    assert parse_experiment(chosen).optuna_storage_url == "postgresql://u@db/optuna"
+
+
+def test_cli_fails_fast_when_the_optuna_storage_cannot_be_opened(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    spec = yaml.safe_load((ROOT / "experiments" / "quick.yaml").read_text())
+    spec["tracking"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                        "optuna_storage": f"sqlite:///{blocker}/optuna.db"}
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    MlflowClient(spec["tracking"]["tracking_uri"]).search_experiments()  # a store exists
+    done = run_search_cli("--experiment", str(path), "--storage-path", str(tmp_path / "ray"),
+                          cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "optuna_storage" in done.stderr
+    assert "cannot be opened" in done.stderr and "Traceback" not in done.stderr

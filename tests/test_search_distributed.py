@@ -3,7 +3,6 @@
 land on the two nodes, keep identical masks, resume from their checkpoint after a worker
 fails, and log to MLflow like single-process trials."""
 
-import json
 
 import pytest
 import ray
@@ -15,12 +14,6 @@ from search.run import main
 EPOCHS, SEEDS = 2, 2
 
 
-def tune_results(folder):
-    """Every trial's reported rows under a Tuner's folder, by trial folder."""
-    return {path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
-            for path in folder.glob("*/result.json")}
-
-
 @pytest.fixture
 def distributed_study(tmp_path, monkeypatch, ray_cluster):
     monkeypatch.chdir(tmp_path)
@@ -29,7 +22,7 @@ def distributed_study(tmp_path, monkeypatch, ray_cluster):
         "name": "ddp", "dataset": "digits", "sparsity": 0.9, "epochs": EPOCHS,
         "families": ["one_cycle"], "trials_per_family": 1, "final_seeds": SEEDS,
         "training": {"lr_max": [3e-3, 3e-2]},
-        "resources": {"workers_per_trial": 2, "cpus_per_trial": 1},
+        "resources": {"workers_per_trial": 2, "cpus_per_trial": 1}, "checkpoint_every": 1,
         # The one_cycle runs' workers raise after epoch 2 once: Ray Train restarts the
         # worker group from the epoch-1 checkpoint.
         "faults": {"raise_at_epoch": 2, "raise_families": ["one_cycle"]},
@@ -37,7 +30,7 @@ def distributed_study(tmp_path, monkeypatch, ray_cluster):
     return tmp_path, ["--experiment", str(path), "--storage-path", str(tmp_path / "ray")]
 
 
-def test_a_study_with_two_workers_per_trial(distributed_study):
+def test_a_study_with_two_workers_per_trial(distributed_study, tune_results):
     folder, args = distributed_study
     assert main(args) == 0
 
@@ -58,10 +51,11 @@ def test_a_study_with_two_workers_per_trial(distributed_study):
 
     nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
     assert len(nodes) == 2
-    (search_rows,) = tune_results(folder / "ray" / "ddp-one_cycle").values()
-    finals = tune_results(folder / "ray" / "ddp-final")
+    trials = tune_results(folder / "ray" / "ddp")
+    (search_rows,) = [rows for rows in trials.values() if rows[0]["config"]["part"] == "search"]
+    finals = [rows for rows in trials.values() if rows[0]["config"]["part"] == "final"]
     assert len(finals) == 2 * SEEDS
-    for rows in [search_rows, *finals.values()]:
+    for rows in [search_rows, *finals]:
         for row in rows:
             # One DDP worker on each node, and the same masks on both ranks.
             assert set(row["rank_nodes"].split()) == nodes
@@ -72,7 +66,10 @@ def test_a_study_with_two_workers_per_trial(distributed_study):
     # The injected worker failures at epoch 2 were resumed from the epoch-1 checkpoint:
     # epoch 1 was reported once, epoch 2 by an attempt that started from it (the dense
     # runs got no fault).
-    for rows in [search_rows, *finals.values()]:
+    for rows in [search_rows, *finals]:
         assert [row["epoch"] for row in rows] == [1, 2]
         faulty = rows[0]["rank_masks"].strip() != ""  # pruned: one_cycle, not dense
         assert [row["resumed_from"] for row in rows] == ([0, 1] if faulty else [0, 0])
+    # The finished trials' Ray Train runs and checkpoints are gone.
+    assert not list((folder / "ray").rglob("checkpoint_*"))
+    assert not list((folder / "ray" / "ddp" / "train").glob("*"))

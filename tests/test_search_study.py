@@ -3,6 +3,7 @@ MLflow store: the MLflow structure, equal budgets, and resuming an interrupted s
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import optuna
 import pytest
 import ray
 import yaml
@@ -33,18 +35,12 @@ def study(tmp_path, monkeypatch, ray_cluster):
     path.write_text(yaml.safe_dump({
         "name": "tiny", "dataset": "digits", "sparsity": 0.9, "epochs": EPOCHS,
         "families": FAMILIES_UNDER_TEST, "trials_per_family": TRIALS, "final_seeds": SEEDS,
-        "search": {"seed": 0, "asha": True, "grace_period": 1},
+        "search": {"seed": 0, "asha": True, "grace_period": 1}, "checkpoint_every": 1,
         "training": {"lr_max": [3e-3, 3e-2], "coupling": ["none", "align"]},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}))
     args = ["--experiment", str(path), "--storage-path", str(tmp_path / "ray")]
     return {"args": args, "uri": f"sqlite:///{tmp_path}/mlflow.db", "folder": tmp_path,
             "address": ray_cluster}
-
-
-def tune_results(folder):
-    """Every trial's reported rows under a Tuner's folder, by trial folder."""
-    return {path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
-            for path in folder.glob("*/result.json")}
 
 
 def runs_by_role(uri):
@@ -85,7 +81,7 @@ def assert_complete_study(uri):
     return client, by_role, family_ids
 
 
-def test_a_tiny_study_end_to_end(study, capsys):
+def test_a_tiny_study_end_to_end(study, capsys, tune_results):
     assert main(study["args"]) == 0
     printed = capsys.readouterr().out
     for family in (*FAMILIES_UNDER_TEST, "dense"):
@@ -123,13 +119,22 @@ def test_a_tiny_study_end_to_end(study, capsys):
                 k: v for k, v in best.items() if k != "seed"}
         else:
             assert run.data.params["schedule"] == "None"
-    # The trials ran on both nodes of the cluster (1 CPU each: two at once).
-    rows = [row for part in (*FAMILIES_UNDER_TEST, "final")
-            for trial in tune_results(study["folder"] / "ray" / f"tiny-{part}").values()
-            for row in trial]
+    # One Tuner ran every trial, on both nodes of the cluster (1 CPU each: two at once).
+    trials = tune_results(study["folder"] / "ray" / "tiny")
+    assert len(trials) == 2 * TRIALS + 3 * SEEDS
+    rows = [row for trial in trials.values() for row in trial]
     assert {row["rank_nodes"] for row in rows} == {
         node["NodeID"] for node in ray.nodes() if node["Alive"]}
     assert all(row["resumed_from"] == 0 for row in rows)  # nothing failed
+    # A finished trial keeps no checkpoint (each reported one, after epoch 1).
+    assert not list((study["folder"] / "ray").rglob("checkpoint_*"))
+    # Each family's search is an Optuna study of its own, in the storage beside MLflow.
+    storage = f"sqlite:///{study['folder']}/optuna.db"
+    assert sorted(optuna.get_all_study_names(storage)) == ["tiny/agp", "tiny/one_cycle"]
+    for family in FAMILIES_UNDER_TEST:
+        searched = optuna.load_study(study_name=f"tiny/{family}", storage=storage).trials
+        assert [trial.state.name in ("COMPLETE", "PRUNED") for trial in searched] == [
+            True] * TRIALS
     for run in by_role["family"]:  # ASHA always lets the first trial at a rung go on
         assert run.data.metrics["trials_completed"] == completed[
             run.data.tags["oneprune.family"]] >= 1
@@ -157,74 +162,96 @@ def test_a_tiny_study_end_to_end(study, capsys):
     assert refused.value.code == 2 and "is deleted" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("started", "role", "finished"), [
-    ("one_cycle: ", "trial", TRIALS + 1),  # the second family's search has begun
-    ("agp: ", "trial", 0),                 # Tune is writing agp's first state snapshot
-    ("final: ", "final", 1),               # the final re-runs have begun
-], ids=["mid-search", "at-a-family-start", "mid-final-runs"])
-def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, started, role,
-                                                                 finished):
-    """SIGKILL the driver once it printed `[tiny] {started}` and `finished` runs of `role`
-    have finished, then `--resume` in this process."""
+def start_driver(study):
+    """`search/run.py` on the study in another process, on the session's cluster."""
     log = open(study["folder"] / "driver.log", "w")
-    driver = subprocess.Popen(
+    return log, subprocess.Popen(
         [sys.executable, str(ROOT / "search" / "run.py"), *study["args"],
          "--address", study["address"]], stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
+
+
+def kill(log, driver):
+    driver.send_signal(signal.SIGKILL)
+    assert driver.wait(timeout=30) == -signal.SIGKILL
+    log.close()
+
+
+@pytest.mark.parametrize(("role", "finished"), [
+    (None, 0),              # the Tuner has just started (Tune writes its first state)
+    ("trial", TRIALS + 1),  # mid-search
+    ("final", 1),           # a family's final runs have begun
+], ids=["at-the-start", "mid-search", "mid-final-runs"])
+def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, role, finished):
+    """SIGKILL the driver once `finished` runs of `role` have finished (dense runs aside),
+    then `--resume` in this process."""
+    log, driver = start_driver(study)
     finished_before = set()
     deadline = time.monotonic() + 240
     while True:
         assert driver.poll() is None, (study["folder"] / "driver.log").read_text()
         assert time.monotonic() < deadline, "the driver did not get there in time"
-        # Read MLflow only once the driver has created its database (it prints a family's
-        # start after that): two processes creating one sqlite schema collide.
-        if f"[tiny] {started}" in (study["folder"] / "driver.log").read_text():
+        # Read MLflow only once the Tuner has started (the driver has created its database
+        # by then): two processes creating one sqlite schema collide.
+        if (study["folder"] / "ray" / "tiny" / "tuner.pkl").exists():
+            if role is None:
+                break
             _, by_role = runs_by_role(study["uri"])
             finished_before = {run.info.run_id for run in by_role.get(role, [])
-                               if run.info.status == "FINISHED"}
+                               if run.info.status == "FINISHED"
+                               and run.data.tags["oneprune.family"] != "dense"}
             if len(finished_before) >= finished:
                 break
         time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    assert driver.wait(timeout=30) == -signal.SIGKILL
-    log.close()
+    kill(log, driver)
 
     assert main([*study["args"], "--resume"]) == 0
     _, by_role, _ = assert_complete_study(study["uri"])
-    assert finished_before <= {run.info.run_id for run in by_role[role]}
+    assert finished_before <= {run.info.run_id for run in by_role.get(role, [])}
 
 
-def test_a_saved_state_that_lost_trials_is_searched_again(study, capsys):
-    """A driver killed while Tune writes a snapshot can leave state whose searcher counted
-    more trials than the snapshot holds (seen with Ray 2.60): the restored search would end
-    short. Made here by dropping a trial from the newest snapshot of a killed study; the
-    resume must search that family again and still end with one run per trial."""
-    log = open(study["folder"] / "driver.log", "w")
-    driver = subprocess.Popen(
-        [sys.executable, str(ROOT / "search" / "run.py"), *study["args"],
-         "--address", study["address"]], stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
-    state_dir = study["folder"] / "ray" / "tiny-one_cycle"
+def test_trials_the_saved_state_lost_are_run_again(study, capsys):
+    """A driver killed while Tune writes its snapshot can leave a searcher state that
+    counted a trial the experiment state lacks. Made here by dropping, from the newest
+    snapshot of a killed study, a trial that the searcher's saved state has: the resume
+    hands it out again and still ends with one run per trial and exact budgets."""
+    log, driver = start_driver(study)
+    state_dir = study["folder"] / "ray" / "tiny"
     deadline = time.monotonic() + 240
-    while not list(state_dir.glob("experiment_state-*.json")):
+
+    def saved_trials():
+        """Trial ids in the newest experiment state and in the newest searcher state."""
+        states = sorted(state_dir.glob("experiment_state-*.json"))
+        searchers = sorted(state_dir.glob("searcher-state-*.pkl"))
+        if not states or not searchers:
+            return set(), set()
+        try:
+            tune_ids = {json.loads(item[0])["trial_id"]
+                        for item in json.loads(states[-1].read_text())["trial_data"]}
+            searched = set(pickle.loads(searchers[-1].read_bytes())["trials"])
+        except (ValueError, EOFError, pickle.UnpicklingError):  # caught mid-write
+            return set(), set()
+        return tune_ids, searched
+
+    while not (set.intersection(*saved_trials())):
         assert driver.poll() is None, (study["folder"] / "driver.log").read_text()
-        assert time.monotonic() < deadline, "Tune wrote no state in time"
+        assert time.monotonic() < deadline, "Tune saved no trial in time"
         time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    assert driver.wait(timeout=30) == -signal.SIGKILL
-    log.close()
+    kill(log, driver)
     newest = max(state_dir.glob("experiment_state-*.json"))
     state = json.loads(newest.read_text())
-    assert state["trial_data"], "the snapshot holds no trial to drop"
-    state["trial_data"].pop()
+    tune_ids, searched = saved_trials()
+    dropped = sorted(tune_ids & searched)[0]
+    state["trial_data"] = [item for item in state["trial_data"]
+                           if json.loads(item[0])["trial_id"] != dropped]
     newest.write_text(json.dumps(state))
 
     assert main([*study["args"], "--resume"]) == 0
-    assert "the saved state is incomplete" in capsys.readouterr().out
+    assert "1 trial(s) missing from the saved Tune state" in capsys.readouterr().out
     assert_complete_study(study["uri"])
 
 
-def test_failing_and_diverging_trials_do_not_stop_the_study(study, capsys):
+def test_failing_and_diverging_trials_do_not_stop_the_study(study, capsys, tune_results):
     """Test-only faults: every one_cycle run raises at the end of epoch 2 once, and every
     agp trial's loss turns NaN at epoch 2. The one_cycle runs resume from their epoch-1
     checkpoint and complete; the agp trials end as diverged; the study completes."""
@@ -257,5 +284,10 @@ def test_failing_and_diverging_trials_do_not_stop_the_study(study, capsys):
     assert families["one_cycle"].data.metrics["trials_completed"] == TRIALS
     assert {r.data.tags["oneprune.family"] for r in by_role["final"]} == {"one_cycle",
                                                                           "dense"}
-    for rows in tune_results(study["folder"] / "ray" / "tiny-one_cycle").values():
+    searched = [rows for rows in tune_results(study["folder"] / "ray" / "tiny").values()
+                if rows[0]["config"]["part"] == "search"
+                and rows[0]["config"]["family"] == "one_cycle"]
+    assert len(searched) == TRIALS
+    for rows in searched:  # retried from the checkpoint of epoch 1, then deleted
         assert [(row["epoch"], row["resumed_from"]) for row in rows] == [(1, 0), (2, 1)]
+    assert not list((study["folder"] / "ray").rglob("checkpoint_*"))

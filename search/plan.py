@@ -1,0 +1,134 @@
+"""What the experiment's one Tuner runs, and what its trials add up to.
+
+Every Tune trial of an experiment carries a config that says what it is, so that the
+searcher, the trainable, the MLflow logger and the aggregation read it alike:
+
+    {"part": "search", "sparsity": 0.9, "family": "agp", "number": 3, "params": {...}}
+    {"part": "final", "sparsity": 0.9, "family": "agp", "seed": 1, "params": {...}}
+    {"part": "final", "sparsity": 0.9, "family": "dense", "seed": 1, "params": {}}
+
+A search trial is trial `number` of its (sparsity, family) Optuna study and `params` are
+the values it sampled; a final re-run trains its family's best `params` with a fresh
+`seed`; the dense reference trains without pruning. `aggregate` turns the finished
+trials into each study's per-family outcomes: a pure function, no Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from oneprune.train import TrainConfig
+from search.report import FamilyOutcome
+from search.space import trial_config
+
+if TYPE_CHECKING:
+    from search.config import Experiment
+
+SEARCH, FINAL = "search", "final"
+DENSE = "dense"
+METRIC = "val_acc"
+
+Group = tuple[float, str]  # (sparsity, family): one Optuna study, one ASHA bracket
+
+
+def search_config(group: Group, number: int, params: Mapping[str, Any]) -> dict:
+    return {"part": SEARCH, "sparsity": group[0], "family": group[1], "number": number,
+            "params": dict(params)}
+
+
+def final_config(group: Group, seed: int, params: Mapping[str, Any]) -> dict:
+    return {"part": FINAL, "sparsity": group[0], "family": group[1], "seed": seed,
+            "params": dict(params)}
+
+
+def group_of(config: Mapping[str, Any]) -> Group:
+    return (config["sparsity"], config["family"])
+
+
+def final_seeds(experiment: Experiment) -> list[int]:
+    """The seeds of the final re-runs: never the tuning seed."""
+    return [experiment.search.seed + 1 + i for i in range(experiment.final_seeds)]
+
+
+def train_config(experiment: Experiment, config: Mapping[str, Any]) -> TrainConfig:
+    """The training run a trial's `config` stands for."""
+    if config["family"] == DENSE:
+        return experiment.base_config(seed=config["seed"])
+    cfg = trial_config(experiment.base_config(config["family"], config["sparsity"]),
+                       config["params"])
+    return cfg if config["part"] == SEARCH else dataclasses.replace(cfg, seed=config["seed"])
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A finished (or stopped) Tune trial: its config, its last result ({} if it reported
+    nothing), whether it ended in error, and its per-epoch rows (one per epoch)."""
+
+    config: Mapping[str, Any]
+    result: Mapping[str, Any] = field(default_factory=dict)
+    error: bool = False
+    history: Sequence[Mapping[str, Any]] = ()
+
+
+def completed(record: TrialRecord, epochs: int) -> bool:
+    """Trained its whole budget without error or a non-finite loss."""
+    result = record.result
+    return (not record.error and not result.get("diverged")
+            and result.get("epoch") == epochs and METRIC in result)
+
+
+def select_best(records: Iterable[TrialRecord], epochs: int) -> TrialRecord | None:
+    """The search trial with the highest validation accuracy among those that completed
+    the budget; a tie goes to the lower Optuna trial number (deterministic, whatever the
+    order the trials finished in)."""
+    candidates = [r for r in records if r.config["part"] == SEARCH and completed(r, epochs)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (r.result[METRIC], -r.config["number"]))
+
+
+def aggregate(experiment: Experiment,
+              records: Iterable[TrialRecord]) -> dict[float, list[FamilyOutcome]]:
+    """Per sparsity, the outcome of every family (in the experiment's order) and of the
+    dense reference (last): search statistics, best config and the final runs' test
+    accuracies, in seed order."""
+    by_group: dict[tuple[str, Group], list[TrialRecord]] = {}
+    for record in records:
+        by_group.setdefault((record.config["part"], group_of(record.config)), []).append(record)
+    studies = {}
+    for sparsity in experiment.sparsity:
+        outcomes = []
+        for family in (*experiment.families, DENSE):
+            group = (sparsity, family)
+            searched = by_group.get((SEARCH, group), [])
+            outcome = FamilyOutcome(family, schedule=None, lr_policy=None,
+                                    trials=len(searched))
+            for record in searched:
+                outcome.search_seconds += record.result.get("train_seconds", 0.0)
+                if record.result.get("diverged"):
+                    outcome.trials_diverged += 1
+                elif completed(record, experiment.epochs):
+                    outcome.trials_completed += 1
+            best = select_best(searched, experiment.epochs)
+            if best is not None:
+                cfg = train_config(experiment, best.config)
+                outcome.schedule, outcome.lr_policy = cfg.schedule, cfg.lr_policy()
+                outcome.best_params = dict(best.config["params"])
+                outcome.best_val_acc = best.result[METRIC]
+            elif family == DENSE:
+                outcome.lr_policy = experiment.base_config().lr_policy()
+            finals = sorted(by_group.get((FINAL, group), []), key=lambda r: r.config["seed"])
+            for record in finals:
+                if record.error or "test_acc" not in record.result:
+                    continue
+                outcome.test_accs.append(record.result["test_acc"])
+                outcome.final_seconds += record.result["train_seconds"]
+                outcome.histories.append([{key: row[key] for key in ("epoch", METRIC,
+                                                                    "sparsity")}
+                                          for row in record.history])
+            outcomes.append(outcome)
+        studies[sparsity] = outcomes
+    return studies

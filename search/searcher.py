@@ -1,0 +1,325 @@
+"""One Tuner for a whole experiment: the searcher that decides what each free slot runs,
+and the scheduler that keeps early stopping inside each (sparsity, family).
+
+`ExperimentSearcher` (a Ray Tune `Searcher`) owns one Optuna study per (sparsity, family),
+in Optuna's RDB storage, driven by ask/tell with the family's define-by-run space. It hands
+out, in this order:
+
+1. the final re-runs of a (sparsity, family) whose search has ended (every one of its
+   `trials_per_family` trials finished), with its best config and each final seed;
+2. the dense references (any time: they depend on nothing);
+3. a search trial of the (sparsity, family) with the fewest trials in flight,
+
+so every family of every sparsity gets exactly `trials_per_family` search trials, and a
+family's final runs start as soon as its own search is over. No more trials are live than
+the cluster has slots, plus one waiting (so a freed slot is filled at once, and an
+autoscaler sees demand). One family's results only reach its own study.
+
+`GroupScheduler` (a Ray Tune `TrialScheduler`) gives each (sparsity, family) its own ASHA
+bracket, so a trial is only ever compared with trials of its own family; final runs are
+never stopped. It also tells the searcher of every trial Tune adds, including the trials
+`Tuner.restore` brings back: the searcher then forgets the trials the restored state lost
+(Tune's snapshot and the searcher's can be a moment apart when a driver is killed) and
+hands them out again, so budgets stay exact across a resume.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+import ray
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from search.config import Experiment
+from search.plan import (
+    DENSE,
+    FINAL,
+    METRIC,
+    SEARCH,
+    Group,
+    TrialRecord,
+    final_config,
+    final_seeds,
+    group_of,
+    search_config,
+    select_best,
+)
+from search.space import define_by_run
+
+SLOTS_REFRESH_SECONDS = 5.0
+
+
+def optuna_study_name(experiment: Experiment, group: Group) -> str:
+    """The Optuna study of a (sparsity, family): `<study>/<family>`, e.g. `quick/agp`."""
+    return f"{experiment.study_name(group[0])}/{group[1]}"
+
+
+def check_optuna_storage(url: str) -> None:
+    """Raise `ValueError` (one line) unless Optuna's RDB storage at `url` opens (it creates
+    a new sqlite file's tables): a study must not fail after its first trials."""
+    try:
+        optuna.storages.RDBStorage(url)
+    except Exception as error:  # SQLAlchemy raises many kinds: driver, connection, schema
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"optuna_storage {url} cannot be opened: {reason}") from None
+
+
+def make_sampler(experiment: Experiment) -> optuna.samplers.BaseSampler:
+    """Seeded TPE (a quarter of the trials random first; constant liar for concurrent
+    trials) or seeded random sampling."""
+    seed = experiment.search.seed
+    if experiment.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=max(2, experiment.trials_per_family // 4),
+        constant_liar=True)
+
+
+def concurrent_slots(experiment: Experiment) -> int:
+    """How many trials fit on the cluster now (0: a resource the trials need is not there
+    yet, e.g. GPU workers that an autoscaler adds on demand)."""
+    available = ray.cluster_resources()
+    resources = experiment.resources
+    needs = {"CPU": resources.cpus_per_trial * resources.workers_per_trial,
+             "GPU": resources.gpus_per_trial * resources.workers_per_trial}
+    return min(math.floor(available.get(name, 0) / need)
+               for name, need in needs.items() if need > 0)
+
+
+class ExperimentSearcher(Searcher):
+    """Every trial of one experiment (see the module docstring). Its studies live in
+    `optuna_storage`; its own state (the samplers, what it handed out and how each trial
+    ended) is saved with Tune's experiment state."""
+
+    def __init__(self, experiment: Experiment, optuna_storage: str):
+        super().__init__(metric=METRIC, mode="max")
+        self.experiment = experiment
+        self.optuna_storage = optuna_storage
+        self.groups = [(sparsity, family) for sparsity in experiment.sparsity
+                       for family in experiment.families]
+        self._samplers = {group: make_sampler(experiment) for group in self.groups}
+        # Tune trial id -> {"config", "live", "result", "error"}
+        self._trials: dict[str, dict[str, Any]] = {}
+        self._confirmed: set[str] | None = None  # after a restore: the trials Tune still has
+        self._studies: dict[Group, optuna.Study] = {}
+        self._slots = (0, -math.inf)  # (slots, when counted)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_studies": {}, "_slots": (0, -math.inf)}
+
+    # -- the Optuna studies ------------------------------------------------------------
+
+    def study(self, group: Group) -> optuna.Study:
+        if group not in self._studies:
+            self._studies[group] = optuna.create_study(
+                storage=self.optuna_storage,
+                study_name=optuna_study_name(self.experiment, group),
+                sampler=self._samplers[group], direction="maximize", load_if_exists=True)
+        return self._studies[group]
+
+    def _tell(self, config: Mapping[str, Any], result: Mapping[str, Any], error: bool):
+        """Tell a search trial's Optuna trial how it ended: its validation accuracy at the
+        end of the budget (COMPLETE, also for a diverged trial, so TPE learns to avoid its
+        region), PRUNED when early stopping ended it, FAIL on an error."""
+        study = self.study(group_of(config))
+        value = result.get(METRIC)
+        finite = isinstance(value, int | float) and math.isfinite(value)
+        if error or not finite:
+            study.tell(config["number"], state=optuna.trial.TrialState.FAIL,
+                       skip_if_finished=True)
+        elif result.get("epoch", 0) < self.experiment.epochs and not result.get("diverged"):
+            study.tell(config["number"], state=optuna.trial.TrialState.PRUNED,
+                       skip_if_finished=True)
+        else:
+            study.tell(config["number"], value, skip_if_finished=True)
+
+    # -- what Tune calls ---------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self._confirmed is not None:
+            self._forget_lost_trials()
+        if sum(entry["live"] for entry in self._trials.values()) >= self._max_live():
+            return None
+        config = self._next_final() or self._next_search()
+        if config is None:
+            return Searcher.FINISHED if self._all_handed_out() else None
+        self._trials[trial_id] = {"config": config, "live": True, "result": {},
+                                  "error": False}
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        entry = self._trials.get(trial_id)
+        if entry is None:  # not ours (a trial the restored state lost, already replaced)
+            return
+        entry.update(live=False, result=dict(result or {}), error=error)
+        if entry["config"]["part"] == SEARCH:
+            self._tell(entry["config"], entry["result"], error)
+
+    def track(self, trial: Trial) -> None:
+        """Note a trial Tune has added (by `GroupScheduler.on_trial_add`): new, or brought
+        back by a restore (then its saved status and last result count)."""
+        finished = trial.status in (Trial.TERMINATED, Trial.ERROR)
+        entry = self._trials.setdefault(trial.trial_id, {
+            "config": dict(trial.config), "live": True, "result": {}, "error": False})
+        entry["live"] = not finished
+        if finished:
+            entry.update(result=dict(trial.last_result or {}),
+                         error=trial.status == Trial.ERROR)
+        if self._confirmed is not None:
+            self._confirmed.add(trial.trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as out:
+            pickle.dump({"samplers": self._samplers, "trials": self._trials}, out)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as saved:
+            state = pickle.load(saved)
+        self._samplers, self._trials = state["samplers"], state["trials"]
+        self._studies = {}
+        self._confirmed = set()  # filled by `track` as Tune re-adds its trials
+
+    # -- deciding ----------------------------------------------------------------------
+
+    def _forget_lost_trials(self) -> None:
+        """Drop the trials this searcher handed out that the restored Tune state lacks;
+        they are handed out again (a lost search trial's Optuna trial is marked FAIL)."""
+        lost = set(self._trials) - self._confirmed
+        if lost:
+            print(f"[{self.experiment.name}] {len(lost)} trial(s) missing from the saved Tune "
+                  f"state are handed out again", flush=True)
+        for trial_id in lost:
+            entry = self._trials.pop(trial_id)
+            if entry["config"]["part"] == SEARCH:
+                self.study(group_of(entry["config"])).tell(
+                    entry["config"]["number"], state=optuna.trial.TrialState.FAIL,
+                    skip_if_finished=True)
+        self._confirmed = None
+
+    def _max_live(self) -> int:
+        if time.monotonic() - self._slots[1] > SLOTS_REFRESH_SECONDS:
+            self._slots = (concurrent_slots(self.experiment), time.monotonic())
+        return self._slots[0] + 1
+
+    def _records(self, part: str, group: Group) -> list[TrialRecord]:
+        return [TrialRecord(entry["config"], entry["result"], entry["error"])
+                for entry in self._trials.values()
+                if entry["config"]["part"] == part and group_of(entry["config"]) == group]
+
+    def _search_ended(self, group: Group) -> bool:
+        trials = self._records(SEARCH, group)
+        return len(trials) == self.experiment.trials_per_family and not any(
+            entry["live"] for entry in self._trials.values()
+            if entry["config"]["part"] == SEARCH and group_of(entry["config"]) == group)
+
+    def _finals_wanted(self) -> list[dict]:
+        """Every final run that can be handed out now: dense references, and each ended
+        search's best config with every final seed."""
+        wanted = []
+        for sparsity in self.experiment.sparsity:
+            for seed in final_seeds(self.experiment):
+                wanted.append(final_config((sparsity, DENSE), seed, {}))
+        for group in self.groups:
+            if self._search_ended(group):
+                best = select_best(self._records(SEARCH, group), self.experiment.epochs)
+                if best is not None:
+                    wanted += [final_config(group, seed, best.config["params"])
+                               for seed in final_seeds(self.experiment)]
+        # Families' final runs before the dense references: they wait on nothing else.
+        return sorted(wanted, key=lambda config: config["family"] == DENSE)
+
+    def _next_final(self) -> dict | None:
+        handed_out = {(group_of(e["config"]), e["config"]["seed"])
+                      for e in self._trials.values() if e["config"]["part"] == FINAL}
+        return next((config for config in self._finals_wanted()
+                     if (group_of(config), config["seed"]) not in handed_out), None)
+
+    def _next_search(self) -> dict | None:
+        """A new trial of the open search with the fewest live trials (then the fewest
+        handed out): each study then has as few trials in flight as the slots allow,
+        which is what TPE samples best with, and a search of quick trials is not held
+        back by a slow one."""
+        load = {group: [0, 0] for group in self.groups}
+        for entry in self._trials.values():
+            if entry["config"]["part"] == SEARCH:
+                counts = load[group_of(entry["config"])]
+                counts[0] += entry["live"]
+                counts[1] += 1
+        open_groups = [g for g in self.groups if load[g][1] < self.experiment.trials_per_family]
+        if not open_groups:
+            return None
+        group = min(open_groups, key=lambda g: load[g])
+        sparsity, family = group
+        trial = self.study(group).ask()
+        define_by_run(trial, family=family, sparsity=sparsity,
+                      bounds=self.experiment.search.space.get(family),
+                      training=self.experiment.training)
+        return search_config(group, trial.number, trial.params)
+
+    def _all_handed_out(self) -> bool:
+        return all(self._search_ended(group) for group in self.groups) and (
+            self._next_final() is None)
+
+
+class GroupScheduler(TrialScheduler):
+    """ASHA per (sparsity, family) when the experiment asks for it, FIFO otherwise; final
+    runs are never stopped. Tells `searcher` of every trial Tune adds."""
+
+    def __init__(self, searcher: ExperimentSearcher, experiment: Experiment):
+        super().__init__()
+        self.searcher = searcher
+        self.experiment = experiment
+        self._metric = METRIC
+        self._brackets: dict[Any, TrialScheduler] = {}
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return metric in (None, METRIC) and mode in (None, "max")
+
+    def _bracket(self, trial: Trial) -> TrialScheduler:
+        config = trial.config
+        key = group_of(config) if config["part"] == SEARCH and self.experiment.search.asha \
+            else FINAL
+        if key not in self._brackets:
+            if key == FINAL:
+                self._brackets[key] = FIFOScheduler()
+            else:
+                epochs = self.experiment.epochs
+                self._brackets[key] = ASHAScheduler(
+                    time_attr="epoch", metric=METRIC, mode="max", max_t=epochs,
+                    grace_period=min(self.experiment.search.grace_period, epochs))
+        return self._brackets[key]
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        self.searcher.track(trial)
+        self._bracket(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        self._bracket(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        return self._bracket(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        self._bracket(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        self._bracket(trial).on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        for status in (Trial.PENDING, Trial.PAUSED):
+            for trial in tune_controller.get_trials():
+                if trial.status == status:
+                    return trial
+        return None
+
+    def debug_string(self) -> str:
+        return f"one {'ASHA bracket' if self.experiment.search.asha else 'FIFO queue'} " \
+               f"per (sparsity, family); final runs FIFO"

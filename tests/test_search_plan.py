@@ -1,0 +1,88 @@
+"""What the experiment's Tuner runs and what it adds up to (`search.plan`), without Ray:
+trial configs -> training runs, the best trial of a search, the per-family outcomes."""
+
+import pytest
+
+from oneprune.schedules import AGP, OneCycle
+from search.config import parse_experiment
+from search.plan import (
+    TrialRecord,
+    aggregate,
+    final_config,
+    final_seeds,
+    search_config,
+    select_best,
+    train_config,
+)
+
+EPOCHS = 3
+
+
+@pytest.fixture
+def experiment():
+    return parse_experiment({"name": "plan", "dataset": "digits", "sparsity": [0.8, 0.9],
+                             "epochs": EPOCHS, "families": ["one_cycle", "agp"],
+                             "final_seeds": 2, "search": {"seed": 4},
+                             "training": {"lr_max": [1e-3, 1e-1]}})
+
+
+def search(sparsity, family, number, val_acc, epoch=EPOCHS, **result):
+    params = {"lr_max": 0.01, "start": 0.1 * number}
+    return TrialRecord(search_config((sparsity, family), number, params),
+                       {"val_acc": val_acc, "epoch": epoch, "train_seconds": 2.0, **result})
+
+
+def final(sparsity, family, seed, test_acc, params=None, error=False):
+    history = [{"epoch": e, "val_acc": 0.5, "sparsity": 0.1 * e, "lr": 1.0}
+               for e in range(1, EPOCHS + 1)]
+    return TrialRecord(final_config((sparsity, family), seed, params or {}),
+                       {} if error else {"test_acc": test_acc, "train_seconds": 3.0},
+                       error, history)
+
+
+def test_a_trial_config_is_the_training_run_it_stands_for(experiment):
+    run = train_config(experiment, search_config((0.9, "agp"), 0, {"power": 2.0,
+                                                                   "lr_max": 0.02}))
+    assert isinstance(run.schedule, AGP) and run.schedule.power == 2.0
+    assert run.schedule.final_sparsity == 0.9 and run.lr_max == 0.02 and run.seed == 4
+    rerun = train_config(experiment, final_config((0.9, "agp"), 6, {"power": 2.0}))
+    assert rerun.schedule == run.schedule and rerun.seed == 6
+    dense = train_config(experiment, final_config((0.9, "dense"), 5, {}))
+    assert dense.schedule is None and dense.seed == 5
+    assert final_seeds(experiment) == [5, 6]  # never the tuning seed
+
+
+def test_the_best_trial_completed_the_budget_and_ties_go_to_the_earlier_trial():
+    records = [search(0.9, "agp", 0, 0.80),
+               search(0.9, "agp", 1, 0.95, epoch=1),          # stopped early
+               search(0.9, "agp", 2, 0.95, diverged=True),    # non-finite loss
+               search(0.9, "agp", 3, 0.90),
+               search(0.9, "agp", 4, 0.90),
+               TrialRecord(search_config((0.9, "agp"), 5, {}), {}, error=True)]
+    assert select_best(records, EPOCHS).config["number"] == 3
+    assert select_best(list(reversed(records)), EPOCHS).config["number"] == 3
+    assert select_best(records[1:3], EPOCHS) is None
+
+
+def test_aggregate_makes_each_studys_outcomes(experiment):
+    best = {"lr_max": 0.01, "start": 0.1}
+    records = [search(0.9, "one_cycle", 0, 0.7), search(0.9, "one_cycle", 1, 0.8),
+               search(0.9, "agp", 0, 0.9, diverged=True),
+               final(0.9, "one_cycle", 6, 0.81, best), final(0.9, "one_cycle", 5, 0.79, best),
+               final(0.9, "dense", 5, 0.99), final(0.9, "dense", 6, 0.0, error=True),
+               search(0.8, "agp", 0, 0.6)]
+    studies = aggregate(experiment, records)
+    assert list(studies) == [0.8, 0.9]
+    one_cycle, agp, dense = studies[0.9]
+    assert [o.family for o in studies[0.9]] == ["one_cycle", "agp", "dense"]
+    assert (one_cycle.trials, one_cycle.trials_completed, one_cycle.trials_diverged) == (2, 2, 0)
+    assert one_cycle.best_val_acc == 0.8 and one_cycle.best_params == best
+    assert isinstance(one_cycle.schedule, OneCycle) and one_cycle.schedule.start == 0.1
+    assert one_cycle.test_accs == [0.79, 0.81]  # in seed order
+    assert one_cycle.search_seconds == 4.0 and one_cycle.final_seconds == 6.0
+    assert one_cycle.histories[0] == [{"epoch": e, "val_acc": 0.5, "sparsity": 0.1 * e}
+                                      for e in range(1, EPOCHS + 1)]
+    assert (agp.trials, agp.trials_completed, agp.trials_diverged) == (1, 0, 1)
+    assert agp.schedule is None and agp.test_accs == []
+    assert dense.test_accs == [0.99] and dense.lr_policy is not None  # the failed seed left out
+    assert studies[0.8][1].trials == 1 and studies[0.8][0].trials == 0

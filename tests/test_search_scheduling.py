@@ -1,0 +1,137 @@
+"""The experiment's one Tuner on the session's two-node Ray cluster, through the service's
+real path (`run_experiment`: searcher, scheduler, MLflow logging, aggregation, Optuna
+storage), with a stand-in trial that reports chosen accuracies instead of training:
+exact budgets, a family's final runs starting as soon as its own search has ended, ASHA
+comparing a trial only with its own family, and Optuna studies that Optuna's tools read."""
+
+import math
+import sys
+import time
+from collections import Counter
+
+import optuna
+import ray.cloudpickle
+from mlflow.tracking import MlflowClient
+
+from search.config import parse_experiment
+from search.study import load_data, run_experiment
+
+# The stand-in trials and their accuracy functions travel to Ray's workers by value: this
+# folder is not importable there.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def stand_in(seconds: dict, accuracy: dict):
+    """A trial function that sleeps `seconds[family]` per epoch and reports
+    `accuracy[family](config)` as its validation accuracy every epoch (the test accuracy of
+    a final run too), with its start and end times."""
+    from ray import tune
+
+    def trial(config, *, experiment, data, train_storage):
+        started = time.time()
+        value = accuracy[config["family"]](config)
+        for epoch in range(1, experiment.epochs + 1):
+            time.sleep(seconds[config["family"]])
+            row = {"epoch": epoch, "val_acc": value, "train_seconds": time.time() - started,
+                   "sparsity": 0.0 if config["family"] == "dense" else config["sparsity"],
+                   "diverged": False, "started": started, "ended": time.time()}
+            if config["part"] == "final" and epoch == experiment.epochs:
+                row["test_acc"] = value
+            tune.report(row)
+    return trial
+
+
+def experiment_in(folder, **values):
+    return parse_experiment({
+        "name": "sched", "dataset": "digits", "epochs": 2, "final_seeds": 2,
+        "training": {"lr_max": [1e-3, 1e-1]},
+        "tracking": {"tracking_uri": f"sqlite:///{folder}/mlflow.db"}, **values})
+
+
+def by_part(results):
+    """The stand-in's reported rows by (part, sparsity, family) from Tune's result files."""
+    rows = {}
+    for trial in results.values():
+        config = trial[0]["config"]
+        rows.setdefault((config["part"], config["sparsity"], config["family"]),
+                        []).append(trial)
+    return rows
+
+
+def lr_accuracy(config):
+    """Validation accuracy that grows with log(lr_max) and depends on nothing else."""
+    return 0.5 + 0.4 * math.log(config["params"]["lr_max"] / 1e-3) / math.log(100)
+
+
+def test_budgets_are_exact_and_finals_start_when_their_search_ends(tmp_path, monkeypatch,
+                                                                   ray_cluster, tune_results):
+    monkeypatch.chdir(tmp_path)
+    experiment = experiment_in(tmp_path, sparsity=[0.8, 0.9], families=["agp", "one_cycle"],
+                               trials_per_family=4)
+    studies = run_experiment(experiment, load_data(experiment),
+                             storage_path=str(tmp_path / "ray"),
+                             trial_function=stand_in({"agp": 0.05, "one_cycle": 0.5,
+                                                      "dense": 0.05},
+                                                     {"agp": lr_accuracy,
+                                                      "one_cycle": lr_accuracy,
+                                                      "dense": lambda config: 0.95}))
+    rows = by_part(tune_results(tmp_path / "ray" / "sched"))
+    for sparsity in (0.8, 0.9):
+        for family in ("agp", "one_cycle"):
+            assert len(rows["search", sparsity, family]) == 4
+            assert len(rows["final", sparsity, family]) == 2
+        assert len(rows["final", sparsity, "dense"]) == 2
+    assert len(rows) == 2 * 5
+    # The quick family's final runs started before the slow family's search had ended.
+    for sparsity in (0.8, 0.9):
+        quick_finals = min(trial[0]["started"] for trial in rows["final", sparsity, "agp"])
+        slow_search = max(trial[-1]["ended"] for trial in rows["search", sparsity, "one_cycle"])
+        assert quick_finals < slow_search
+
+    # The final runs re-ran each family's best search trial; the verdict is returned.
+    for study in studies:
+        outcomes = {outcome.family: outcome for outcome in study.outcomes}
+        assert list(outcomes) == ["agp", "one_cycle", "dense"]
+        for family in ("agp", "one_cycle"):
+            assert outcomes[family].trials == outcomes[family].trials_completed == 4
+            assert outcomes[family].test_accs == [outcomes[family].best_val_acc] * 2
+        assert outcomes["dense"].test_accs == [0.95, 0.95]
+
+    # One Optuna study per (sparsity, family) that Optuna's own tools read: the accuracy
+    # depends on lr_max alone, and the importance evaluator says so.
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    assert sorted(optuna.get_all_study_names(storage)) == [
+        "sched-s80/agp", "sched-s80/one_cycle", "sched-s90/agp", "sched-s90/one_cycle"]
+    study = optuna.load_study(study_name="sched-s90/agp", storage=storage)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 4
+    importances = optuna.importance.get_param_importances(study)
+    assert max(importances, key=importances.get) == "lr_max"
+
+    # MLflow: one experiment per sparsity, each with its own trials and final runs.
+    client = MlflowClient(experiment.tracking_uri)
+    for name in ("sched-s80", "sched-s90"):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        assert Counter(run.data.tags["oneprune.role"] for run in runs) == {
+            "family": 2, "trial": 8, "final": 6, "comparison": 1}
+
+
+def test_asha_compares_a_trial_only_with_its_own_family(tmp_path, monkeypatch, ray_cluster,
+                                                        tune_results):
+    """`good` trials report high accuracies (each a little lower than the one before, so
+    ASHA stops some of them); `bad` trials all report the same low accuracy, later. Against
+    the good family's rungs every bad trial would be stopped; against its own, none is."""
+    monkeypatch.chdir(tmp_path)
+    experiment = experiment_in(tmp_path, sparsity=0.9, families=["agp", "one_cycle"],
+                               trials_per_family=6, epochs=3,
+                               search={"asha": True, "grace_period": 1})
+    run_experiment(experiment, load_data(experiment), storage_path=str(tmp_path / "ray"),
+                   trial_function=stand_in(
+                       {"agp": 0.1, "one_cycle": 0.3, "dense": 0.0},
+                       {"agp": lambda config: 0.9 - 0.01 * config.get("number", 0),
+                        "one_cycle": lambda config: 0.1, "dense": lambda config: 0.95}))
+    rows = by_part(tune_results(tmp_path / "ray" / "sched"))
+    assert [len(trial) for trial in rows["search", 0.9, "one_cycle"]] == [3] * 6
+    assert any(len(trial) < 3 for trial in rows["search", 0.9, "agp"])  # ASHA is on
+    pruned = optuna.load_study(study_name="sched/agp",
+                               storage=f"sqlite:///{tmp_path}/optuna.db").trials
+    assert {trial.state.name for trial in pruned} == {"COMPLETE", "PRUNED"}
