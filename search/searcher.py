@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import pickle
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,9 +111,10 @@ class ExperimentSearcher(Searcher):
         self._confirmed: set[str] | None = None  # after a restore: the trials Tune still has
         self._studies: dict[Group, optuna.Study] = {}
         self._slots = (0, -math.inf)  # (slots, when counted)
+        self._wanted: tuple[list[dict], bool] | None = None  # see `_finals_wanted`
 
     def __getstate__(self):
-        return {**self.__dict__, "_studies": {}, "_slots": (0, -math.inf)}
+        return {**self.__dict__, "_studies": {}, "_slots": (0, -math.inf), "_wanted": None}
 
     # -- the Optuna studies ------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class ExperimentSearcher(Searcher):
         if entry is None:  # not ours (a trial the restored state lost, already replaced)
             return
         entry.update(live=False, result=dict(result or {}), error=error)
+        self._wanted = None
         if entry["config"]["part"] == SEARCH:
             self._tell(entry["config"], entry["result"], error)
 
@@ -175,6 +178,7 @@ class ExperimentSearcher(Searcher):
                          error=trial.status == Trial.ERROR)
         if self._confirmed is not None:
             self._confirmed.add(trial.trial_id)
+        self._wanted = None
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as out:
@@ -184,7 +188,7 @@ class ExperimentSearcher(Searcher):
         with open(checkpoint_path, "rb") as saved:
             state = pickle.load(saved)
         self._samplers, self._trials = state["samplers"], state["trials"]
-        self._studies = {}
+        self._studies, self._wanted = {}, None
         self._confirmed = set()  # filled by `track` as Tune re-adds its trials
 
     # -- deciding ----------------------------------------------------------------------
@@ -202,7 +206,7 @@ class ExperimentSearcher(Searcher):
                 self.study(group_of(entry["config"])).tell(
                     entry["config"]["number"], state=optuna.trial.TrialState.FAIL,
                     skip_if_finished=True)
-        self._confirmed = None
+        self._confirmed, self._wanted = None, None
 
     def _max_live(self) -> int:
         if time.monotonic() - self._slots[1] > SLOTS_REFRESH_SECONDS:
@@ -214,32 +218,36 @@ class ExperimentSearcher(Searcher):
                 for entry in self._trials.values()
                 if entry["config"]["part"] == part and group_of(entry["config"]) == group]
 
-    def _search_ended(self, group: Group) -> bool:
-        trials = self._records(SEARCH, group)
-        return len(trials) == self.experiment.trials_per_family and not any(
-            entry["live"] for entry in self._trials.values()
-            if entry["config"]["part"] == SEARCH and group_of(entry["config"]) == group)
-
-    def _finals_wanted(self) -> list[dict]:
-        """Every final run that can be handed out now: dense references, and each ended
-        search's best config with every final seed."""
-        wanted = []
-        for sparsity in self.experiment.sparsity:
-            for seed in final_seeds(self.experiment):
-                wanted.append(final_config((sparsity, DENSE), seed, {}))
-        for group in self.groups:
-            if self._search_ended(group):
+    def _finals_wanted(self) -> tuple[list[dict], bool]:
+        """Every final run that can be handed out now (dense references, and each ended
+        search's best config with every final seed), and whether every search has ended.
+        Cached until a trial ends or is added: Tune asks for trials far more often."""
+        if self._wanted is None:
+            live, handed_out = set(), Counter()
+            for entry in self._trials.values():
+                if entry["config"]["part"] == SEARCH:
+                    handed_out[group_of(entry["config"])] += 1
+                    if entry["live"]:
+                        live.add(group_of(entry["config"]))
+            ended = [group for group in self.groups if group not in live
+                     and handed_out[group] == self.experiment.trials_per_family]
+            seeds = final_seeds(self.experiment)
+            # Families' final runs before the dense references: they wait on nothing else.
+            wanted = []
+            for group in ended:
                 best = select_best(self._records(SEARCH, group), self.experiment.epochs)
                 if best is not None:
                     wanted += [final_config(group, seed, best.config["params"])
-                               for seed in final_seeds(self.experiment)]
-        # Families' final runs before the dense references: they wait on nothing else.
-        return sorted(wanted, key=lambda config: config["family"] == DENSE)
+                               for seed in seeds]
+            wanted += [final_config((sparsity, DENSE), seed, {})
+                       for sparsity in self.experiment.sparsity for seed in seeds]
+            self._wanted = (wanted, len(ended) == len(self.groups))
+        return self._wanted
 
     def _next_final(self) -> dict | None:
         handed_out = {(group_of(e["config"]), e["config"]["seed"])
                       for e in self._trials.values() if e["config"]["part"] == FINAL}
-        return next((config for config in self._finals_wanted()
+        return next((config for config in self._finals_wanted()[0]
                      if (group_of(config), config["seed"]) not in handed_out), None)
 
     def _next_search(self) -> dict | None:
@@ -265,8 +273,7 @@ class ExperimentSearcher(Searcher):
         return search_config(group, trial.number, trial.params)
 
     def _all_handed_out(self) -> bool:
-        return all(self._search_ended(group) for group in self.groups) and (
-            self._next_final() is None)
+        return self._finals_wanted()[1] and self._next_final() is None
 
 
 class GroupScheduler(TrialScheduler):

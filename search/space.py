@@ -1,9 +1,9 @@
 """Define-by-run search spaces: a family's schedule plus the shared training space.
 
-`define_by_run` is what `OptunaSearch(space=...)` calls with each new Optuna trial; the
+`define_by_run` is what `ExperimentSearcher` calls with each new Optuna trial; the
 parameters it suggests (`start`, `end`, `alpha`, ..., `lr_max`, `coupling`,
-`recovery_gain`) become the Tune trial's config, and `trial_config` turns that config back
-into the `TrainConfig` the trial trains.
+`recovery_gain`) become the `params` of the Tune trial's config, and `trial_config` turns
+them into the `TrainConfig` the trial trains.
 """
 
 from __future__ import annotations

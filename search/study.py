@@ -30,6 +30,7 @@ import pyarrow.fs
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from oneprune.data import ImageData
 from oneprune.train import check_data
@@ -102,11 +103,16 @@ def _label(experiment: Experiment, config: Mapping) -> str:
     return f"{study} {config['family'] if config['part'] == SEARCH else FINAL}"
 
 
-def _records(trials, experiment: Experiment, config: Mapping, part: str) -> list[TrialRecord]:
-    """The ended trials of `config`'s (sparsity, family) and `part`, as records."""
-    return [TrialRecord(t.config, t.last_result or {}, t.status == "ERROR")
-            for t in trials if t.status in ("TERMINATED", "ERROR")
-            and t.config["part"] == part and group_of(t.config) == group_of(config)]
+def _ended(trials, trial) -> list:
+    """The trials that have ended, `trial` among them (a callback learns of a trial's end
+    before Tune sets its status)."""
+    return [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is trial]
+
+
+def _records(trials, config: Mapping, part: str) -> list[TrialRecord]:
+    """`trials` of `config`'s (sparsity, family) and `part`, as records."""
+    return [TrialRecord(t.config, t.last_result or {}, t.status == "ERROR") for t in trials
+            if t.config["part"] == part and group_of(t.config) == group_of(config)]
 
 
 class TrialProgress(tune.Callback):
@@ -122,7 +128,7 @@ class TrialProgress(tune.Callback):
         if config["part"] == SEARCH:
             return exp.trials_per_family
         # Dense, and every family of this sparsity but those whose search found nothing.
-        searches = [_records(trials, exp, {**config, "family": family}, SEARCH)
+        searches = [_records(trials, {**config, "family": family}, SEARCH)
                     for family in exp.families]
         failed = sum(len(ended) == exp.trials_per_family
                      and select_best(ended, exp.epochs) is None for ended in searches)
@@ -130,8 +136,7 @@ class TrialProgress(tune.Callback):
 
     def _line(self, trials, trial, what: str) -> None:
         label = _label(self.experiment, trial.config)
-        ended = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")
-                     and _label(self.experiment, t.config) == label} | {trial.trial_id})
+        ended = sum(_label(self.experiment, t.config) == label for t in _ended(trials, trial))
         result = trial.last_result or {}
         metrics = (f"val_acc {result[METRIC]:.4f} at epoch {result['epoch']}, "
                    f"{result['train_seconds']:.1f} s" if METRIC in result else "no result")
@@ -139,7 +144,8 @@ class TrialProgress(tune.Callback):
             metrics = f"test_acc {result['test_acc']:.4f}, " + metrics
         if result.get("diverged"):
             what = f"{what} (diverged: non-finite loss)"
-        print(f"[{label}] {ended}/{self._total(trials, trial.config)} {trial.trial_id} "
+        total = self._total(_ended(trials, trial), trial.config)
+        print(f"[{label}] {ended}/{total} {trial.trial_id} "
               f"{what}: {metrics}", flush=True)
 
     def _search_summary(self, trials, trial) -> None:
@@ -147,7 +153,7 @@ class TrialProgress(tune.Callback):
         config = trial.config
         if config["part"] != SEARCH:
             return
-        ended = _records(trials, self.experiment, config, SEARCH)
+        ended = _records(_ended(trials, trial), config, SEARCH)
         if len(ended) < self.experiment.trials_per_family:
             return
         study, family = self.experiment.study_name(config["sparsity"]), config["family"]
@@ -372,9 +378,11 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     # Tune asks a custom searcher for one trial at a time unless told otherwise: let it
     # keep a trial waiting for every slot, so a freed slot starts its next trial at once.
     # With `num_to_keep=1` Tune snapshots its state at every checkpoint, by design; its
-    # warning about frequent snapshots is muted.
+    # warning about frequent snapshots is muted. Tune's automatic loggers are replaced by
+    # the JSON and CSV ones: no TensorBoard writer thread per trial (MLflow has the curves).
     with tracking.environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(slots, 1) + 1),
-                              TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0"):
+                              TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
+                              TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
         if resume and _has_state(path):
             echo(f"[{experiment.name}] resuming from {path}")
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
@@ -382,7 +390,7 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
             _delete(path)  # nothing to resume from: a Tuner killed before its first state
             tuner = _fresh_tuner(experiment, trainable, storage_path, [
                 tracking.trial_logger(experiment, experiment_ids, family_run_ids),
-                TrialProgress(experiment)])
+                TrialProgress(experiment), JsonLoggerCallback(), CSVLoggerCallback()])
         records = _fit(tuner, train_storage if distributed else None)
     _check_complete(experiment, records)
     outcomes = aggregate(experiment, records)

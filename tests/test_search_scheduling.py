@@ -63,37 +63,38 @@ def lr_accuracy(config):
     return 0.5 + 0.4 * math.log(config["params"]["lr_max"] / 1e-3) / math.log(100)
 
 
-def test_budgets_are_exact_and_finals_start_when_their_search_ends(tmp_path, monkeypatch,
-                                                                   ray_cluster, tune_results):
+def test_budgets_are_exact_across_sparsities_and_families(tmp_path, monkeypatch, ray_cluster,
+                                                          tune_results, capsys):
     monkeypatch.chdir(tmp_path)
+    trials = 8
     experiment = experiment_in(tmp_path, sparsity=[0.8, 0.9], families=["agp", "one_cycle"],
-                               trials_per_family=4)
+                               trials_per_family=trials)
     studies = run_experiment(experiment, load_data(experiment),
                              storage_path=str(tmp_path / "ray"),
-                             trial_function=stand_in({"agp": 0.05, "one_cycle": 0.5,
+                             trial_function=stand_in({"agp": 0.05, "one_cycle": 0.05,
                                                       "dense": 0.05},
                                                      {"agp": lr_accuracy,
                                                       "one_cycle": lr_accuracy,
                                                       "dense": lambda config: 0.95}))
+    printed = capsys.readouterr().out
     rows = by_part(tune_results(tmp_path / "ray" / "sched"))
     for sparsity in (0.8, 0.9):
+        study = f"sched-s{sparsity * 100:g}"
         for family in ("agp", "one_cycle"):
-            assert len(rows["search", sparsity, family]) == 4
+            assert len(rows["search", sparsity, family]) == trials
             assert len(rows["final", sparsity, family]) == 2
+            assert printed.count(f"[{study}] {family}: best val_acc") == 1
+            assert f"[{study} {family}] {trials}/{trials} " in printed
         assert len(rows["final", sparsity, "dense"]) == 2
+        assert f"[{study} final] 6/6 " in printed
     assert len(rows) == 2 * 5
-    # The quick family's final runs started before the slow family's search had ended.
-    for sparsity in (0.8, 0.9):
-        quick_finals = min(trial[0]["started"] for trial in rows["final", sparsity, "agp"])
-        slow_search = max(trial[-1]["ended"] for trial in rows["search", sparsity, "one_cycle"])
-        assert quick_finals < slow_search
 
     # The final runs re-ran each family's best search trial; the verdict is returned.
     for study in studies:
         outcomes = {outcome.family: outcome for outcome in study.outcomes}
         assert list(outcomes) == ["agp", "one_cycle", "dense"]
         for family in ("agp", "one_cycle"):
-            assert outcomes[family].trials == outcomes[family].trials_completed == 4
+            assert outcomes[family].trials == outcomes[family].trials_completed == trials
             assert outcomes[family].test_accs == [outcomes[family].best_val_acc] * 2
         assert outcomes["dense"].test_accs == [0.95, 0.95]
 
@@ -103,8 +104,9 @@ def test_budgets_are_exact_and_finals_start_when_their_search_ends(tmp_path, mon
     assert sorted(optuna.get_all_study_names(storage)) == [
         "sched-s80/agp", "sched-s80/one_cycle", "sched-s90/agp", "sched-s90/one_cycle"]
     study = optuna.load_study(study_name="sched-s90/agp", storage=storage)
-    assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 4
-    importances = optuna.importance.get_param_importances(study)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * trials
+    importances = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     assert max(importances, key=importances.get) == "lr_max"
 
     # MLflow: one experiment per sparsity, each with its own trials and final runs.
@@ -112,7 +114,24 @@ def test_budgets_are_exact_and_finals_start_when_their_search_ends(tmp_path, mon
     for name in ("sched-s80", "sched-s90"):
         runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
         assert Counter(run.data.tags["oneprune.role"] for run in runs) == {
-            "family": 2, "trial": 8, "final": 6, "comparison": 1}
+            "family": 2, "trial": 2 * trials, "final": 6, "comparison": 1}
+
+
+def test_a_familys_final_runs_start_before_another_familys_search_ends(
+        tmp_path, monkeypatch, ray_cluster, tune_results):
+    """agp trials take a fraction of a second, one_cycle trials 3 s: agp's search ends
+    first, and its final runs start while one_cycle's search still runs."""
+    monkeypatch.chdir(tmp_path)
+    experiment = experiment_in(tmp_path, sparsity=0.9, families=["agp", "one_cycle"],
+                               trials_per_family=4)
+    run_experiment(experiment, load_data(experiment), storage_path=str(tmp_path / "ray"),
+                   trial_function=stand_in({"agp": 0.05, "one_cycle": 1.5, "dense": 0.05},
+                                           {"agp": lr_accuracy, "one_cycle": lr_accuracy,
+                                            "dense": lambda config: 0.95}))
+    rows = by_part(tune_results(tmp_path / "ray" / "sched"))
+    agp_finals = min(trial[0]["started"] for trial in rows["final", 0.9, "agp"])
+    one_cycle_search = max(trial[-1]["ended"] for trial in rows["search", 0.9, "one_cycle"])
+    assert agp_finals < one_cycle_search
 
 
 def test_asha_compares_a_trial_only_with_its_own_family(tmp_path, monkeypatch, ray_cluster,

@@ -15,6 +15,7 @@ import optuna
 import pytest
 import ray
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from oneprune.schedules import FAMILIES, schedule_from_dict
@@ -196,7 +197,11 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, role, fin
         if (study["folder"] / "ray" / "tiny" / "tuner.pkl").exists():
             if role is None:
                 break
-            _, by_role = runs_by_role(study["uri"])
+            try:
+                _, by_role = runs_by_role(study["uri"])
+            except MlflowException:  # the driver holds sqlite's write lock: poll again
+                time.sleep(0.05)
+                continue
             finished_before = {run.info.run_id for run in by_role.get(role, [])
                                if run.info.status == "FINISHED"
                                and run.data.tags["oneprune.family"] != "dense"}
