@@ -12,14 +12,18 @@ where a trial's training seconds are its epochs' time (train + validation, the
 `train_seconds` it reports) and the wall time runs from before `ray.init` to the printed
 table. The rest is split into where it goes: Ray start-up, time inside trials that is not
 training (model set-up, checkpoints, waiting for the driver to take a report), and slots
-left idle between trials (Tune scheduling, a new Tuner's trial processes starting and
-importing torch, MLflow calls in the driver, the last trial of a Tuner running alone).
+left idle between trials (Tune scheduling, the trial processes starting and importing
+torch, MLflow calls in the driver, the last trials running alone at the end).
 
 For scale, with the service's settings (`reuse_actors`, one CPU per trial, the same
 concurrency): the same number of no-op trials (three reports each) through one Tuner gives
 Tune's own cost per trial; a Tuner of one no-op trial per slot that imports what a real
-trial imports (`search.trainable`: torch, oneprune) gives the fixed cost of each Tuner,
-which a study pays once per family search and once for its final runs.
+trial imports (`search.trainable`: torch, oneprune) gives the fixed cost of the Tuner's
+start, which the experiment pays once.
+
+Also measured: the bytes the study leaves on disk, under the storage path (Tune's state,
+trial results, checkpoints), in the MLflow store (sqlite file and artifacts) and in the
+Optuna storage.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +45,8 @@ from ray import tune
 from search import tracking
 from search.config import DEFAULT_EXPERIMENT, load_experiment
 from search.run import connect
-from search.study import concurrent_slots, load_data, run_experiment
+from search.searcher import concurrent_slots
+from search.study import load_data, run_experiment
 
 
 def _no_op_trial(config):
@@ -73,25 +79,41 @@ def _trial_seconds(storage: Path) -> tuple[float, int]:
     return total, trials
 
 
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (a file: its size; missing: 0)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
 def measure(experiment_path: Path, num_cpus: int | None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         experiment = dataclasses.replace(
             load_experiment(experiment_path),
-            tracking_uri=f"sqlite:///{folder}/mlflow.db")
+            tracking_uri=f"sqlite:///{folder}/mlflow.db", optuna_storage=None)
         storage = Path(folder) / "ray"
         started = time.perf_counter()
         data = load_data(experiment)
         connect("local", num_cpus)  # as search/run.py does
         ray_ready = time.perf_counter()
+        working_folder = os.getcwd()
         try:
             slots = concurrent_slots(experiment)
+            os.chdir(folder)  # MLflow puts the artifacts of a sqlite store in ./mlruns
             with contextlib.redirect_stdout(io.StringIO()):  # one line per trial
                 run_experiment(experiment, data, storage_path=str(storage))
             wall = time.perf_counter() - started
             trial_seconds, trials = _trial_seconds(storage)
+            left_on_disk = {"storage_path": folder_bytes(storage),
+                            "checkpoints": sum(folder_bytes(path) for path
+                                               in storage.rglob("checkpoint_*")),
+                            "mlflow": folder_bytes(Path(folder) / "mlflow.db")
+                            + folder_bytes(Path(folder) / "mlruns"),
+                            "optuna": folder_bytes(Path(folder) / "optuna.db")}
             floor = no_op_tuner(trials, slots, folder, imports=False)
             tuner_start = no_op_tuner(slots, slots, folder, imports=True)
         finally:
+            os.chdir(working_folder)
             ray.shutdown()
         client = MlflowClient(experiment.tracking_uri)
         train_seconds, runs = 0.0, 0
@@ -104,7 +126,6 @@ def measure(experiment_path: Path, num_cpus: int | None) -> dict:
     if trials != runs:
         raise RuntimeError(f"Tune has {trials} trials but MLflow {runs} runs")
     capacity = wall * slots
-    tuners = len(experiment.sparsity) * (len(experiment.families) + 1)
     return {
         "experiment": str(experiment_path), "slots": slots, "trials": trials,
         "wall_seconds": wall, "ray_start_seconds": ray_ready - started,
@@ -113,8 +134,9 @@ def measure(experiment_path: Path, num_cpus: int | None) -> dict:
         "efficiency_after_ray_start": train_seconds / ((wall - (ray_ready - started)) * slots),
         "tune_floor_seconds_per_trial": floor * slots / trials,
         "efficiency_ceiling": train_seconds / (train_seconds + floor * slots),
-        "tuners": tuners, "tuner_start_seconds": tuner_start,
-        "tuner_starts_share": tuners * tuner_start * slots / capacity,
+        "tuner_start_seconds": tuner_start,
+        "tuner_start_share": tuner_start * slots / capacity,
+        "bytes_left": left_on_disk,
         "share": {"training": train_seconds / capacity,
                   "in_trial_not_training": (trial_seconds - train_seconds) / capacity,
                   "ray_start": (ray_ready - started) * slots / capacity,
@@ -146,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Tune's own cost: {result['tune_floor_seconds_per_trial']:.2f} slot-seconds per "
           f"no-op trial; with it alone, efficiency could reach "
           f"{result['efficiency_ceiling']:.3f}")
-    print(f"a Tuner's start (trial processes importing torch and oneprune): "
-          f"{result['tuner_start_seconds']:.1f} s; x {result['tuners']} Tuners = "
-          f"{result['tuner_starts_share']:.1%} of the slots")
+    print(f"the Tuner's start (trial processes importing torch and oneprune): "
+          f"{result['tuner_start_seconds']:.1f} s = {result['tuner_start_share']:.1%} of "
+          f"the slots")
+    print("left on disk: " + ", ".join(f"{where} {size / 1e6:.1f} MB"
+                                       for where, size in result["bytes_left"].items()))
     write_json(args.json, result)
     return 0
 
