@@ -43,6 +43,7 @@ from search.plan import (
     SEARCH,
     TrialRecord,
     aggregate,
+    final_config,
     final_seeds,
     group_of,
     select_best,
@@ -324,9 +325,9 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         if outcome.schedule is None:
             tracking.fail_family(client, run_id, metrics)
             continue
-        best = train_config(experiment, {"part": SEARCH, "sparsity": sparsity,
-                                         "family": outcome.family,
-                                         "params": outcome.best_params})
+        best = train_config(experiment, final_config((sparsity, outcome.family),
+                                                     experiment.search.seed,
+                                                     outcome.best_params))
         tracking.finish_family(client, run_id, best.to_dict(),
                                {"best_val_acc": outcome.best_val_acc, **metrics})
     title = (f"{name}: {experiment.model or 'default model'} on {experiment.dataset} at "
