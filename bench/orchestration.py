@@ -44,7 +44,7 @@ from ray import tune
 
 from search import tracking
 from search.config import DEFAULT_EXPERIMENT, load_experiment
-from search.run import connect
+from search.run import code_to_ship, connect
 from search.searcher import concurrent_slots
 from search.study import load_data, run_experiment
 
@@ -94,7 +94,7 @@ def measure(experiment_path: Path, num_cpus: int | None) -> dict:
         storage = Path(folder) / "ray"
         started = time.perf_counter()
         data = load_data(experiment)
-        connect("local", num_cpus)  # as search/run.py does
+        connect("local", num_cpus, code_to_ship(experiment))  # as search/run.py does
         ray_ready = time.perf_counter()
         working_folder = os.getcwd()
         try:

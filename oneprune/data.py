@@ -5,11 +5,15 @@
   or downloaded there with `download=True`).
 - `caltech101`: torchvision's `Caltech101`, each image resized (shorter side) and centre-
   cropped to `image_size` once, then cached under `data_dir` as a tensor file.
+- `imagefolder`: your own images in torchvision's `ImageFolder` layout, `data_dir/train/
+  <class>/*` and, if present, `data_dir/test/<class>/*`; any file Pillow reads (JPEG, PNG,
+  greyscale, RGBA, any size), resized and centre-cropped like Caltech-101 and cached the
+  same way (`imagefolder_cache`).
 
-Digits and Caltech-101 have no official test split: a stratified, seeded `TEST_FRACTION`
-of them is the test set. The validation set is always a stratified, seeded `val_fraction`
-of the training set: tuning reads val, the final verdict reads test. The split depends
-only on `seed`, so every trial of a study sees the same split.
+Digits, Caltech-101 and an image folder without `test/` have no official test split: a
+stratified, seeded `TEST_FRACTION` of them is the test set. The validation set is always a
+stratified, seeded `val_fraction` of the training set: tuning reads val, the final verdict
+reads test. The split depends only on `seed`, so every trial of a study sees the same split.
 
 `Batches` feeds a split to the training loop without per-sample Python: a batch is one
 index into the tensor, its augmentation (random crop with zero padding, horizontal flip)
@@ -19,9 +23,12 @@ per-channel mean and std.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import urllib.error
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +39,12 @@ import torch.nn.functional as F
 from oneprune import _validate
 from oneprune._files import write_atomically
 
-DATASETS = ("digits", "cifar10", "cifar100", "caltech101")
+DATASETS = ("digits", "cifar10", "cifar100", "caltech101", "imagefolder")
+RESIZED_DATASETS = ("caltech101", "imagefolder")  # decoded once at `image_size`
 DEFAULT_DATA_DIR = Path("~/.cache/oneprune/data")
 TEST_FRACTION = 0.2
 CALTECH_CACHE_VERSION = 1
+IMAGEFOLDER_CACHE_VERSION = 1
 
 
 class DataUnavailableError(ValueError):
@@ -241,12 +250,8 @@ def _caltech101(root: Path, download: bool, image_size: int,
                 seed: int) -> tuple[Split, Split, int]:
     from torchvision import datasets, transforms
 
-    resize = transforms.Compose([
-        transforms.Lambda(lambda image: image.convert("RGB")),
-        transforms.Resize(image_size),
-        transforms.CenterCrop(image_size),
-        transforms.PILToTensor(),
-    ])
+    resize = transforms.Compose([transforms.Lambda(lambda image: image.convert("RGB")),
+                                 _resize(image_size)])
     try:
         dataset = datasets.Caltech101(str(root), transform=resize, download=download)
     except (RuntimeError, OSError, urllib.error.URLError) as error:
@@ -274,9 +279,152 @@ def _caltech101(root: Path, download: bool, image_size: int,
     return train, test, len(dataset.categories)
 
 
+def _resize(image_size: int):
+    """PIL image -> uint8 (C, H, W) tensor: shorter side resized to `image_size`, then
+    centre-cropped to a square (torchvision's `Resize` and `CenterCrop`)."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(image_size),
+                               transforms.CenterCrop(image_size),
+                               transforms.PILToTensor()])
+
+
+def _folder_samples(folder: Path, class_to_idx: dict[str, int] | None = None,
+                    ) -> tuple[list[str], list[tuple[str, int]]]:
+    """(classes, [(path, class index)]) of an ImageFolder split, by torchvision's own
+    `find_classes` / `make_dataset` (sorted; only files with an image extension)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    try:
+        classes, found = find_classes(str(folder))
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise DataUnavailableError(f"{str(folder)!r} has no class folders ({error})") from None
+    if class_to_idx is not None:
+        unknown = [name for name in classes if name not in class_to_idx]
+        if unknown:
+            raise DataUnavailableError(f"{str(folder)!r} has classes that train/ lacks: "
+                                       f"{', '.join(unknown[:5])}")
+        found = {name: class_to_idx[name] for name in classes}
+    try:
+        samples = make_dataset(str(folder), found, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as error:
+        raise DataUnavailableError(f"{str(folder)!r}: {error}".replace("\n", " ")) from None
+    return classes, samples
+
+
+def _decode(paths: list[str], image_size: int, root: Path, progress: bool,
+            ) -> tuple[torch.Tensor, int]:
+    """The images at `paths` as one uint8 (N, C, S, S) tensor (C = 1 when every image is
+    greyscale, else 3; alpha is dropped), decoded on a thread pool (Pillow releases the
+    GIL); also how many were smaller than `image_size` and upsampled."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    resize = _resize(image_size)
+
+    def mode_of(path: str) -> str:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                return image.mode
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise DataUnavailableError(f"cannot read image {os.path.relpath(path, root)!r}: "
+                                       f"{error}") from None
+
+    def load(path: str, mode: str) -> tuple[torch.Tensor, bool]:
+        try:
+            with Image.open(path) as image:
+                small = min(image.size) < image_size
+                return resize(image.convert(mode)), small
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise DataUnavailableError(f"cannot read image {os.path.relpath(path, root)!r}: "
+                                       f"{error}") from None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        modes = set(pool.map(mode_of, paths, chunksize=64))
+        mode = "L" if modes <= {"1", "L", "LA", "I", "I;16", "F"} else "RGB"
+        images = torch.empty((len(paths), 1 if mode == "L" else 3, image_size, image_size),
+                             dtype=torch.uint8)
+        upsampled = 0
+        with tqdm(total=len(paths), desc=f"decoding {root.name}", unit="image",
+                  file=sys.stderr, disable=not progress) as bar:
+            decoded = pool.map(load, paths, [mode] * len(paths), chunksize=64)
+            for i, (image, small) in enumerate(decoded):
+                images[i] = image
+                upsampled += small
+                bar.update()
+    return images, upsampled
+
+
+def _signature(samples: list[tuple[str, int]], classes: list[str], root: Path,
+               image_size: int) -> str:
+    """Digest of what a cache was made from: every file's path, class, size and mtime."""
+    digest = hashlib.sha256(f"{IMAGEFOLDER_CACHE_VERSION} {image_size} {classes}".encode())
+    for path, label in samples:
+        stat = os.stat(path)
+        digest.update(f"{os.path.relpath(path, root)} {label} {stat.st_size} "
+                      f"{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def imagefolder_cache(root: Path, image_size: int) -> Path:
+    """Where `load_dataset("imagefolder", root, ...)` caches the decoded images: beside
+    them in `root`, or under `DEFAULT_DATA_DIR` when `root` cannot be written."""
+    name = f"oneprune-{image_size}px.pt"
+    if os.access(root, os.W_OK):
+        return root / name
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return DEFAULT_DATA_DIR.expanduser() / "imagefolder" / key / name
+
+
+def _imagefolder(root: Path, image_size: int, seed: int, progress: bool,
+                 log: Callable[[str], None]) -> tuple[Split, Split, int]:
+    train_dir, test_dir = root / "train", root / "test"
+    if not train_dir.is_dir():
+        raise DataUnavailableError(f"data_dir {str(root)!r} has no train/ folder (the "
+                                   f"layout: train/<class>/<image>, optionally test/...)")
+    classes, train_samples = _folder_samples(train_dir)
+    if len(classes) < 2:
+        raise DataUnavailableError(f"{str(train_dir)!r} has {len(classes)} class folder; "
+                                   f"a classifier needs at least 2")
+    class_to_idx = {name: i for i, name in enumerate(classes)}
+    test_samples = (_folder_samples(test_dir, class_to_idx)[1] if test_dir.is_dir() else [])
+    samples = train_samples + test_samples
+    signature = _signature(samples, classes, root, image_size)
+    cache = imagefolder_cache(root, image_size)
+    try:
+        cached = torch.load(cache, weights_only=True)
+    except Exception:  # missing, or broken in any way (torch.load then raises anything)
+        cached = None
+    if not isinstance(cached, dict) or cached.get("signature") != signature:
+        images, upsampled = _decode([path for path, _ in samples], image_size, root,
+                                    progress)
+        cached = {"signature": signature, "images": images, "upsampled": upsampled,
+                  "labels": torch.tensor([label for _, label in samples], dtype=torch.int64)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(cache, lambda f: torch.save(cached, f))
+    images, labels = cached["images"], cached["labels"]
+    where = "train/ and test/" if test_samples else "train/ (no test/: 20% held out)"
+    log(f"imagefolder {str(root)!r}: {len(samples):,} images of {len(classes)} classes in "
+        f"{where}, {images.shape[1]}x{image_size}x{image_size}, cached in {str(cache)!r}")
+    if cached["upsampled"]:
+        log(f"imagefolder: {cached['upsampled']:,} images are smaller than image_size="
+            f"{image_size} on their shorter side and were upsampled")
+    n = len(train_samples)
+    train = Split(images[:n], labels[:n])
+    if test_samples:
+        return train, Split(images[n:], labels[n:]), len(classes)
+    train, test = _stratified(train, TEST_FRACTION, seed, "test_fraction")
+    return train, test, len(classes)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None,
                  download: bool = False, val_fraction: float = 0.1, seed: int = 0, *,
-                 image_size: int = 64, verify: bool = True) -> ImageData:
+                 image_size: int = 64, verify: bool = True, progress: bool = False,
+                 log: Callable[[str], None] = _stderr) -> ImageData:
     """Load `name` with its train / val / test splits (see the module docstring).
 
     Args:
@@ -285,9 +433,12 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         download: fetch missing files (CIFAR, Caltech-101) from the official source.
         val_fraction: share of the training set held out for validation, in (0, 0.5].
         seed: seed of the stratified splits (not of training).
-        image_size: side of the Caltech-101 images after resizing.
+        image_size: side of the Caltech-101 and image-folder images after resizing
+            (smaller images are upsampled, and `log` says how many).
         verify: check the CIFAR files against torchvision's md5 sums; turn off only for
             files you made yourself in the same format (smaller subsets, tests).
+        progress: a progress bar while an image folder is decoded the first time.
+        log: where an image folder's summary (images, classes, cache) is written.
 
     Raises:
         ValueError: a bad argument (naming it and its range).
@@ -298,6 +449,8 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
     seed = _validate.integer("seed", seed, **_validate.SEED)
     image_size = _validate.integer("image_size", image_size, **_validate.IMAGE_SIZE)
     root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
+    if name == "imagefolder" and data_dir is None:
+        raise DataUnavailableError("dataset 'imagefolder' needs data_dir (--data-dir)")
     if name != "digits" and not download and not root.is_dir():
         raise DataUnavailableError(f"data_dir {str(root)!r} does not exist; pass "
                                    f"download=True (--download) or an existing folder")
@@ -308,8 +461,11 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
     elif name in ("cifar10", "cifar100"):
         train, test, num_classes = _cifar(name, root, download, verify)
         augment = Augment(pad=4, flip=True)
-    else:
+    elif name == "caltech101":
         train, test, num_classes = _caltech101(root, download, image_size, seed)
+        augment = Augment(pad=image_size // 8, flip=True)
+    else:
+        train, test, num_classes = _imagefolder(root, image_size, seed, progress, log)
         augment = Augment(pad=image_size // 8, flip=True)
     train, val = _stratified(train, val_fraction, seed, "val_fraction")
     mean, std = _channel_stats(train.images)

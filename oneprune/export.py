@@ -5,7 +5,9 @@
 - `model.pt`: the dense `state_dict` with the masks baked in (pruned weights are 0);
 - `model_sparse.pt`: the same weights holding only the non-zeros of the pruned layers
   (a packed bitmask of their positions plus their values; other tensors as they are);
-- `config.json`: the training config and the model's constructor arguments;
+- `config.json`: the training config and how to rebuild the model (`build_model`'s
+  arguments: a built-in name, `package.module:callable` or `timm:<name>`, with its
+  `model_args`), so `load_pruned` rebuilds it through the same import path;
 - `metrics.json`: test / val metrics, measured sparsity, per-layer sparsity, history.
 
 Both weight files hold only tensors, dicts, lists and strings, so `load_pruned` reads
@@ -78,10 +80,9 @@ def save_pruned(result, folder: str | os.PathLike) -> dict[str, Path]:
     model = result.model
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     pruned = [] if result.pruner is None else [f"{n}.weight" for n in result.pruner.layer_names]
-    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    config = {"model": {"name": result.config.model, "num_classes": head.out_features,
-                        "in_channels": first_conv.in_channels, "width": result.config.width},
+    config = {"model": {"name": result.config.model, "num_classes": result.num_classes,
+                        "in_channels": result.in_channels, "width": result.config.width,
+                        "model_args": result.config.model_args},
               "train": result.config.to_dict()}
     files = {"model": folder / MODEL_FILE, "sparse_model": folder / SPARSE_FILE,
              "config": folder / CONFIG_FILE, "metrics": folder / METRICS_FILE}
@@ -105,6 +106,6 @@ def load_pruned(folder: str | os.PathLike, *, sparse: bool = True,
     except Exception as error:  # a broken file makes torch.load raise almost anything
         raise ValueError(f"{str(folder)!r} is not a saved pruned model: {error!r}") from None
     state = from_sparse(weights) if sparse else weights
-    model = build_model(**config["model"])
+    model = build_model(**config["model"])  # ValueError if its module cannot be imported
     model.load_state_dict(state)
     return PrunedModel(model.to(map_location).eval(), config, metrics)

@@ -27,6 +27,12 @@ from oneprune.schedules import Schedule
 
 COUPLINGS = ("none", "align")
 ALIGN_RANGE = (0.05, 0.95)
+# Limits of the policy's arguments (keyword arguments of `_validate.real`), shared with
+# `TrainConfig`, so a training config is refused exactly when its policy would be.
+LR_MAX = {"low": 0.0, "low_open": True}
+PCT_START = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
+RECOVERY_GAIN = {"low": 0.0}
+RECOVERY_WINDOW = {"low": 0.0, "high": 1.0, "low_open": True}
 
 
 def _cosine(start, stop, u):
@@ -65,13 +71,13 @@ class CoupledLR:
 
     def __post_init__(self) -> None:
         checks = {
-            "lr_max": _validate.real("lr_max", self.lr_max, low=0.0, low_open=True),
-            "pct_start": _validate.real("pct_start", self.pct_start, low=0.0, high=1.0,
-                                        low_open=True, high_open=True),
+            "lr_max": _validate.real("lr_max", self.lr_max, **LR_MAX),
+            "pct_start": _validate.real("pct_start", self.pct_start, **PCT_START),
             "coupling": _validate.choice("coupling", self.coupling, COUPLINGS),
-            "recovery_gain": _validate.real("recovery_gain", self.recovery_gain, low=0.0),
+            "recovery_gain": _validate.real("recovery_gain", self.recovery_gain,
+                                            **RECOVERY_GAIN),
             "recovery_window": _validate.real("recovery_window", self.recovery_window,
-                                              low=0.0, high=1.0, low_open=True),
+                                              **RECOVERY_WINDOW),
             "div_factor": _validate.real("div_factor", self.div_factor, low=1.0),
             "final_div_factor": _validate.real("final_div_factor", self.final_div_factor,
                                                low=1.0),

@@ -1,4 +1,14 @@
-"""Model zoo: CIFAR-style ResNet-18 and VGG-16 (from torchvision's blocks) and a small ConvNet.
+"""Models by name: the built-in zoo, any importable constructor, or any timm model.
+
+A model name is one of
+- a built-in name (`MODELS`): CIFAR-style ResNet-18 and VGG-16 (from torchvision's blocks)
+  and a small ConvNet;
+- `package.module:callable`: any importable callable (a function or an `nn.Module` class,
+  `callable` may be dotted) returning an `nn.Module`;
+- `timm:<name>`: a timm model, randomly initialised (`pip install -e ".[timm]"`).
+
+`build_model` calls it as `constructor(num_classes=..., in_channels=..., **model_args)`
+(timm: `timm.create_model(name, num_classes=..., in_chans=..., **model_args)`).
 
 Every model takes `num_classes`, `in_channels` and a `width` multiplier that scales the
 channel count of every layer (at least one channel each), so the paper's networks can be
@@ -10,7 +20,11 @@ every new trial process, which the small ConvNet does not need).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import importlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -109,10 +123,115 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 MIN_IMAGE_SIZE = {"convnet": 2, "resnet18": 1, "vgg16": 32}
 
 
-def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.0) -> nn.Module:
-    """A freshly initialised model by name (`MODELS`); raises `ValueError` on bad arguments."""
-    _validate.choice("model", name, tuple(MODELS))
+TIMM_PREFIX = "timm:"
+
+
+def check_model_name(key: str, value) -> str:
+    """`value` if it has the form of a model name (nothing is imported here)."""
+    if isinstance(value, str) and (value in MODELS or _timm_name(value) or _import_path(value)):
+        return value
+    raise ValueError(f"{key} must be one of {', '.join(map(repr, MODELS))}, "
+                     f"'package.module:callable' or 'timm:<name>', got {value!r}")
+
+
+def _timm_name(name: str) -> str | None:
+    model = name.removeprefix(TIMM_PREFIX)
+    return model if name.startswith(TIMM_PREFIX) and model else None
+
+
+def _import_path(name: str) -> tuple[str, str] | None:
+    """(module, attribute) of a `package.module:callable` name, None if it is not one."""
+    module, colon, attribute = name.partition(":")
+    parts = [*module.split("."), *attribute.split(".")]
+    if colon and module != "timm" and all(part.isidentifier() for part in parts):
+        return module, attribute
+    return None
+
+
+def user_module(name: str) -> str | None:
+    """The module a `package.module:callable` model name imports (None: built-in, timm)."""
+    path = _import_path(name) if name not in MODELS else None
+    return path[0] if path else None
+
+
+def check_model_args(key: str, value) -> dict[str, Any]:
+    """A copy of `value` if it is a mapping of argument names to JSON values (numbers,
+    strings, booleans, null, lists and mappings of them): it is recorded with the run."""
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and k.isidentifier() for k in value):
+        raise ValueError(f"{key} must be a mapping of argument names to values, "
+                         f"got {value!r}")
+    reserved = {"num_classes", "in_channels", "in_chans", "width"} & set(value)
+    if reserved:
+        raise ValueError(f"{key} cannot set {sorted(reserved)[0]!r}: it comes from the "
+                         f"data (or the width setting)")
+    try:
+        return json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} values must be numbers, strings, booleans, null or "
+                         f"lists / mappings of them, got {value!r}") from None
+
+
+def _timm_model(model: str, *, num_classes: int, in_channels: int, **model_args) -> nn.Module:
+    import timm
+
+    return timm.create_model(model, pretrained=False, num_classes=num_classes,
+                             in_chans=in_channels, **model_args)
+
+
+def model_constructor(name: str) -> Callable[..., nn.Module]:
+    """The callable a model name stands for (importing its module); `ValueError` (one
+    line) when it cannot be found."""
+    check_model_name("model", name)
+    if name in MODELS:
+        return MODELS[name]
+    timm_model = _timm_name(name)
+    if timm_model is not None:
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(f"model {name!r} needs timm, which is not installed: "
+                             f"pip install -e \".[timm]\" (or pip install timm)") from None
+        if not timm.is_model(timm_model):
+            raise ValueError(f"model {name!r}: timm has no model {timm_model!r} "
+                             f"(timm.list_models() lists them)")
+        return functools.partial(_timm_model, timm_model)
+    module_name, attribute = _import_path(name)
+    try:
+        found = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - a user's module can raise anything
+        raise ValueError(f"model {name!r}: cannot import {module_name!r}: "
+                         f"{type(error).__name__}: {error}") from None
+    for part in attribute.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise ValueError(f"model {name!r}: module {module_name!r} has no {attribute!r}")
+    if not callable(found):
+        raise ValueError(f"model {name!r}: {attribute!r} is not callable")
+    return found
+
+
+def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.0,
+                model_args: Mapping[str, Any] | None = None) -> nn.Module:
+    """A freshly initialised model by name (see the module docstring); raises
+    `ValueError` (one line) on bad arguments or when the constructor fails."""
+    constructor = model_constructor(name)
     _validate.integer("num_classes", num_classes, low=2)
     _validate.integer("in_channels", in_channels, low=1)
     _validate.real("width", width, **_validate.WIDTH)
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, width=width)
+    arguments = check_model_args("model_args", model_args or {})
+    if name in MODELS:
+        arguments["width"] = width
+    elif width != 1.0:
+        raise ValueError(f"width scales the built-in models only; size model {name!r} "
+                         f"through model_args, got width={width:g}")
+    try:
+        model = constructor(num_classes=num_classes, in_channels=in_channels, **arguments)
+    except Exception as error:  # noqa: BLE001 - a user's constructor can raise anything
+        raise ValueError(f"model {name!r} could not be built with num_classes="
+                         f"{num_classes}, in_channels={in_channels}"
+                         f"{''.join(f', {k}={v!r}' for k, v in arguments.items())}: "
+                         f"{type(error).__name__}: {error}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model

@@ -31,8 +31,9 @@ Rules, in one place:
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -41,6 +42,64 @@ from oneprune import _validate
 
 SCOPES = ("local", "global")
 GRANULARITIES = ("weight", "filter")
+LAYER_KINDS: dict[str, type[nn.Module]] = {"conv": nn.Conv2d, "linear": nn.Linear}
+
+
+def _names(key: str, value, allowed=None) -> tuple[str, ...]:
+    """A string or a list of distinct non-empty strings (from `allowed`, if given)."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list | tuple) or not all(
+            isinstance(v, str) and v for v in values):
+        raise ValueError(f"{key} must be a name or a list of names, got {value!r}")
+    for v in values:
+        if allowed is not None:
+            _validate.choice(key, v, allowed)
+    if len(set(values)) != len(values):
+        raise ValueError(f"{key} lists a value twice: {value!r}")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class PruneSelection:
+    """Which layers a `Pruner` prunes: every layer of the `layers` kinds (`LAYER_KINDS`:
+    "conv" is `nn.Conv2d`, "linear" `nn.Linear`) whose module name matches none of the
+    `exclude` patterns (`fnmatch`, e.g. "conv1", "layer4.*", "*.fc"). The default, every
+    Conv2d, is the paper's."""
+
+    layers: tuple[str, ...] = field(default=("conv",), metadata={
+        "help": f"layer kinds to prune: {', '.join(LAYER_KINDS)}", "metavar": "KIND"})
+    exclude: tuple[str, ...] = field(default=(), metadata={
+        "help": "module-name patterns to leave dense, e.g. conv1 'layer4.*'",
+        "metavar": "PATTERN"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", _names("prune.layers", self.layers,
+                                                  tuple(LAYER_KINDS)))
+        if not self.layers:
+            raise ValueError("prune.layers must name at least one of "
+                             f"{', '.join(LAYER_KINDS)}")
+        object.__setattr__(self, "exclude", _names("prune.exclude", self.exclude))
+
+    @property
+    def layer_types(self) -> tuple[type[nn.Module], ...]:
+        return tuple(LAYER_KINDS[kind] for kind in self.layers)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """Plain JSON/YAML-ready dict; `PruneSelection.parse` inverts it."""
+        return {"layers": list(self.layers), "exclude": list(self.exclude)}
+
+    @classmethod
+    def parse(cls, key: str, value: Any) -> PruneSelection:
+        """A `PruneSelection`, or one from a mapping with keys `layers` and `exclude`."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping) or set(value) - {"layers", "exclude"}:
+            raise ValueError(f"{key} must be a mapping with keys layers and exclude, "
+                             f"got {value!r}")
+        try:
+            return cls(**value)
+        except ValueError as error:
+            raise ValueError(str(error).replace("prune.", f"{key}.", 1)) from None
 
 
 class LayerSparsity(NamedTuple):
@@ -111,6 +170,8 @@ class Pruner:
         layer_types: module classes whose `weight` is pruned (default: `nn.Conv2d`).
         exclude: module-name patterns (`fnmatch`, e.g. "conv1" or "layer4.*") to leave
             dense; a pattern that matches no prunable layer is an error.
+
+    `Pruner.of(model, selection, ...)` takes both from a `PruneSelection`.
     """
 
     def __init__(self, model: nn.Module, scope: str = "local", granularity: str = "weight",
@@ -143,6 +204,13 @@ class Pruner:
         self._alive = [torch.ones(self._unit_count(m.weight), dtype=torch.bool,
                                   device=m.weight.device) for _, m in self._layers]
         self._masks = [torch.ones_like(m.weight) for _, m in self._layers]
+
+    @classmethod
+    def of(cls, model: nn.Module, selection: PruneSelection, scope: str = "local",
+           granularity: str = "weight") -> Pruner:
+        """A pruner of the layers `selection` picks in `model`."""
+        return cls(model, scope, granularity, layer_types=selection.layer_types,
+                   exclude=selection.exclude)
 
     # -- units ----------------------------------------------------------------------------
 

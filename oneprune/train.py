@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -46,15 +47,88 @@ from tqdm import tqdm
 
 from oneprune import _validate
 from oneprune._files import write_atomically
-from oneprune.data import DATASETS, Batches, ImageData, load_dataset
+from oneprune.data import DATASETS, RESIZED_DATASETS, Batches, ImageData, load_dataset
 from oneprune.export import save_pruned
-from oneprune.lr import COUPLINGS, CoupledLR
-from oneprune.models import MIN_IMAGE_SIZE, MODELS, build_model
-from oneprune.pruning import GRANULARITIES, SCOPES, Pruner
+from oneprune.lr import COUPLINGS, LR_MAX, PCT_START, RECOVERY_GAIN, RECOVERY_WINDOW, CoupledLR
+from oneprune.models import (
+    MIN_IMAGE_SIZE,
+    MODELS,
+    build_model,
+    check_model_args,
+    check_model_name,
+)
+from oneprune.pruning import GRANULARITIES, SCOPES, Pruner, PruneSelection
 from oneprune.schedules import FAMILIES, OneCycle, Schedule, schedule_from_dict
 
 OPTIMIZERS = ("adam", "sgd")
 EVAL_BATCH_SIZE = 1024
+GROUPS = ("data", "model", "optimisation", "pruning", "run")
+WHERE = ("top", "training", None)
+TUNE = ("log", "linear", "choice", None)
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str, group: str,
+            check: Callable[[str, Any], Any], where: str | None = "top",
+            tune: str | None = None, flags: tuple[str, ...] = (),
+            default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
+    """A `TrainConfig` field and everything derived from it, declared once.
+
+    `check(key, value)` returns the normalised value or raises `ValueError` naming `key`
+    (the field, an experiment key such as `training.lr_max`, or a flag). `help` and
+    `group` make its `python -m oneprune.train` flag (`--field-name`, plus `flags`).
+    `where` places it in an experiment file: a top-level key ("top"), a key of its
+    `training:` section ("training") or none (None: set per trial by the service).
+    `tune` says what a study may search: "log" / "linear" (a [low, high] range), "choice"
+    (a list of values) or nothing.
+    """
+    if group not in GROUPS or where not in WHERE or tune not in TUNE:
+        raise ValueError(f"setting: group {group!r}, where {where!r} or tune {tune!r} unknown")
+    metadata = {"help": help, "group": group, "check": check, "where": where, "tune": tune,
+                "flags": flags}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def _choice(allowed) -> Callable[[str, Any], str]:
+    return lambda key, value: _validate.choice(key, value, allowed)
+
+
+def _real(**limits) -> Callable[[str, Any], float]:
+    return lambda key, value: _validate.real(key, value, **limits)
+
+
+def _integer(**limits) -> Callable[[str, Any], int]:
+    return lambda key, value: _validate.integer(key, value, **limits)
+
+
+def _boolean(key: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _path_or_none(key: str, value) -> str | None:
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise ValueError(f"{key} must be a path or None, got {value!r}")
+    return None if value is None else os.fspath(value)
+
+
+def _model_or_none(key: str, value) -> str | None:
+    return None if value is None else check_model_name(key, value)
+
+
+def _device(key: str, value) -> str:
+    if not (isinstance(value, str) and (value in ("auto", "cpu", "cuda")
+                                        or re.fullmatch(r"cuda:\d+", value))):
+        raise ValueError(f"{key} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    return value
+
+
+def _schedule_or_none(key: str, value) -> Schedule | None:
+    if isinstance(value, Mapping):
+        return schedule_from_dict(value)
+    if value is not None and not isinstance(value, Schedule):
+        raise ValueError(f"{key} must be a Schedule, its to_dict() or None, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -65,92 +139,117 @@ class TrainConfig:
     the small `convnet` for digits, `resnet18` otherwise. `seed` drives initialisation,
     batch order and augmentation; `split_seed` only the train/val/test split, so runs with
     different seeds are compared on the same data.
+
+    Every field is declared once, with `setting`: its check, its help, its place in an
+    experiment file and its command-line flag are all read from here (`settings()`).
     """
 
-    dataset: str = "digits"
-    model: str | None = None
-    width: float = 1.0
-    data_dir: str | None = None
-    download: bool = False
-    verify_data: bool = True
-    image_size: int = 64
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    epochs: int = 15
-    batch_size: int = 64
-    optimizer: str = "adam"
-    lr_max: float = 1e-3
-    pct_start: float = 0.25
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: Schedule | None = OneCycle(final_sparsity=0.9)
-    coupling: str = "none"
-    recovery_gain: float = 0.0
-    recovery_window: float = 0.05
-    scope: str = "local"
-    granularity: str = "weight"
-    prune_resolution: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    channels_last: bool = False
-    bf16: bool = False
+    dataset: str = setting("digits", group="data", check=_choice(DATASETS),
+                           help=f"one of {', '.join(DATASETS)}")
+    data_dir: str | None = setting(None, group="data", check=_path_or_none,
+                                   help="where the dataset files are (default "
+                                        "~/.cache/oneprune/data; digits needs none, "
+                                        "imagefolder needs it)")
+    download: bool = setting(False, group="data", check=_boolean,
+                             help="download missing files (CIFAR, Caltech-101)")
+    verify_data: bool = setting(True, group="data", check=_boolean,
+                                help="check the CIFAR files against torchvision's md5 sums")
+    image_size: int = setting(64, group="data", check=_integer(**_validate.IMAGE_SIZE),
+                              help="image side after resizing (Caltech-101, imagefolder)")
+    val_fraction: float = setting(0.1, group="data",
+                                  check=_real(**_validate.VAL_FRACTION),
+                                  help="share of the training set held out for validation")
+    split_seed: int = setting(0, group="data", check=_integer(**_validate.SEED),
+                              help="seed of the train/val/test split")
+    model: str | None = setting(None, group="model", check=_model_or_none,
+                                help=f"one of {', '.join(MODELS)}, package.module:callable "
+                                     "or timm:<name> (default: convnet for digits, "
+                                     "resnet18 otherwise)")
+    model_args: dict[str, Any] = setting(
+        default_factory=dict, group="model", check=check_model_args, flags=("--model-arg",),
+        help="more keyword arguments of the model's constructor (KEY=VALUE, repeatable)")
+    width: float = setting(1.0, group="model", check=_real(**_validate.WIDTH),
+                           help="channel multiplier of the built-in models")
+    epochs: int = setting(15, group="optimisation", check=_integer(low=1, high=10_000),
+                          help="training epochs (the whole budget)")
+    batch_size: int = setting(64, group="optimisation", check=_integer(low=2, high=65_536),
+                              help="training batch size (over all ranks)")
+    optimizer: str = setting("adam", group="optimisation", where="training", tune="choice",
+                             check=_choice(OPTIMIZERS),
+                             help="adam (AdamW: decoupled weight decay) or sgd (Nesterov)")
+    lr_max: float = setting(1e-3, group="optimisation", where="training", tune="log",
+                            check=_real(**LR_MAX), flags=("--lr-max", "--lr"),
+                            help="peak learning rate of the one-cycle policy")
+    pct_start: float = setting(0.25, group="optimisation", where="training", tune="linear",
+                               check=_real(**PCT_START),
+                               help="warm-up fraction of the one-cycle policy")
+    weight_decay: float = setting(0.0, group="optimisation", where="training",
+                                  tune="linear", check=_real(low=0.0, high=1.0),
+                                  help="weight decay")
+    momentum: float = setting(0.9, group="optimisation", where="training", tune="linear",
+                              check=_real(low=0.0, high=1.0, high_open=True),
+                              help="SGD momentum")
+    schedule: Schedule | None = setting(OneCycle(final_sparsity=0.9), group="pruning",
+                                        where=None, check=_schedule_or_none,
+                                        help="the pruning schedule (None: dense)")
+    coupling: str = setting("none", group="pruning", where="training", tune="choice",
+                            check=_choice(COUPLINGS),
+                            help=f"LR coupling to the schedule: {', '.join(COUPLINGS)}")
+    recovery_gain: float = setting(0.0, group="pruning", where="training", tune="linear",
+                                   check=_real(**RECOVERY_GAIN),
+                                   help="LR boost while weights are being removed")
+    recovery_window: float = setting(0.05, group="pruning", where="training",
+                                     check=_real(**RECOVERY_WINDOW),
+                                     help="trailing window of the recovery gain")
+    prune: PruneSelection = setting(
+        default_factory=PruneSelection, group="pruning", check=PruneSelection.parse,
+        help="which layers are pruned: kinds (conv, linear) and module names to exclude")
+    scope: str = setting("local", group="pruning", check=_choice(SCOPES),
+                         help="local or global")
+    granularity: str = setting("weight", group="pruning", check=_choice(GRANULARITIES),
+                               help="weight or filter")
+    prune_resolution: float = setting(1e-3, group="pruning", where="training",
+                                      check=_real(low=0.0, high=0.1),
+                                      help="prune again when the target moved by more")
+    seed: int = setting(0, group="run", where=None, check=_integer(**_validate.SEED),
+                        help="seed of initialisation, batch order and augmentation")
+    device: str = setting("auto", group="run", where=None, check=_device,
+                          help="auto, cpu, cuda or cuda:N")
+    channels_last: bool = setting(False, group="run", check=_boolean,
+                                  help="channels-last memory format")
+    bf16: bool = setting(False, group="run", check=_boolean, help="bfloat16 autocast")
 
     def __post_init__(self) -> None:
-        def put(name, value):
-            object.__setattr__(self, name, value)
-
-        _validate.choice("dataset", self.dataset, DATASETS)
+        for spec in dataclasses.fields(self):
+            value = spec.metadata["check"](spec.name, getattr(self, spec.name))
+            object.__setattr__(self, spec.name, value)
         if self.model is None:
-            put("model", "convnet" if self.dataset == "digits" else "resnet18")
-        _validate.choice("model", self.model, tuple(MODELS))
-        put("width", _validate.real("width", self.width, **_validate.WIDTH))
-        if self.data_dir is not None and not isinstance(self.data_dir, str | os.PathLike):
-            raise ValueError(f"data_dir must be a path or None, got {self.data_dir!r}")
-        if self.data_dir is not None:
-            put("data_dir", os.fspath(self.data_dir))
-        for name in ("download", "verify_data", "channels_last", "bf16"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        put("image_size", _validate.integer("image_size", self.image_size,
-                                            **_validate.IMAGE_SIZE))
-        put("val_fraction", _validate.real("val_fraction", self.val_fraction,
-                                           **_validate.VAL_FRACTION))
-        put("split_seed", _validate.integer("split_seed", self.split_seed, **_validate.SEED))
-        put("epochs", _validate.integer("epochs", self.epochs, low=1, high=10_000))
-        put("batch_size", _validate.integer("batch_size", self.batch_size, low=2,
-                                            high=65_536))
-        _validate.choice("optimizer", self.optimizer, OPTIMIZERS)
-        put("weight_decay", _validate.real("weight_decay", self.weight_decay, low=0.0,
-                                           high=1.0))
-        put("momentum", _validate.real("momentum", self.momentum, low=0.0, high=1.0,
-                                       high_open=True))
-        if isinstance(self.schedule, Mapping):
-            put("schedule", schedule_from_dict(self.schedule))
-        elif self.schedule is not None and not isinstance(self.schedule, Schedule):
-            raise ValueError(f"schedule must be a Schedule, its to_dict() or None, "
-                             f"got {self.schedule!r}")
-        self.lr_policy()  # validates lr_max, pct_start, coupling and the recovery gain
-        _validate.choice("scope", self.scope, SCOPES)
-        _validate.choice("granularity", self.granularity, GRANULARITIES)
-        put("prune_resolution", _validate.real("prune_resolution", self.prune_resolution,
-                                               low=0.0, high=0.1))
-        put("seed", _validate.integer("seed", self.seed, **_validate.SEED))
-        device_ok = isinstance(self.device, str) and (
-            self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device))
-        if not device_ok:
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
-                             f"got {self.device!r}")
+            object.__setattr__(self, "model",
+                               "convnet" if self.dataset == "digits" else "resnet18")
+        if self.width != 1.0 and self.model not in MODELS:
+            raise ValueError(f"width scales the built-in models only; size model "
+                             f"{self.model!r} through model_args, got width={self.width:g}")
+        if self.dataset == "imagefolder" and self.data_dir is None:
+            raise ValueError("dataset 'imagefolder' needs data_dir (a folder with train/ "
+                             "and optionally test/ of class folders)")
+        self.lr_policy()  # the coupling needs a schedule
+
+    @classmethod
+    def settings(cls) -> dict[str, dataclasses.Field]:
+        """Every field with its `setting` metadata, in declaration order."""
+        return {spec.name: spec for spec in dataclasses.fields(cls)}
 
     def lr_policy(self) -> CoupledLR:
         """The learning rate as a function of progress, coupled to the schedule."""
         return CoupledLR(self.schedule, self.lr_max, self.pct_start, self.coupling,
                          self.recovery_gain, self.recovery_window)
 
-    def load_data(self) -> ImageData:
-        """The dataset and splits this config trains on (load once, pass to many runs)."""
+    def load_data(self, progress: bool = False) -> ImageData:
+        """The dataset and splits this config trains on (load once, pass to many runs);
+        `progress`: a progress bar while an image folder is decoded the first time."""
         return load_dataset(self.dataset, self.data_dir, self.download, self.val_fraction,
                             self.split_seed, image_size=self.image_size,
-                            verify=self.verify_data)
+                            verify=self.verify_data, progress=progress)
 
     def resolve_device(self) -> torch.device:
         """`device` on this machine ("auto": CUDA when available, else CPU). Checked here,
@@ -165,8 +264,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready dict; `TrainConfig.from_dict` inverts it."""
-        spec = dataclasses.asdict(self)
+        spec = {name: getattr(self, name) for name in self.settings()}
         spec["schedule"] = None if self.schedule is None else self.schedule.to_dict()
+        spec["prune"] = self.prune.to_dict()
+        spec["model_args"] = copy.deepcopy(self.model_args)
         return spec
 
     @classmethod
@@ -174,7 +275,7 @@ class TrainConfig:
         """Build from `to_dict()` output or a hand-written mapping; unknown keys are refused."""
         if not isinstance(spec, Mapping):
             raise ValueError(f"train config must be a mapping, got {spec!r}")
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = list(cls.settings())
         unknown = [key for key in spec if key not in names]
         if unknown:
             raise ValueError(f"train config has no field {unknown[0]!r}; "
@@ -197,6 +298,8 @@ class TrainResult:
     model: nn.Module | None = field(default=None, repr=False)
     pruner: Pruner | None = field(default=None, repr=False)
     diverged: bool = False
+    num_classes: int | None = None
+    in_channels: int | None = None
 
     def metrics(self) -> dict[str, Any]:
         """JSON-ready summary (what `--out` writes to metrics.json)."""
@@ -268,16 +371,52 @@ def check_data(cfg: TrainConfig, data: ImageData) -> None:
             "val_fraction": data.val_fraction}
     wanted = {"dataset": cfg.dataset, "split_seed": cfg.split_seed,
               "val_fraction": cfg.val_fraction}
-    if cfg.dataset == "caltech101":
+    if cfg.dataset in RESIZED_DATASETS:
         made["image_size"], wanted["image_size"] = data.image_size, cfg.image_size
     for key, value in made.items():
         if value != wanted[key]:
             raise ValueError(f"data was loaded with {key}={value!r} but the config "
                              f"has {key}={wanted[key]!r}")
-    if data.image_size < MIN_IMAGE_SIZE[cfg.model]:
+    if data.image_size < MIN_IMAGE_SIZE.get(cfg.model, 1):
         raise ValueError(f"model {cfg.model!r} needs images of at least "
                          f"{MIN_IMAGE_SIZE[cfg.model]}x{MIN_IMAGE_SIZE[cfg.model]}; "
                          f"{cfg.dataset} has {data.image_size}x{data.image_size}")
+
+
+def new_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
+    """`cfg`'s model, freshly initialised for `data`'s classes and channels."""
+    return build_model(cfg.model, data.num_classes, data.in_channels, cfg.width,
+                       cfg.model_args)
+
+
+def new_pruner(cfg: TrainConfig, model: nn.Module) -> Pruner | None:
+    """The pruner of `model`'s layers that `cfg.prune` selects (None: dense training)."""
+    if cfg.schedule is None:
+        return None
+    return Pruner.of(model, cfg.prune, scope=cfg.scope, granularity=cfg.granularity)
+
+
+def check_model(cfg: TrainConfig, data: ImageData) -> None:
+    """Raise `ValueError` (one line) unless `cfg`'s model can be built for `data`, has
+    layers to prune, and maps a batch of `data`'s images to one logit per class: the
+    checks worth making before any trial starts (a user's model is otherwise unknown)."""
+    check_data(cfg, data)
+    with torch.random.fork_rng(devices=[]):
+        model = new_model(cfg, data)
+    Pruner.of(model, cfg.prune)  # raises when nothing is left to prune
+    size = data.image_size
+    images = torch.zeros(2, data.in_channels, size, size)
+    try:
+        with torch.no_grad():
+            logits = model.eval()(images)
+    except Exception as error:  # noqa: BLE001 - a user's forward can raise anything
+        raise ValueError(f"model {cfg.model!r} cannot take {data.in_channels}x{size}x{size} "
+                         f"images of {cfg.dataset}: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, data.num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        raise ValueError(f"model {cfg.model!r} must return logits of shape (batch, "
+                         f"{data.num_classes}) for {cfg.dataset}, got {shape}")
 
 
 def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
@@ -304,10 +443,8 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
 
     torch.manual_seed(cfg.seed)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = build_model(cfg.model, data.num_classes, data.in_channels, cfg.width)
-    model = model.to(device, memory_format=memory_format)
-    pruner = (None if cfg.schedule is None
-              else Pruner(model, scope=cfg.scope, granularity=cfg.granularity))
+    model = new_model(cfg, data).to(device, memory_format=memory_format)
+    pruner = new_pruner(cfg, model)
     net = model
     if world_size > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -413,7 +550,8 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
                                        autocast)
     return TrainResult(cfg, test_loss, test_acc, history[-1]["val_loss"],
                        history[-1]["val_acc"], history[-1]["sparsity"],
-                       time.perf_counter() - started, history, model, pruner, diverged)
+                       time.perf_counter() - started, history, model, pruner, diverged,
+                       data.num_classes, data.in_channels)
 
 
 STATE_KEYS = frozenset({"config", "world_size", "epoch", "step", "pruned_to", "history",
@@ -459,40 +597,60 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+GROUP_TITLES = {"data": "data", "model": "model", "optimisation": "optimisation",
+                "pruning": "pruning schedule and LR coupling", "run": "run"}
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """KEY=VALUE of `--model-arg`, VALUE read as YAML (3, 0.5, true, [1, 2], text)."""
+    import yaml
+
+    key, equals, value = text.partition("=")
+    if not equals or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key, value
+
+
+def _add_flags(group, name: str, spec: dataclasses.Field) -> None:
+    """The flag(s) of one `TrainConfig` setting: its name with dashes (or `flags`), parsed
+    by the type of its default; only flags that are given reach the namespace."""
+    meta = spec.metadata
+    default = (spec.default_factory() if spec.default is dataclasses.MISSING
+               else spec.default)
+    flags = meta["flags"] or (f"--{name.replace('_', '-')}",)
+    common = {"dest": name, "default": argparse.SUPPRESS}
+    shown = "" if default is None else f" (default: {default})"
+    if isinstance(default, bool):
+        group.add_argument(*flags, action=argparse.BooleanOptionalAction,
+                           help=meta["help"] + shown, **common)
+    elif isinstance(default, dict):
+        group.add_argument(*flags, action="append", type=_key_value, metavar="KEY=VALUE",
+                           help=meta["help"], **common)
+    elif dataclasses.is_dataclass(default):  # a nested setting: one flag per field
+        for part in dataclasses.fields(default):
+            value = getattr(default, part.name)
+            group.add_argument(f"{flags[0]}-{part.name.replace('_', '-')}", nargs="*",
+                               dest=f"{name}.{part.name}", default=argparse.SUPPRESS,
+                               metavar=part.metadata["metavar"],
+                               help=f"{part.metadata['help']} "
+                                    f"(default: {' '.join(value) or 'none'})")
+    else:
+        kind = type(default) if default is not None else str
+        group.add_argument(*flags, type=kind, help=meta["help"] + shown, **common)
+
+
 def _parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
     console_script = Path(sys.argv[0]).name == "oneprune-train"
     p = _Parser(prog="oneprune-train" if console_script else "python -m oneprune.train",
                 description="Train a ConvNet once while pruning it along a schedule.")
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=defaults.dataset, help=f"one of {', '.join(DATASETS)}")
-    data.add_argument("--data-dir", help="where the dataset files are (default "
-                      "~/.cache/oneprune/data; digits needs none)")
-    data.add_argument("--download", action="store_true", help="download missing files")
-    data.add_argument("--no-verify-data", dest="verify_data", action="store_false",
-                      help="skip torchvision's md5 checks of the CIFAR files")
-    data.add_argument("--image-size", type=int, default=defaults.image_size,
-                      help="Caltech-101 image side after resizing")
-    data.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    data.add_argument("--split-seed", type=int, default=defaults.split_seed)
-    model = p.add_argument_group("model and optimisation")
-    model.add_argument("--model", help=f"one of {', '.join(MODELS)} (default: convnet for "
-                       "digits, resnet18 otherwise)")
-    model.add_argument("--width", type=float, default=defaults.width,
-                       help="channel multiplier")
-    model.add_argument("--epochs", type=int, default=defaults.epochs)
-    model.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    model.add_argument("--optimizer", default=defaults.optimizer, help="adam or sgd")
-    model.add_argument("--lr", type=float, default=defaults.lr_max, dest="lr_max",
-                       help="peak learning rate of the one-cycle policy")
-    model.add_argument("--pct-start", type=float, default=defaults.pct_start,
-                       help="warm-up fraction of the one-cycle policy")
-    model.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    model.add_argument("--coupling", default=defaults.coupling,
-                       help=f"LR coupling to the schedule: {', '.join(COUPLINGS)}")
-    model.add_argument("--recovery-gain", type=float, default=defaults.recovery_gain)
-    model.add_argument("--recovery-window", type=float, default=defaults.recovery_window)
-    prune = p.add_argument_group("pruning schedule")
+    groups = {key: p.add_argument_group(title) for key, title in GROUP_TITLES.items()}
+    for name, spec in TrainConfig.settings().items():
+        if name != "schedule":  # built from --schedule, --sparsity and its parameters
+            _add_flags(groups[spec.metadata["group"]], name, spec)
+    prune = groups["pruning"]
     prune.add_argument("--schedule", default="one_cycle",
                        help=f"one of {', '.join(FAMILIES)}, or none (dense)")
     prune.add_argument("--sparsity", type=float, default=0.9, help="final sparsity in [0, 1)")
@@ -500,17 +658,26 @@ def _parser() -> argparse.ArgumentParser:
         prune.add_argument(f"--{name.replace('_', '-')}",
                            type=int if name == "steps" else float,
                            help="schedule parameter (families that have it)")
-    prune.add_argument("--scope", default=defaults.scope, help="local or global")
-    prune.add_argument("--granularity", default=defaults.granularity, help="weight or filter")
-    run = p.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=defaults.seed)
-    run.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--channels-last", action="store_true")
-    run.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    run = groups["run"]
     run.add_argument("--out", type=Path, help="write the pruned model, its config and "
                      "metrics.json to this folder")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` of parsed flags (`ValueError` naming the field if it is bad)."""
+    settings = TrainConfig.settings()
+    given = {key: value for key, value in vars(args).items()
+             if key.partition(".")[0] in settings and key != "schedule"}
+    values = {key: value for key, value in given.items() if "." not in key}
+    if "model_args" in values:
+        values["model_args"] = dict(values["model_args"])
+    for key, value in given.items():
+        if "." in key:
+            name, part = key.split(".")
+            values.setdefault(name, settings[name].default_factory().to_dict())[part] = value
+    return TrainConfig(schedule=_schedule(args), **values)
 
 
 def _schedule(args: argparse.Namespace) -> Schedule | None:
@@ -545,11 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m oneprune.train`: bad input gives one line on stderr and exit code 2."""
     parser = _parser()
     args = parser.parse_args(argv)
-    # Flags are named after the config's fields (`--schedule` is a family name, built apart).
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"schedule"}
     try:
-        cfg = TrainConfig(schedule=_schedule(args),
-                          **{k: v for k, v in vars(args).items() if k in fields})
+        cfg = config_from_args(args)
         cfg.resolve_device()
         if args.out is not None:  # before training, so that no finished run is lost
             try:
@@ -557,8 +721,8 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as error:
                 raise ValueError(f"--out {str(args.out)!r} cannot be a folder here: "
                                  f"{error.strerror}") from None
-        data = cfg.load_data()
-        check_data(cfg, data)
+        data = cfg.load_data(progress=not args.quiet)
+        check_model(cfg, data)
     except ValueError as error:  # includes DataUnavailableError
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     result = train(cfg, data=data, progress=not args.quiet)

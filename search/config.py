@@ -1,8 +1,11 @@
 """Experiment files: the YAML schema of a study and its validation.
 
     name: quick                  # MLflow experiment (+ "-s90" per sparsity when several)
-    dataset: digits              # digits | cifar10 | cifar100 | caltech101
-    model: convnet               # convnet | resnet18 | vgg16 (default: by dataset)
+    dataset: digits              # digits | cifar10 | cifar100 | caltech101 | imagefolder
+    model: convnet               # convnet | resnet18 | vgg16 | package.module:callable |
+                                 # timm:<name> (default: by dataset)
+    model_args: {depth: 4}       # more keyword arguments of the model's constructor
+    prune: {layers: [conv], exclude: ["features.0"]}   # what gets pruned (default: every Conv2d)
     sparsity: 0.9                # or a list: one study per value
     epochs: 10
     families: [one_cycle, one_shot, iterative, agp]
@@ -10,20 +13,25 @@
     final_seeds: 3
     search:   {sampler: tpe, seed: 0, asha: false, grace_period: 2, space: {agp: {power: [1, 4]}}}
     training: {optimizer: adam, lr_max: [1.0e-3, 3.0e-2], coupling: [none, align],
-               recovery_gain: [0, 2]}
+               recovery_gain: [0, 2], momentum: 0.9}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0, workers_per_trial: 1}
     checkpoint_every: 5          # epochs between a trial's checkpoints (only the newest kept)
     tracking: {tracking_uri: "sqlite:///mlflow.db", optuna_storage: "sqlite:///optuna.db"}
     faults: {raise_at_epoch: 2, nan_at_epoch: 2, nan_families: [agp]}   # test-only
 
-`load_experiment(path)` returns an `Experiment` or raises `ConfigError` with one line that
-names the offending key. Every value is checked by the library's own validation (a
-`TrainConfig` is built for both ends of every tuned range), so a file that loads can run.
+The training keys are not declared here: every `TrainConfig` setting placed "top" is a
+top-level key, every one placed "training" a key of `training:` (a [low, high] range or a
+list of choices where the setting is tunable), each checked by the setting's own check
+(`oneprune.train.setting`). `load_experiment(path)` returns an `Experiment` or raises
+`ConfigError` with one line that names the offending key; a `TrainConfig` is built for
+both ends of every tuned range, so a file that loads can run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -34,9 +42,8 @@ from typing import Any
 import yaml
 
 from oneprune import _validate
-from oneprune.lr import COUPLINGS
 from oneprune.schedules import FAMILIES
-from oneprune.train import OPTIMIZERS, TrainConfig
+from oneprune.train import TrainConfig
 from search.space import midpoint_schedule
 
 DEFAULT_FAMILIES = ("one_cycle", "one_shot", "iterative", "agp")
@@ -61,24 +68,17 @@ class SearchSettings:
     space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TrainingSpace:
-    """The training hyper-parameters shared by every family: a number is fixed, a
-    [low, high] pair (lr_max: log scale) or a list of couplings is tuned."""
+SETTINGS = TrainConfig.settings()
 
-    optimizer: str = "adam"
-    lr_max: float | tuple[float, float] = 1e-3
-    pct_start: float = 0.25
-    weight_decay: float = 0.0
-    coupling: tuple[str, ...] = ("none",)
-    recovery_gain: float | tuple[float, float] = 0.0
 
-    @property
-    def reference_lr(self) -> float:
-        """The LR of the dense reference: fixed lr_max, or the geometric middle of its range."""
-        if isinstance(self.lr_max, tuple):
-            return math.sqrt(self.lr_max[0] * self.lr_max[1])
-        return self.lr_max
+def tuned_middle(name: str, space: tuple) -> Any:
+    """The value a tuned setting takes outside the search (base configs, dense reference):
+    the middle of its range (geometric for a log scale), or its first choice."""
+    tune = SETTINGS[name].metadata["tune"]
+    if tune == "choice":
+        return space[0]
+    low, high = space
+    return math.sqrt(low * high) if tune == "log" else (low + high) / 2
 
 
 @dataclass(frozen=True)
@@ -120,32 +120,43 @@ class Faults:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A validated experiment file: one study per sparsity, every family searched alike."""
+    """A validated experiment file: one study per sparsity, every family searched alike.
+
+    `train` holds the fixed training settings the file gives (the rest keep their
+    `TrainConfig` defaults), `tuned` the searched ones: a (low, high) range or a tuple of
+    choices per setting, in file order (the order Optuna suggests them in).
+    """
 
     name: str
-    dataset: str = "digits"
-    model: str | None = None
-    width: float = 1.0
-    data_dir: str | None = None
-    download: bool = False
-    image_size: int = 64
     sparsity: tuple[float, ...] = (0.9,)
-    epochs: int = 15
-    batch_size: int = 64
     families: tuple[str, ...] = DEFAULT_FAMILIES
     trials_per_family: int = 8
     final_seeds: int = 3
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    scope: str = "local"
-    granularity: str = "weight"
     search: SearchSettings = field(default_factory=SearchSettings)
-    training: TrainingSpace = field(default_factory=TrainingSpace)
     resources: Resources = field(default_factory=Resources)
     checkpoint_every: int = 5
     tracking_uri: str = DEFAULT_TRACKING_URI
     optuna_storage: str | None = None
     faults: Faults | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
+    tuned: Mapping[str, tuple] = field(default_factory=dict)
+
+    @functools.cached_property
+    def dense_config(self) -> TrainConfig:
+        """The dense reference's training run (search seed)."""
+        return self.base_config()
+
+    @property
+    def dataset(self) -> str:
+        return self.dense_config.dataset
+
+    @property
+    def model(self) -> str:
+        return self.dense_config.model
+
+    @property
+    def epochs(self) -> int:
+        return self.dense_config.epochs
 
     @property
     def optuna_storage_url(self) -> str:
@@ -167,17 +178,15 @@ class Experiment:
     def base_config(self, family: str | None = None, sparsity: float | None = None, *,
                     seed: int | None = None) -> TrainConfig:
         """The training run every trial of `family` at `sparsity` starts from: its schedule
-        at the middle of its search bounds (no family: dense), the fixed training values and
-        the dense reference's LR; `seed` defaults to the search seed."""
-        training = self.training
+        at the middle of its search bounds (no family: dense, without LR coupling, which
+        needs a schedule), the fixed settings, every tuned one at `tuned_middle`; `seed`
+        defaults to the search seed."""
+        values = {**self.train,
+                  **{name: tuned_middle(name, space) for name, space in self.tuned.items()}}
+        if family is None:
+            values["coupling"] = "none"
         return TrainConfig(
-            dataset=self.dataset, model=self.model, width=self.width, data_dir=self.data_dir,
-            download=self.download, image_size=self.image_size,
-            val_fraction=self.val_fraction, split_seed=self.split_seed, epochs=self.epochs,
-            batch_size=self.batch_size, optimizer=training.optimizer,
-            lr_max=training.reference_lr, pct_start=training.pct_start,
-            weight_decay=training.weight_decay, scope=self.scope,
-            granularity=self.granularity, seed=self.search.seed if seed is None else seed,
+            **values, seed=self.search.seed if seed is None else seed,
             schedule=None if family is None else midpoint_schedule(
                 family, sparsity, self.search.space.get(family)))
 
@@ -194,7 +203,12 @@ def _section(raw: Any, key: str, parsers: Mapping[str, Callable[[str, Any], Any]
     prefix = f"{key}." if key else ""
     for name in raw:
         if name not in parsers:
-            raise ConfigError(f"unknown key '{prefix}{name}'; allowed: {', '.join(parsers)}")
+            where = SETTINGS[name].metadata["where"] if name in SETTINGS else "unknown"
+            hint = {"top": f" ('{name}' is a top-level key)",
+                    "training": f" ('{name}' goes under training:)",
+                    None: f" ('{name}' is set by the service for each trial)"}.get(where, "")
+            raise ConfigError(f"unknown key '{prefix}{name}'{hint}; allowed: "
+                              f"{', '.join(parsers)}")
     return {name: parsers[name](f"{prefix}{name}", value) for name, value in raw.items()}
 
 
@@ -287,14 +301,39 @@ _SEARCH = {
     "grace_period": _checked(_validate.integer, low=1, high=10_000),
     "space": _space,
 }
-_TRAINING = {
-    "optimizer": lambda key, value: _validate.choice(key, value, OPTIMIZERS),
-    "lr_max": _checked(_number_or_range, low=0.0, high=10.0, low_open=True),
-    "pct_start": _checked(_validate.real, low=0.0, high=1.0, low_open=True, high_open=True),
-    "weight_decay": _checked(_validate.real, low=0.0, high=1.0),
-    "coupling": _choices(COUPLINGS),
-    "recovery_gain": _checked(_number_or_range, low=0.0, high=100.0),
-}
+def _tuned_or_fixed(name: str) -> Callable[[str, Any], Any]:
+    """The parser of a `training:` key: the setting's value, or where the setting is
+    tunable a [low, high] range (low < high) or a list of choices (`Tuned`)."""
+    check, tune = SETTINGS[name].metadata["check"], SETTINGS[name].metadata["tune"]
+
+    def parse(key: str, value):
+        if not isinstance(value, list) or tune is None:
+            return check(key, value)
+        if tune == "choice":
+            if not value:
+                raise ConfigError(f"{key} must be a value or a non-empty list of them")
+            choices = tuple(check(key, item) for item in value)
+            if len(set(choices)) != len(choices):
+                raise ConfigError(f"{key} lists a value twice: {value!r}")
+            return Tuned(choices) if len(choices) > 1 else choices[0]
+        if len(value) != 2:
+            raise ConfigError(f"{key} must be a number or a [low, high] pair, got {value!r}")
+        low, high = (check(key, v) for v in value)
+        if low >= high:
+            raise ConfigError(f"{key} must have low < high, got {value!r}")
+        return Tuned((low, high))
+    return parse
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A searched setting while parsing: its (low, high) range or its choices."""
+
+    space: tuple
+
+
+_TRAINING = {name: _tuned_or_fixed(name) for name, spec in SETTINGS.items()
+             if spec.metadata["where"] == "training"}
 _RESOURCES = {
     "cpus_per_trial": _checked(_validate.real, low=0.0, high=1024.0, low_open=True),
     "gpus_per_trial": _checked(_validate.real, low=0.0, high=64.0),
@@ -309,24 +348,17 @@ _FAULTS = {  # the epochs' upper bound is checked against `epochs` in `_check_ru
 }
 
 
-def _train_field(key: str, value):
-    """A key named after a `TrainConfig` field: `_check_runnable` checks it there, and the
-    message names it."""
-    return value
-
-
 _TOP = {
     "name": _name,
-    **{key: _train_field for key in ("dataset", "model", "width", "data_dir", "download",
-                                     "image_size", "epochs", "batch_size", "val_fraction",
-                                     "split_seed", "scope", "granularity")},
+    **{name: spec.metadata["check"] for name, spec in SETTINGS.items()
+       if spec.metadata["where"] == "top"},
     "sparsity": _sparsities,
     "families": _choices(tuple(FAMILIES)),
     "trials_per_family": _checked(_validate.integer, low=1, high=100_000),
     "final_seeds": _checked(_validate.integer, low=2, high=1_000),
     "checkpoint_every": _checked(_validate.integer, low=1, high=10_000),
     "search": lambda key, value: SearchSettings(**_section(value, key, _SEARCH)),
-    "training": lambda key, value: TrainingSpace(**_section(value, key, _TRAINING)),
+    "training": lambda key, value: _section(value, key, _TRAINING),
     "resources": lambda key, value: Resources(**_section(value, key, _RESOURCES)),
     "tracking": lambda key, value: _section(value, key, _TRACKING),
     "faults": lambda key, value: Faults(**_section(value, key, _FAULTS)),
@@ -342,7 +374,11 @@ def parse_experiment(raw: Any) -> Experiment:
         if "name" not in values:
             raise ConfigError("missing key 'name' (the study's MLflow experiment name)")
         values.update(values.pop("tracking", {}))
-        experiment = Experiment(**values)
+        training = values.pop("training", {})
+        train = {key: values.pop(key) for key in list(values) if key in SETTINGS}
+        train.update({k: v for k, v in training.items() if not isinstance(v, Tuned)})
+        tuned = {k: v.space for k, v in training.items() if isinstance(v, Tuned)}
+        experiment = Experiment(**values, train=train, tuned=tuned)
         _check_runnable(experiment)
     except ConfigError:
         raise
@@ -359,18 +395,12 @@ def _check_runnable(experiment: Experiment) -> None:
         if epoch and epoch > experiment.epochs:
             raise ConfigError(f"faults.{name} must be at most epochs={experiment.epochs}, "
                               f"got {epoch}")
-    training = experiment.training
-    ends = {name: value if isinstance(value, tuple) else (value,)
-            for name, value in (("lr_max", training.lr_max),
-                                ("recovery_gain", training.recovery_gain))}
+    ends = [[(name, end) for end in space] for name, space in experiment.tuned.items()]
     for sparsity in experiment.sparsity:
         for family in experiment.families:
             base = experiment.base_config(family, sparsity)
-            for coupling in training.coupling:
-                for lr_max in ends["lr_max"]:
-                    for gain in ends["recovery_gain"]:
-                        dataclasses.replace(base, lr_max=lr_max, coupling=coupling,
-                                            recovery_gain=gain)
+            for combination in itertools.product(*ends):
+                dataclasses.replace(base, **dict(combination))
     experiment.base_config()
 
 

@@ -12,6 +12,8 @@ the comparison table. Bad input prints one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
@@ -20,7 +22,8 @@ import pyarrow
 import pyarrow.fs
 import ray
 
-from search.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+from oneprune.models import user_module
+from search.config import DEFAULT_EXPERIMENT, ConfigError, Experiment, load_experiment
 from search.report import comparison_rows, markdown_table
 from search.searcher import check_optuna_storage
 from search.study import StudyInterrupted, StudyRefused, load_data, run_experiment
@@ -59,14 +62,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def connect(address: str, num_cpus: int | None) -> None:
-    """Start or join the Ray cluster, unless this process is already connected."""
+def code_to_ship(experiment: Experiment) -> list[str]:
+    """The user's code every trial needs: the top-level package (a folder) or module (a
+    .py file) of a `package.module:callable` model, unless an installed distribution
+    provides it (then the nodes install it like any dependency). Call after the model was
+    imported (`load_data` checks it)."""
+    module = user_module(experiment.model)
+    if module is None:
+        return []
+    top = module.partition(".")[0]
+    if top in importlib.metadata.packages_distributions():
+        return []
+    found = importlib.import_module(top)
+    path = Path(found.__file__)
+    return [str(path.parent if hasattr(found, "__path__") else path)]
+
+
+def connect(address: str, num_cpus: int | None, py_modules: list[str]) -> None:
+    """Start or join the Ray cluster, unless this process is already connected, shipping
+    `py_modules` to every node through Ray's runtime environment (no shared filesystem
+    needed: Ray uploads them once to the cluster and unpacks them beside every worker)."""
     if ray.is_initialized():
         return
+    runtime_env = {"py_modules": py_modules} if py_modules else None
     if address == "local":
-        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True,
+                 runtime_env=runtime_env)
     else:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
 
 
 def _writable_storage(storage: str) -> str:
@@ -91,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if os.getcwd() not in sys.path:  # a model module in the working folder, as `python -m`
+        sys.path.append(os.getcwd())
     overrides = {"name": args.name}
     if args.tracking_uri is not None:
         overrides["tracking"] = {"tracking_uri": args.tracking_uri}
@@ -99,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
                                      {k: v for k, v in overrides.items() if v is not None})
         if args.num_cpus is not None and args.num_cpus < 1:
             raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
-        data = load_data(experiment)
+        data = load_data(experiment, progress=True)
         storage = _writable_storage(args.storage_path)
         check_tracking_uri(experiment.tracking_uri)
         check_optuna_storage(experiment.optuna_storage_url)
     except ValueError as error:  # bad config or storage, unusable data, no MLflow
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     try:
-        connect(args.address, args.num_cpus)
+        connect(args.address, args.num_cpus, code_to_ship(experiment))
     except ConnectionError as error:
         parser.exit(2, f"{parser.prog}: error: cannot reach the Ray cluster at "
                        f"{args.address!r}: {error}\n")

@@ -269,7 +269,7 @@ class ExperimentSearcher(Searcher):
         trial = self.study(group).ask()
         define_by_run(trial, family=family, sparsity=sparsity,
                       bounds=self.experiment.search.space.get(family),
-                      training=self.experiment.training)
+                      tuned=self.experiment.tuned)
         return search_config(group, trial.number, trial.params)
 
     def _all_handed_out(self) -> bool:

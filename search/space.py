@@ -11,33 +11,30 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from oneprune.schedules import FAMILIES, Schedule
 from oneprune.train import TrainConfig
 
-if TYPE_CHECKING:
-    from search.config import TrainingSpace
-
-TRAINING_PARAMS = ("lr_max", "coupling", "recovery_gain")
+SETTINGS = TrainConfig.settings()
 
 
-def suggest_training(trial, training: TrainingSpace) -> None:
-    """Suggest the tuned training values: a [low, high] lr_max on a log scale, a list of
-    couplings, a [low, high] recovery gain. Fixed values are not suggested."""
-    if isinstance(training.lr_max, tuple):
-        trial.suggest_float("lr_max", *training.lr_max, log=True)
-    if len(training.coupling) > 1:
-        trial.suggest_categorical("coupling", list(training.coupling))
-    if isinstance(training.recovery_gain, tuple):
-        trial.suggest_float("recovery_gain", *training.recovery_gain)
+def suggest_training(trial, tuned: Mapping[str, tuple]) -> None:
+    """Suggest the tuned training settings (`Experiment.tuned`), each as its `setting`
+    says: a (low, high) range on a log or linear scale, or a tuple of choices."""
+    for name, space in tuned.items():
+        tune = SETTINGS[name].metadata["tune"]
+        if tune == "choice":
+            trial.suggest_categorical(name, list(space))
+        else:
+            trial.suggest_float(name, *space, log=tune == "log")
 
 
 def define_by_run(trial, *, family: str, sparsity: float,
-                  bounds: Mapping[str, Any] | None, training: TrainingSpace) -> None:
+                  bounds: Mapping[str, Any] | None, tuned: Mapping[str, tuple]) -> None:
     """One sample of `family` at `sparsity` and of the shared training space."""
     FAMILIES[family].suggest(trial, sparsity, bounds)
-    suggest_training(trial, training)
+    suggest_training(trial, tuned)
 
 
 def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
@@ -48,13 +45,14 @@ def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
     """
     family = type(base.schedule)
     fields = {f.name for f in dataclasses.fields(family)} - {"final_sparsity"}
-    unknown = set(params) - fields - set(TRAINING_PARAMS)
+    tunable = {name for name, spec in SETTINGS.items() if spec.metadata["tune"]}
+    unknown = set(params) - fields - tunable
     if unknown:
         raise ValueError(f"trial parameters {sorted(unknown)} belong to no field of "
                          f"{family.family} or the training space")
     schedule = family(final_sparsity=base.schedule.final_sparsity,
                       **{k: v for k, v in params.items() if k in fields})
-    training = {k: v for k, v in params.items() if k in TRAINING_PARAMS}
+    training = {k: v for k, v in params.items() if k in tunable}
     return dataclasses.replace(base, schedule=schedule, **training)
 
 

@@ -33,7 +33,7 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from oneprune.data import ImageData
-from oneprune.train import check_data
+from oneprune.train import check_data, check_model
 from search import tracking
 from search.config import Experiment
 from search.plan import (
@@ -330,7 +330,7 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
                                                      outcome.best_params))
         tracking.finish_family(client, run_id, best.to_dict(),
                                {"best_val_acc": outcome.best_val_acc, **metrics})
-    title = (f"{name}: {experiment.model or 'default model'} on {experiment.dataset} at "
+    title = (f"{name}: {experiment.model} on {experiment.dataset} at "
              f"{sparsity:.0%} sparsity, {experiment.epochs} epochs")
     with tempfile.TemporaryDirectory() as folder:
         write_report(outcomes, Path(folder), title)
@@ -340,12 +340,12 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
     return StudyResult(name, title, outcomes)
 
 
-def load_data(experiment: Experiment) -> ImageData:
+def load_data(experiment: Experiment, progress: bool = False) -> ImageData:
     """The experiment's dataset and splits, checked against its model (`ValueError`: files
-    missing, images too small)."""
-    base = experiment.base_config()
-    data = base.load_data()
-    check_data(base, data)
+    missing or unreadable, a model that cannot be built for them, takes no such images or
+    has nothing to prune); `progress`: a bar while an image folder is first decoded."""
+    data = experiment.dense_config.load_data(progress=progress)
+    check_model(experiment.base_config(experiment.families[0], experiment.sparsity[0]), data)
     return data
 
 

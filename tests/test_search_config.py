@@ -53,8 +53,8 @@ def test_paper_grid_is_complete():
 
 def test_a_valid_experiment_parses_with_its_ranges():
     experiment = parse_experiment(VALID)
-    assert experiment.training.lr_max == (1e-3, 1e-2)
-    assert experiment.training.coupling == ("none", "align")
+    assert experiment.tuned["lr_max"] == (1e-3, 1e-2)
+    assert experiment.tuned["coupling"] == ("none", "align")
     assert experiment.sparsity == (0.9,) and experiment.study_name(0.9) == "t"
     assert experiment.tracking_uri == "sqlite:///x.db"
     several = parse_experiment(with_value("sparsity", [0.8, 0.95]))
@@ -156,7 +156,7 @@ def test_midpoint_and_define_by_run_give_valid_trial_configs():
             trial = study.ask()
             define_by_run(trial, family=family, sparsity=0.9,
                           bounds=experiment.search.space.get(family),
-                          training=experiment.training)
+                          tuned=experiment.tuned)
             cfg = trial_config(base, trial.params)
             assert cfg.schedule.family == family and cfg.schedule.final_sparsity == 0.9
             assert 1e-3 <= cfg.lr_max <= 1e-2 and cfg.coupling in ("none", "align")
