@@ -96,7 +96,8 @@ def simulate(gpus: int, scale: float) -> dict:
     grid = load_experiment(GRID)
     with tempfile.TemporaryDirectory() as folder:
         experiment = dataclasses.replace(
-            grid, dataset="digits", model="convnet", download=False,
+            grid, train={**grid.train, "dataset": "digits", "model": "convnet",
+                         "download": False},
             tracking_uri=f"sqlite:///{folder}/mlflow.db", optuna_storage=None)
         data = load_data(experiment)
         cpus = experiment.resources.cpus_per_trial

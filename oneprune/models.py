@@ -161,10 +161,9 @@ def check_model_args(key: str, value) -> dict[str, Any]:
             isinstance(k, str) and k.isidentifier() for k in value):
         raise ValueError(f"{key} must be a mapping of argument names to values, "
                          f"got {value!r}")
-    reserved = {"num_classes", "in_channels", "in_chans", "width"} & set(value)
+    reserved = {"num_classes", "in_channels", "in_chans"} & set(value)
     if reserved:
-        raise ValueError(f"{key} cannot set {sorted(reserved)[0]!r}: it comes from the "
-                         f"data (or the width setting)")
+        raise ValueError(f"{key} cannot set {sorted(reserved)[0]!r}: it comes from the data")
     try:
         return json.loads(json.dumps(dict(value), allow_nan=False))
     except (TypeError, ValueError):
@@ -199,7 +198,7 @@ def model_constructor(name: str) -> Callable[..., nn.Module]:
     module_name, attribute = _import_path(name)
     try:
         found = importlib.import_module(module_name)
-    except Exception as error:  # noqa: BLE001 - a user's module can raise anything
+    except Exception as error:  # a user's module can raise anything
         raise ValueError(f"model {name!r}: cannot import {module_name!r}: "
                          f"{type(error).__name__}: {error}") from None
     for part in attribute.split("."):
@@ -221,13 +220,15 @@ def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.
     _validate.real("width", width, **_validate.WIDTH)
     arguments = check_model_args("model_args", model_args or {})
     if name in MODELS:
+        if "width" in arguments:
+            raise ValueError(f"model_args cannot set width of {name!r}: use the width setting")
         arguments["width"] = width
     elif width != 1.0:
         raise ValueError(f"width scales the built-in models only; size model {name!r} "
                          f"through model_args, got width={width:g}")
     try:
         model = constructor(num_classes=num_classes, in_channels=in_channels, **arguments)
-    except Exception as error:  # noqa: BLE001 - a user's constructor can raise anything
+    except Exception as error:  # a user's constructor can raise anything
         raise ValueError(f"model {name!r} could not be built with num_classes="
                          f"{num_classes}, in_channels={in_channels}"
                          f"{''.join(f', {k}={v!r}' for k, v in arguments.items())}: "

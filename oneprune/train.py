@@ -409,7 +409,7 @@ def check_model(cfg: TrainConfig, data: ImageData) -> None:
     try:
         with torch.no_grad():
             logits = model.eval()(images)
-    except Exception as error:  # noqa: BLE001 - a user's forward can raise anything
+    except Exception as error:  # a user's forward can raise anything
         raise ValueError(f"model {cfg.model!r} cannot take {data.in_channels}x{size}x{size} "
                          f"images of {cfg.dataset}: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''}") from None

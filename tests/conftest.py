@@ -107,6 +107,37 @@ def write_caltech101(root, categories=3, per_category=10):
     return root
 
 
+def write_image_folder(root, classes=("ant", "bee", "cat"), per_class=8, test_per_class=3,
+                       size=(24, 40)):
+    """torchvision's ImageFolder layout, train/<class>/ and (test_per_class > 0) test/
+    <class>/, as a user's folder looks: JPEGs and PNGs of odd sizes, a greyscale and an
+    RGBA (palette, alpha) image per class. Each image is filled with its class's colour
+    plus noise, so a model can learn it."""
+    rng = np.random.default_rng(2)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for label, name in enumerate(classes):
+            if count == 0:
+                continue
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                height, width = (int(v) for v in rng.integers(*size, size=2))
+                colour = np.array([(label * 97) % 256, (label * 57 + 80) % 256, 200 - label * 60])
+                pixels = np.clip(colour + rng.normal(0, 25, (height, width, 3)), 0, 255)
+                image = Image.fromarray(pixels.astype(np.uint8))
+                if i == 1:
+                    image = image.convert("L")
+                if i == 2:
+                    image = image.convert("RGBA")
+                image.save(folder / f"{i:03d}.{'png' if i % 2 or i == 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return write_image_folder(tmp_path / "images")
+
+
 @pytest.fixture
 def cifar10_dir(tmp_path):
     return write_cifar(tmp_path / "data", "cifar10")

@@ -238,8 +238,8 @@ def test_project_is_synced_and_installed(path):
     setup = " && ".join(config["setup_commands"])
     assert "torch==2.14.1 torchvision==0.29.1" in setup
     assert f'"ray[default,tune]=={ray.__version__}"' in setup   # the Ray that checks it
-    assert "pip install -q -e ~/oneprune" in setup
-    assert setup.index("torch==") < setup.index("-e ~/oneprune")
+    assert 'pip install -q -e "$HOME/oneprune[timm]"' in setup   # timm: model: timm:<name>
+    assert setup.index("torch==") < setup.index('-e "$HOME/oneprune')
 
 
 def test_results_go_to_s3_placeholders_on_aws():

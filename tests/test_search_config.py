@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from oneprune.schedules import OneCycle
+from oneprune.train import TrainConfig
+from oneprune.train import _parser as train_parser
 from search.config import ConfigError, Faults, load_experiment, parse_experiment
 from search.space import define_by_run, midpoint_schedule, trial_config
 from search.study import load_data
@@ -116,12 +119,75 @@ def test_a_valid_experiment_parses_with_its_ranges():
     ("tracking.server", "x", "tracking.server"),
     ("tracking.optuna_storage", "optuna.db", "tracking.optuna_storage"),
     ("checkpoint_every", 0, "checkpoint_every"),
+    ("model", "my.module", "model"),
+    ("model_args", {"num_classes": 3}, "model_args"),
+    ("model_args", [1], "model_args"),
+    ("prune", {"layers": ["rnn"]}, "prune.layers"),
+    ("prune", {"exclude": 3}, "prune.exclude"),
+    ("bf16", "yes", "bf16"),
+    ("training.momentum", [0.9, 1.0], "training.momentum"),
+    ("training.momentum", [0.95, 0.9], "training.momentum"),
+    ("training.recovery_window", 0, "training.recovery_window"),
+    ("training.optimizer", ["adam", "adam"], "training.optimizer"),
+    ("training.prune_resolution", [0.0, 0.01], "training.prune_resolution"),  # not tunable
+    ("training.epochs", 3, "training.epochs"),  # a top-level key
+    ("momentum", 0.9, "momentum"),  # under training:
+    ("seed", 1, "seed"),  # set per trial
 ])
 def test_bad_values_name_their_key(path, value, key):
     with pytest.raises(ConfigError) as error:
         parse_experiment(with_value(path, value))
     message = str(error.value)
     assert key in message and "\n" not in message
+
+
+def test_misplaced_settings_say_where_they_go():
+    cases = {"momentum": "('momentum' goes under training:)",
+             "training.epochs": "('epochs' is a top-level key)",
+             "seed": "('seed' is set by the service for each trial)"}
+    for path, hint in cases.items():
+        with pytest.raises(ConfigError, match=hint.replace("(", r"\(").replace(")", r"\)")):
+            parse_experiment(with_value(path, 1))
+
+
+def test_every_training_setting_is_an_experiment_key_and_reaches_the_trials():
+    """TrainConfig declares the settings once: each with a place in an experiment file is
+    accepted there and arrives in the trial's config; tunable ones may be searched."""
+    values = {"bf16": True, "channels_last": True, "model_args": {},
+              "prune": {"layers": ["conv", "linear"], "exclude": ["features.0"]},
+              "verify_data": False, "image_size": 16}
+    training = {"momentum": 0.8, "recovery_window": 0.1, "prune_resolution": 0.01,
+                "weight_decay": 0.001, "coupling": "align", "recovery_gain": 1.5,
+                "pct_start": 0.3, "optimizer": "sgd"}
+    raw = {**VALID, **values, "training": training}
+    experiment = parse_experiment(raw)
+    placed = {name for name, spec in TrainConfig.settings().items()
+              if spec.metadata["where"] is not None}
+    cfg = experiment.base_config("agp", 0.9)
+    for name, value in {**values, **training}.items():
+        assert name in placed
+        got = getattr(cfg, name)
+        assert (got.to_dict() if name == "prune" else got) == value, name
+    # A fixed coupling and recovery gain reach the trials (the dense reference has none).
+    assert experiment.base_config().coupling == "none"
+
+    tuned = parse_experiment({**VALID, "training": {"momentum": [0.8, 0.95],
+                                                    "optimizer": ["sgd", "adam"]}})
+    assert tuned.tuned == {"momentum": (0.8, 0.95), "optimizer": ("sgd", "adam")}
+    assert tuned.base_config("agp", 0.9).momentum == pytest.approx(0.875)
+    assert tuned.base_config("agp", 0.9).optimizer == "sgd"
+    study = optuna.create_study()
+    trial = study.ask()
+    define_by_run(trial, family="agp", sparsity=0.9, bounds=None, tuned=tuned.tuned)
+    assert {"momentum", "optimizer"} <= set(trial.params)
+    run = trial_config(tuned.base_config("agp", 0.9), trial.params)
+    assert run.momentum == trial.params["momentum"]
+
+
+def test_every_training_setting_has_a_train_cli_flag():
+    parser = train_parser()
+    dests = {action.dest.partition(".")[0] for action in parser._actions}
+    assert set(TrainConfig.settings()) <= dests
 
 
 def test_a_model_too_big_for_the_images_is_refused_with_the_data():

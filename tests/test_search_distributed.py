@@ -1,25 +1,55 @@
 """Distributed trials on a real two-node Ray cluster (the session fixture): a study with
 `workers_per_trial: 2` runs each trial as a Ray Train `TorchTrainer` whose two DDP workers
 land on the two nodes, keep identical masks, resume from their checkpoint after a worker
-fails, and log to MLflow like single-process trials."""
+fails, and log to MLflow like single-process trials. Its model is a user's module that
+lives outside the repository and the installed packages, importable by the driver only
+(PYTHONPATH): `search/run.py` ships it to both nodes through Ray's runtime environment."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.run import main
-
+ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, SEEDS = 2, 2
+
+USER_MODULE = '''
+import json
+import os
+from pathlib import Path
+
+import ray
+from torch import nn
+
+
+def build(num_classes, in_channels, marker_dir):
+    """A small ConvNet that leaves a note of where it was imported from, and on which
+    Ray node (None: the driver, before it connects)."""
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    note = {"file": __file__, "node": node}
+    Path(marker_dir, f"{os.getpid()}.json").write_text(json.dumps(note))
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+'''
 
 
 @pytest.fixture
-def distributed_study(tmp_path, monkeypatch, ray_cluster):
-    monkeypatch.chdir(tmp_path)
+def distributed_study(tmp_path, ray_cluster):
+    code = tmp_path / "usercode"
+    code.mkdir()
+    (code / "ddpnet.py").write_text(USER_MODULE)
+    (tmp_path / "markers").mkdir()
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump({
         "name": "ddp", "dataset": "digits", "sparsity": 0.9, "epochs": EPOCHS,
+        "model": "ddpnet:build", "model_args": {"marker_dir": str(tmp_path / "markers")},
         "families": ["one_cycle"], "trials_per_family": 1, "final_seeds": SEEDS,
         "training": {"lr_max": [3e-3, 3e-2]},
         "resources": {"workers_per_trial": 2, "cpus_per_trial": 1}, "checkpoint_every": 1,
@@ -27,12 +57,18 @@ def distributed_study(tmp_path, monkeypatch, ray_cluster):
         # worker group from the epoch-1 checkpoint.
         "faults": {"raise_at_epoch": 2, "raise_families": ["one_cycle"]},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}))
-    return tmp_path, ["--experiment", str(path), "--storage-path", str(tmp_path / "ray")]
+    return tmp_path, ["--experiment", str(path), "--storage-path", str(tmp_path / "ray"),
+                      "--address", ray_cluster]
 
 
 def test_a_study_with_two_workers_per_trial(distributed_study, tune_results):
     folder, args = distributed_study
-    assert main(args) == 0
+    pythonpath = os.pathsep.join([str(folder / "usercode"), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), *args],
+                          cwd=folder, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": pythonpath,
+                               "RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-3000:]
 
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     experiment = client.get_experiment_by_name("ddp")
@@ -51,6 +87,15 @@ def test_a_study_with_two_workers_per_trial(distributed_study, tune_results):
 
     nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
     assert len(nodes) == 2
+    # The user's module reached the workers of both nodes from Ray's runtime environment,
+    # not from its own folder (which only the driver's PYTHONPATH names).
+    notes = [json.loads(p.read_text()) for p in (folder / "markers").glob("*.json")]
+    on_workers = [note for note in notes if note["node"] is not None]
+    assert {note["node"] for note in on_workers} == nodes
+    assert all("runtime_resources" in note["file"] and str(folder / "usercode")
+               not in note["file"] for note in on_workers)
+    assert [note["file"] for note in notes if note["node"] is None] == [
+        str(folder / "usercode" / "ddpnet.py")]  # the driver's check, before it connects
     trials = tune_results(folder / "ray" / "ddp")
     (search_rows,) = [rows for rows in trials.values() if rows[0]["config"]["part"] == "search"]
     finals = [rows for rows in trials.values() if rows[0]["config"]["part"] == "final"]
