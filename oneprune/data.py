@@ -449,8 +449,11 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
     seed = _validate.integer("seed", seed, **_validate.SEED)
     image_size = _validate.integer("image_size", image_size, **_validate.IMAGE_SIZE)
     root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
-    if name == "imagefolder" and data_dir is None:
-        raise DataUnavailableError("dataset 'imagefolder' needs data_dir (--data-dir)")
+    if name == "imagefolder" and (data_dir is None or not root.is_dir()):
+        raise DataUnavailableError("dataset 'imagefolder' needs data_dir (--data-dir), a "
+                                   "folder with train/<class>/ (and optionally test/): "
+                                   + ("none given" if data_dir is None
+                                      else f"{str(root)!r} does not exist"))
     if name != "digits" and not download and not root.is_dir():
         raise DataUnavailableError(f"data_dir {str(root)!r} does not exist; pass "
                                    f"download=True (--download) or an existing folder")

@@ -29,9 +29,9 @@ COUPLINGS = ("none", "align")
 ALIGN_RANGE = (0.05, 0.95)
 # Limits of the policy's arguments (keyword arguments of `_validate.real`), shared with
 # `TrainConfig`, so a training config is refused exactly when its policy would be.
-LR_MAX = {"low": 0.0, "low_open": True}
+LR_MAX = {"low": 0.0, "high": 10.0, "low_open": True}
 PCT_START = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
-RECOVERY_GAIN = {"low": 0.0}
+RECOVERY_GAIN = {"low": 0.0, "high": 100.0}
 RECOVERY_WINDOW = {"low": 0.0, "high": 1.0, "low_open": True}
 
 

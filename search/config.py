@@ -244,18 +244,6 @@ def _choices(allowed: Sequence[str]) -> Callable[[str, Any], tuple[str, ...]]:
     return parse
 
 
-def _number_or_range(key: str, value, **limits) -> float | tuple[float, float]:
-    """A fixed number, or a [low, high] pair with low < high."""
-    if isinstance(value, list):
-        if len(value) != 2:
-            raise ConfigError(f"{key} must be a number or a [low, high] pair, got {value!r}")
-        low, high = (_validate.real(key, v, **limits) for v in value)
-        if low >= high:
-            raise ConfigError(f"{key} must have low < high, got {value!r}")
-        return (low, high)
-    return _validate.real(key, value, **limits)
-
-
 def _sparsities(key: str, value) -> tuple[float, ...]:
     values = value if isinstance(value, list) else [value]
     if not values:
@@ -301,6 +289,13 @@ _SEARCH = {
     "grace_period": _checked(_validate.integer, low=1, high=10_000),
     "space": _space,
 }
+@dataclass(frozen=True)
+class Tuned:
+    """A searched setting while parsing: its (low, high) range or its choices."""
+
+    space: tuple
+
+
 def _tuned_or_fixed(name: str) -> Callable[[str, Any], Any]:
     """The parser of a `training:` key: the setting's value, or where the setting is
     tunable a [low, high] range (low < high) or a list of choices (`Tuned`)."""
@@ -323,13 +318,6 @@ def _tuned_or_fixed(name: str) -> Callable[[str, Any], Any]:
             raise ConfigError(f"{key} must have low < high, got {value!r}")
         return Tuned((low, high))
     return parse
-
-
-@dataclass(frozen=True)
-class Tuned:
-    """A searched setting while parsing: its (low, high) range or its choices."""
-
-    space: tuple
 
 
 _TRAINING = {name: _tuned_or_fixed(name) for name, spec in SETTINGS.items()

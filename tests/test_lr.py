@@ -100,11 +100,11 @@ def test_coupling_is_vectorised_and_dense_has_no_gain():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"lr_max": 0.0}, "lr_max must be in (0, inf)"),
+    ({"lr_max": 0.0}, "lr_max must be in (0, 10]"),
     ({"lr_max": math.nan}, "lr_max"),
     ({"pct_start": 1.0}, "pct_start must be in (0, 1)"),
     ({"coupling": "sync"}, "coupling must be one of 'none', 'align'"),
-    ({"recovery_gain": -0.1}, "recovery_gain must be in [0, inf)"),
+    ({"recovery_gain": -0.1}, "recovery_gain must be in [0, 100]"),
     ({"recovery_window": 0.0}, "recovery_window must be in (0, 1]"),
     ({"schedule": None, "coupling": "align"}, "coupling 'align' needs a pruning schedule"),
     ({"schedule": {"family": "agp"}}, "schedule must be a Schedule or None"),

@@ -2,6 +2,7 @@
 installed packages), `timm:<name>`, `model_args`, the `prune` selection, and export / load
 rebuilding the model through the same import path."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -181,3 +182,19 @@ def test_timm_missing_is_one_line():
                           timeout=120)
     assert done.stdout == ("model 'timm:resnet18' needs timm, which is not installed: "
                            "pip install -e \".[timm]\" (or pip install timm)\n")
+
+
+def test_the_service_refuses_a_model_with_nothing_to_prune_before_ray(user_code, tmp_path):
+    experiment = tmp_path / "own.yaml"
+    experiment.write_text(
+        "name: own\nmodel: usernet:build\nmodel_args: {head_only: true}\n"
+        "epochs: 1\ntrials_per_family: 1\nfinal_seeds: 2\n")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "search" / "run.py"), "--experiment", str(experiment)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(user_code)})
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "search/run.py: error: model has no prunable layers of types ['Conv2d'] left after "
+        "exclude"]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
