@@ -149,7 +149,7 @@ def test_data_loaded_otherwise_than_the_config_says_is_refused(digits):
     ({"epochs": 0}, "epochs must be in [1, 10000]"),
     ({"epochs": 2.5}, "epochs must be an integer"),
     ({"optimizer": "lion"}, "optimizer must be one of 'adam', 'sgd'"),
-    ({"lr_max": -1.0}, "lr_max must be in (0, inf)"),
+    ({"lr_max": -1.0}, "lr_max must be in (0, 10]"),
     ({"schedule": {"family": "one_cycle", "final_sparsity": 1.0}},
      "OneCycle.final_sparsity must be in [0, 1)"),
     ({"schedule": {"family": "one_cycle", "final_sparsity": 0.9, "alpha": -1}},

@@ -55,7 +55,7 @@ def test_bad_input_through_the_module_is_one_line_without_traceback(tmp_path):
     (["--schedule", "none", "--start", "0.2"], "--start needs a schedule"),
     (["--start", "0.8", "--end", "0.5"], "OneCycle.start must be < end (0.5), got 0.8"),
     (["--coupling", "sync"], "coupling must be one of 'none', 'align'"),
-    (["--lr", "0"], "lr_max must be in (0, inf)"),
+    (["--lr", "0"], "lr_max must be in (0, 10]"),
     (["--dataset", "cifar100", "--data-dir", "/nonexistent/data"], "does not exist"),
     (["--model", "vgg16"], "model 'vgg16' needs images of at least 32x32; digits has 8x8"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
