@@ -10,7 +10,7 @@ A model name is one of
 `build_model` calls it as `constructor(num_classes=..., in_channels=..., **model_args)`
 (timm: `timm.create_model(name, num_classes=..., in_chans=..., **model_args)`).
 
-Every model takes `num_classes`, `in_channels` and a `width` multiplier that scales the
+Every built-in model takes `num_classes`, `in_channels` and a `width` multiplier that scales the
 channel count of every layer (at least one channel each), so the paper's networks can be
 shrunk for CPU experiments without changing their depth or shape. All of them end in a
 global average pool, so they accept any input size from `MIN_IMAGE_SIZE` on (VGG-16: 32).

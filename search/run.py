@@ -74,8 +74,9 @@ def code_to_ship(experiment: Experiment) -> list[str]:
     if top in importlib.metadata.packages_distributions():
         return []
     found = importlib.import_module(top)
-    path = Path(found.__file__)
-    return [str(path.parent if hasattr(found, "__path__") else path)]
+    if hasattr(found, "__path__"):  # a package, regular or namespace (no __init__.py)
+        return [str(Path(next(iter(found.__path__))))]
+    return [found.__file__]
 
 
 def connect(address: str, num_cpus: int | None, py_modules: list[str]) -> None:

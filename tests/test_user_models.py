@@ -15,6 +15,8 @@ from oneprune.data import load_dataset
 from oneprune.export import load_pruned, save_pruned
 from oneprune.models import build_model
 from oneprune.train import TrainConfig, check_model, train
+from search.config import parse_experiment
+from search.run import code_to_ship
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,6 +184,17 @@ def test_timm_missing_is_one_line():
                           timeout=120)
     assert done.stdout == ("model 'timm:resnet18' needs timm, which is not installed: "
                            "pip install -e \".[timm]\" (or pip install timm)\n")
+
+
+def test_the_code_the_service_ships_to_the_nodes(user_code, monkeypatch):
+    def ship(model):
+        return code_to_ship(parse_experiment({"name": "x", "model": model}))
+
+    assert ship("usernet:build") == [str(user_code / "usernet.py")]   # a module: its file
+    monkeypatch.syspath_prepend(str(ROOT))
+    assert ship("examples.mobilenet:MobileNetLite") == [str(ROOT / "examples")]  # namespace
+    assert ship("convnet") == [] and ship("timm:resnet18") == []
+    assert ship("torchvision.models:resnet18") == []  # installed: the nodes have it
 
 
 def test_the_service_refuses_a_model_with_nothing_to_prune_before_ray(user_code, tmp_path):
