@@ -45,6 +45,7 @@ DEFAULT_DATA_DIR = Path("~/.cache/oneprune/data")
 TEST_FRACTION = 0.2
 CALTECH_CACHE_VERSION = 1
 IMAGEFOLDER_CACHE_VERSION = 1
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})  # Pillow's single-channel modes
 
 
 class DataUnavailableError(ValueError):
@@ -260,20 +261,15 @@ def _caltech101(root: Path, download: bool, image_size: int,
         raise _unavailable("caltech101", root, download, RuntimeError("no images"))
     signature = {"version": CALTECH_CACHE_VERSION, "categories": list(dataset.categories),
                  "images": len(dataset), "image_size": image_size}
-    cache = Path(dataset.root) / f"oneprune-{image_size}px.pt"
-    try:
-        cached = torch.load(cache, weights_only=True)
-    except Exception:  # missing, or broken in any way (torch.load then raises anything)
-        cached = None
-    if not isinstance(cached, dict) or cached.get("signature") != signature:
+    def build() -> dict:
         try:
             pairs = [dataset[i] for i in range(len(dataset))]
         except OSError as error:
             raise _unavailable("caltech101", root, download, error) from None
-        cached = {"signature": signature,
-                  "images": torch.stack([image for image, _ in pairs]),
-                  "labels": torch.tensor([label for _, label in pairs], dtype=torch.int64)}
-        write_atomically(cache, lambda f: torch.save(cached, f))
+        return {"images": torch.stack([image for image, _ in pairs]),
+                "labels": torch.tensor([label for _, label in pairs], dtype=torch.int64)}
+
+    cached = _cached(Path(dataset.root) / f"oneprune-{image_size}px.pt", signature, build)
     whole = Split(cached["images"], cached["labels"])
     train, test = _stratified(whole, TEST_FRACTION, seed, "test_fraction")
     return train, test, len(dataset.categories)
@@ -322,36 +318,27 @@ def _decode(paths: list[str], image_size: int, root: Path, progress: bool,
 
     resize = _resize(image_size)
 
-    def mode_of(path: str) -> str:
-        try:
-            with Image.open(path) as image:  # reads the header only
-                return image.mode
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise DataUnavailableError(f"cannot read image {os.path.relpath(path, root)!r}: "
-                                       f"{error}") from None
-
-    def load(path: str, mode: str) -> tuple[torch.Tensor, bool]:
+    def load(path: str) -> tuple[torch.Tensor, bool, bool]:
         try:
             with Image.open(path) as image:
-                small = min(image.size) < image_size
-                return resize(image.convert(mode)), small
+                grey = image.mode in GREY_MODES
+                return resize(image.convert("RGB")), min(image.size) < image_size, grey
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise DataUnavailableError(f"cannot read image {os.path.relpath(path, root)!r}: "
                                        f"{error}") from None
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        modes = set(pool.map(mode_of, paths, chunksize=64))
-        mode = "L" if modes <= {"1", "L", "LA", "I", "I;16", "F"} else "RGB"
-        images = torch.empty((len(paths), 1 if mode == "L" else 3, image_size, image_size),
-                             dtype=torch.uint8)
-        upsampled = 0
-        with tqdm(total=len(paths), desc=f"decoding {root.name}", unit="image",
-                  file=sys.stderr, disable=not progress) as bar:
-            decoded = pool.map(load, paths, [mode] * len(paths), chunksize=64)
-            for i, (image, small) in enumerate(decoded):
-                images[i] = image
-                upsampled += small
-                bar.update()
+    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    upsampled, all_grey = 0, True
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
+            tqdm(total=len(paths), desc=f"decoding {root.name}", unit="image",
+                 file=sys.stderr, disable=not progress) as bar:
+        for i, (image, small, grey) in enumerate(pool.map(load, paths, chunksize=64)):
+            images[i] = image
+            upsampled += small
+            all_grey &= grey
+            bar.update()
+    if all_grey:  # R = G = B: keep one channel
+        images = images[:, :1].clone()
     return images, upsampled
 
 
@@ -391,17 +378,14 @@ def _imagefolder(root: Path, image_size: int, seed: int, progress: bool,
     samples = train_samples + test_samples
     signature = _signature(samples, classes, root, image_size)
     cache = imagefolder_cache(root, image_size)
-    try:
-        cached = torch.load(cache, weights_only=True)
-    except Exception:  # missing, or broken in any way (torch.load then raises anything)
-        cached = None
-    if not isinstance(cached, dict) or cached.get("signature") != signature:
+
+    def build() -> dict:
         images, upsampled = _decode([path for path, _ in samples], image_size, root,
                                     progress)
-        cached = {"signature": signature, "images": images, "upsampled": upsampled,
-                  "labels": torch.tensor([label for _, label in samples], dtype=torch.int64)}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(cache, lambda f: torch.save(cached, f))
+        return {"images": images, "upsampled": upsampled,
+                "labels": torch.tensor([label for _, label in samples], dtype=torch.int64)}
+
+    cached = _cached(cache, signature, build)
     images, labels = cached["images"], cached["labels"]
     where = "train/ and test/" if test_samples else "train/ (no test/: 20% held out)"
     log(f"imagefolder {str(root)!r}: {len(samples):,} images of {len(classes)} classes in "
@@ -415,6 +399,20 @@ def _imagefolder(root: Path, image_size: int, seed: int, progress: bool,
         return train, Split(images[n:], labels[n:]), len(classes)
     train, test = _stratified(train, TEST_FRACTION, seed, "test_fraction")
     return train, test, len(classes)
+
+
+def _cached(path: Path, signature, build: Callable[[], dict]) -> dict:
+    """The tensors cached at `path` if they were made from `signature`, else `build()`'s,
+    written there atomically (a reader never sees half a file) with the signature."""
+    try:
+        cached = torch.load(path, weights_only=True)
+    except Exception:  # missing, or broken in any way (torch.load then raises anything)
+        cached = None
+    if not isinstance(cached, dict) or cached.get("signature") != signature:
+        cached = {"signature": signature, **build()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda f: torch.save(cached, f))
+    return cached
 
 
 def _stderr(line: str) -> None:
