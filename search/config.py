@@ -22,7 +22,7 @@
 The training keys are not declared here: every `TrainConfig` setting placed "top" is a
 top-level key, every one placed "training" a key of `training:` (a [low, high] range or a
 list of choices where the setting is tunable), each checked by the setting's own check
-(`oneprune.train.setting`). `load_experiment(path)` returns an `Experiment` or raises
+(`oneprune.config.setting`). `load_experiment(path)` returns an `Experiment` or raises
 `ConfigError` with one line that names the offending key; a `TrainConfig` is built for
 both ends of every tuned range, so a file that loads can run.
 """
@@ -42,8 +42,8 @@ from typing import Any
 import yaml
 
 from oneprune import _validate
+from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES
-from oneprune.train import TrainConfig
 from search.space import midpoint_schedule
 
 DEFAULT_FAMILIES = ("one_cycle", "one_shot", "iterative", "agp")

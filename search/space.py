@@ -13,8 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES, Schedule
-from oneprune.train import TrainConfig
 
 SETTINGS = TrainConfig.settings()
 

@@ -7,8 +7,10 @@ import sys
 import pytest
 import torch
 
+from oneprune.cli import main
 from oneprune.export import load_pruned
-from oneprune.train import main
+
+pytestmark = pytest.mark.slow  # trains in a subprocess
 
 
 def run_cli(*args, cwd=None):
