@@ -1,5 +1,5 @@
-"""What every benchmark shares: a one-line-error argument parser, the machine it ran on,
-and the JSON result file."""
+"""What every benchmark shares: the machine it ran on and the JSON result file (their
+parser is `oneprune.cli.OneLineParser`, one-line errors like every command's)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,6 @@ import platform
 from pathlib import Path
 
 import torch
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def cpu_name() -> str:

@@ -44,9 +44,11 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from _common import Parser, json_path, machine, write_json
+from _common import json_path, machine, write_json
 
+from oneprune.cli import OneLineParser
 from search.config import load_experiment
+from search.plan import target_sparsity
 from search.study import load_data, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +80,7 @@ def sleeping_trial(config, *, experiment, data, train_storage, scale: float):
         time.sleep(epoch_seconds)
         val_acc = final * (1 - math.exp(-epoch / 6))
         row = {"epoch": epoch, "val_acc": val_acc, "diverged": False,
-               "sparsity": 0.0 if config["family"] == "dense" else config["sparsity"],
+               "sparsity": target_sparsity(config),
                "train_seconds": time.time() - started, "started": started,
                "ended": time.time()}
         if config["part"] == "final" and epoch == experiment.epochs:
@@ -154,7 +156,7 @@ def _trial_spans(tune_folder: Path) -> list[tuple[float, float, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python bench/cluster_sim.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python bench/cluster_sim.py", description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=16, help="logical GPU slots (16)")
     parser.add_argument("--scale", type=float, default=1 / 25,
                         help="factor on every simulated time (1/25)")

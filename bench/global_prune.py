@@ -11,18 +11,17 @@ the medians, and writes them as JSON with --json.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from _common import json_path, machine, write_json
 from torch import nn
 
-from oneprune.pruning import Pruner, _kth_smallest
+from oneprune.cli import OneLineParser
+from oneprune.pruning import Pruner, kth_smallest
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -46,7 +45,7 @@ def measure(device: torch.device, repeats: int) -> dict:
             for conv in model:
                 conv.weight.normal_()
             magnitudes = torch.cat([conv.weight.abs().flatten() for conv in model])
-        bracketed.append(_timed(lambda m=magnitudes: _kth_smallest(m, k), device))
+        bracketed.append(_timed(lambda m=magnitudes: kth_smallest(m, k), device))
         plain.append(_timed(lambda m=magnitudes: torch.kthvalue(m, k), device))
         pruner = Pruner(model, scope="global")
         first.append(_timed(lambda p=pruner: p.prune_to(0.5), device))
@@ -57,25 +56,23 @@ def measure(device: torch.device, repeats: int) -> dict:
             "global_prune_0.5_to_0.9_seconds": statistics.median(second),
             "kth_smallest_bracketed_seconds": statistics.median(bracketed),
             "kth_smallest_plain_kthvalue_seconds": statistics.median(plain),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine()}
+            "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python bench/global_prune.py",
+                           description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--json", type=json_path, help="write the results here")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    result = measure(torch.device(args.device), args.repeats)
+    result = {**measure(torch.device(args.device), args.repeats), "machine": machine()}
     print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 

@@ -38,10 +38,11 @@ import time
 from pathlib import Path
 
 import ray
-from _common import Parser, json_path, machine, write_json
+from _common import json_path, machine, write_json
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from oneprune.cli import OneLineParser
 from search import tracking
 from search.config import DEFAULT_EXPERIMENT, load_experiment
 from search.run import code_to_ship, connect
@@ -146,7 +147,8 @@ def measure(experiment_path: Path, num_cpus: int | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python bench/orchestration.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python bench/orchestration.py",
+                           description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
                         help="experiment YAML (default: experiments/quick.yaml)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local cluster "

@@ -47,10 +47,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
-from _common import Parser, cpu_name, json_path, machine, write_json
+from _common import cpu_name, json_path, machine, write_json
 from torch import nn
 from torch.ao.pruning import BaseSparsifier
 
+from oneprune.cli import OneLineParser
 from oneprune.models import build_model
 from oneprune.pruning import Pruner
 from oneprune.schedules import OneCycle
@@ -249,7 +250,7 @@ def measure_global_prune(device: torch.device, repeats: int, seed: int) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python bench/overhead.py", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python bench/overhead.py", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per method (default: 100 on cpu, 400 on cuda)")

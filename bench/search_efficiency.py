@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from _common import Parser, json_path, machine, write_json
+from _common import json_path, machine, write_json
 
+from oneprune.cli import OneLineParser
 from oneprune.data import ImageData
 from search.config import DEFAULT_EXPERIMENT, SAMPLERS, Experiment, load_experiment
 from search.study import load_data, run_experiment
@@ -47,7 +48,8 @@ def search_once(experiment: Experiment, data: ImageData) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python bench/search_efficiency.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python bench/search_efficiency.py",
+                           description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
                         help="experiment YAML (default: experiments/quick.yaml)")
     parser.add_argument("--family", default="one_cycle", help="family to search")

@@ -7,7 +7,7 @@ defaults): the LR rises from lr_max / div_factor to lr_max over the first `pct_s
 the budget, then anneals to lr_max / (div_factor * final_div_factor), both phases along
 half a cosine.
 
-Coupling to the schedule (DESIGN.md):
+Coupling to the schedule (the README's "Learning-rate coupling" states the same):
 - `none`: `pct_start` as configured.
 - `align`: `pct_start` := the schedule's midpoint (the progress where half of its sparsity
   increase is reached), clamped to [0.05, 0.95]: the LR peaks while the network is pruned.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oneprune import _validate
-from oneprune.schedules import Schedule
+from oneprune.schedules import Schedule, half_cosine
 
 COUPLINGS = ("none", "align")
 ALIGN_RANGE = (0.05, 0.95)
@@ -35,20 +35,15 @@ RECOVERY_GAIN = {"low": 0.0, "high": 100.0}
 RECOVERY_WINDOW = {"low": 0.0, "high": 1.0, "low_open": True}
 
 
-def _cosine(start, stop, u):
-    """From `start` (u = 0) to `stop` (u = 1) along half a cosine."""
-    return stop + (start - stop) * (1.0 + np.cos(np.pi * u)) / 2.0
-
-
 def one_cycle_lr(t, lr_max: float, pct_start: float, div_factor: float = 25.0,
                  final_div_factor: float = 1e4):
     """Learning rate of the one-cycle policy at progress `t` (float or array in [0, 1])."""
     progress = np.asarray(t, dtype=np.float64)
     lr_start = lr_max / div_factor
     lr_end = lr_start / final_div_factor
-    warm = _cosine(lr_start, lr_max, np.clip(progress / pct_start, 0.0, 1.0))
-    anneal = _cosine(lr_max, lr_end,
-                     np.clip((progress - pct_start) / (1.0 - pct_start), 0.0, 1.0))
+    warm = half_cosine(lr_start, lr_max, np.clip(progress / pct_start, 0.0, 1.0))
+    anneal = half_cosine(lr_max, lr_end,
+                         np.clip((progress - pct_start) / (1.0 - pct_start), 0.0, 1.0))
     lr = np.where(progress < pct_start, warm, anneal)
     return float(lr) if lr.ndim == 0 else lr
 
@@ -58,6 +53,18 @@ class CoupledLR:
     """One-cycle LR policy coupled to `schedule`; call it with the progress t in [0, 1].
 
     `schedule` may be None (dense training) unless the coupling needs it.
+
+    >>> from oneprune.lr import CoupledLR
+    >>> from oneprune.schedules import AGP
+    >>> dense = CoupledLR(None, lr_max=1e-2)  # plain one-cycle: peak at pct_start 0.25
+    >>> round(dense(0.0), 6), dense(0.25), dense(1.0)
+    (0.0004, 0.01, 4e-08)
+    >>> aligned = CoupledLR(AGP(0.9, start=0.2, end=0.8), lr_max=1e-2, coupling="align")
+    >>> round(aligned.effective_pct_start, 4)  # the peak moves to the schedule's midpoint
+    0.3238
+    >>> boosted = CoupledLR(AGP(0.9, start=0.2, end=0.8), lr_max=1e-2, recovery_gain=2.0)
+    >>> bool(boosted(0.5) > dense(0.5))  # raised while weights are being removed
+    True
     """
 
     schedule: Schedule | None

@@ -111,11 +111,11 @@ class LayerSparsity(NamedTuple):
     sparsity: float
 
 
-_SAMPLE = 1 << 16  # largest sample of `_kth_smallest`'s bracketing pass
+_SAMPLE = 1 << 16  # largest sample of `kth_smallest`'s bracketing pass
 _BRACKET_CPU = 1 << 15  # on CPU, bracket from this many scores on (GPU: above 16 * _SAMPLE)
 
 
-def _kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
+def kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Exact k-th smallest (1-based) value of 1-D `scores`, as a 0-d tensor.
 
     On large inputs a full `torch.kthvalue` is the bottleneck of a prune (on CPU already
@@ -150,7 +150,7 @@ def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of exactly the `k` smallest entries of 1-D `scores`, ties by lower index."""
     if k == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    kth = _kth_smallest(scores, k)
+    kth = kth_smallest(scores, k)
     selected = scores <= kth
     extra = int(torch.count_nonzero(selected)) - k
     if extra > 0:  # ties at the k-th value: only the first (lowest index) ones are needed
@@ -172,6 +172,25 @@ class Pruner:
             dense; a pattern that matches no prunable layer is an error.
 
     `Pruner.of(model, selection, ...)` takes both from a `PruneSelection`.
+
+    Example: make two conv layers 75% sparse, then keep them so after an optimizer step.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from oneprune.pruning import Pruner
+    >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3))
+    >>> pruner = Pruner(model)
+    >>> pruner.prune_to(0.75)
+    >>> pruner.sparsity()
+    0.75
+    >>> [(row.name, row.weights, row.pruned) for row in pruner.layer_report()]
+    [('0', 36, 27), ('2', 288, 216)]
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1)
+    >>> model(torch.randn(2, 1, 8, 8)).sum().backward()
+    >>> optimizer.step()
+    >>> pruner.apply_masks()  # zero the pruned weights again (weight decay moved them)
+    >>> int((model[2].weight == 0).sum())
+    216
     """
 
     def __init__(self, model: nn.Module, scope: str = "local", granularity: str = "weight",

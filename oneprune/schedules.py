@@ -55,6 +55,12 @@ _FIELD_RULES: Mapping[str, tuple[Any, dict]] = MappingProxyType({
 })
 
 
+def half_cosine(start, stop, u):
+    """From `start` (u = 0) to `stop` (u = 1) along half a cosine: the `cosine` family's
+    ramp and both phases of the one-cycle learning rate (`oneprune.lr`)."""
+    return stop + (start - stop) * (1.0 + np.cos(np.pi * u)) / 2.0
+
+
 def _check_field(field: str, name: str, value):
     check, limits = _FIELD_RULES[name]
     return check(field, value, **limits)
@@ -62,7 +68,33 @@ def _check_field(field: str, name: str, value):
 
 @dataclass(frozen=True)
 class Schedule(ABC):
-    """Base of all families: validation, evaluation, serialisation and search space."""
+    """Base of all families: validation, evaluation, serialisation and search space.
+
+    >>> from oneprune.schedules import OneCycle, schedule_from_dict
+    >>> schedule = OneCycle(final_sparsity=0.9, start=0.1, end=0.9)
+    >>> schedule(0.0), round(schedule(0.5), 4), schedule(1.0)
+    (0.0, 0.6582, 0.9)
+    >>> schedule([0.0, 0.05, 0.95]).tolist()  # arrays too
+    [0.0, 0.0, 0.9]
+    >>> round(schedule.midpoint(), 4)  # where half of the sparsity is reached
+    0.4428
+    >>> schedule_from_dict(schedule.to_dict()) == schedule
+    True
+
+    Sampled from an Optuna trial (define-by-run), within `DEFAULT_BOUNDS` or overrides:
+
+    >>> import optuna
+    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    >>> sampled = OneCycle.suggest(trial, 0.9, bounds={"start": (0.1, 0.1)})
+    >>> sampled.start, sorted(trial.params)
+    (0.1, ['alpha', 'beta', 'end', 'start'])
+    """
+
+    final_sparsity: float
+    # Keyword-only, so that each family's own fields keep their positions after
+    # final_sparsity: OneCycle(0.9, 0.1, 0.9), OneShot(0.9, 0.5).
+    initial_sparsity: float = dataclasses.field(default=0.0, kw_only=True)
 
     family: ClassVar[str]
     DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]]
@@ -151,7 +183,6 @@ class Schedule(ABC):
 class _Ramp(Schedule):
     """A family that rises from s_i to s_f over [start, end] following `_shape(u)`."""
 
-    final_sparsity: float
     start: float = 0.0
     end: float = 1.0
 
@@ -205,7 +236,6 @@ class OneCycle(_Ramp):
 
     alpha: float = 14.0
     beta: float = 6.0
-    initial_sparsity: float = 0.0
 
     family: ClassVar[str] = "one_cycle"
     DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = MappingProxyType({
@@ -243,7 +273,6 @@ class OneCycle(_Ramp):
 class AGP(_Ramp):
     """Automated Gradual Pruning (Zhu & Gupta 2017): fast early, slow near the end."""
 
-    initial_sparsity: float = 0.0
     power: float = 3.0
 
     family: ClassVar[str] = "agp"
@@ -267,7 +296,6 @@ class Iterative(_Ramp):
     """Prune-and-fine-tune in `steps` equal jumps spread over [start, end]."""
 
     steps: int = 3
-    initial_sparsity: float = 0.0
 
     family: ClassVar[str] = "iterative"
     DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = MappingProxyType({
@@ -291,7 +319,6 @@ class Iterative(_Ramp):
 class Linear(_Ramp):
     """Constant pruning rate over [start, end]."""
 
-    initial_sparsity: float = 0.0
 
     family: ClassVar[str] = "linear"
 
@@ -306,12 +333,11 @@ class Linear(_Ramp):
 class Cosine(_Ramp):
     """Half-cosine ramp: slow at both ends of [start, end]."""
 
-    initial_sparsity: float = 0.0
 
     family: ClassVar[str] = "cosine"
 
     def _shape(self, u):
-        return (1.0 - np.cos(np.pi * u)) / 2.0
+        return half_cosine(0.0, 1.0, u)
 
     def _shape_midpoint(self) -> float:
         return 0.5
@@ -321,9 +347,7 @@ class Cosine(_Ramp):
 class OneShot(Schedule):
     """Train dense, then prune to the final sparsity at once at `start`."""
 
-    final_sparsity: float
     start: float
-    initial_sparsity: float = 0.0
 
     family: ClassVar[str] = "one_shot"
     DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = MappingProxyType({"start": (0.05, 0.9)})

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from oneprune.train import TrainConfig
+from oneprune.config import TrainConfig
 from search.report import FamilyOutcome
 from search.space import trial_config
 
@@ -48,6 +48,16 @@ def group_of(config: Mapping[str, Any]) -> Group:
     return (config["sparsity"], config["family"])
 
 
+def is_dense(config: Mapping[str, Any]) -> bool:
+    """A run of the dense reference (its group's sparsity names the study, not the run)."""
+    return config["family"] == DENSE
+
+
+def target_sparsity(config: Mapping[str, Any]) -> float:
+    """The sparsity a trial's training ends at: 0 for the dense reference."""
+    return 0.0 if is_dense(config) else config["sparsity"]
+
+
 def final_seeds(experiment: Experiment) -> list[int]:
     """The seeds of the final re-runs: never the tuning seed."""
     return [experiment.search.seed + 1 + i for i in range(experiment.final_seeds)]
@@ -55,7 +65,7 @@ def final_seeds(experiment: Experiment) -> list[int]:
 
 def train_config(experiment: Experiment, config: Mapping[str, Any]) -> TrainConfig:
     """The training run a trial's `config` stands for."""
-    if config["family"] == DENSE:
+    if is_dense(config):
         return experiment.base_config(seed=config["seed"])
     cfg = trial_config(experiment.base_config(config["family"], config["sparsity"]),
                        config["params"])

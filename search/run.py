@@ -22,6 +22,7 @@ import pyarrow
 import pyarrow.fs
 import ray
 
+from oneprune.cli import OneLineParser
 from oneprune.models import user_module
 from search.config import DEFAULT_EXPERIMENT, ConfigError, Experiment, load_experiment
 from search.report import comparison_rows, markdown_table
@@ -32,13 +33,8 @@ from search.tracking import check_tracking_uri
 DEFAULT_STORAGE = "ray_results"  # in the working folder, like ./mlflow.db
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="search/run.py", description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog="search/run.py", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
                         help="experiment YAML (default: experiments/quick.yaml)")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from oneprune.pruning import Pruner, _kth_smallest, _smallest
+from oneprune.pruning import Pruner, _smallest, kth_smallest
 
 
 def small_net() -> nn.Module:
@@ -209,7 +209,7 @@ def test_smallest_is_exact_on_mid_sized_cpu_scores():
     with_nan = torch.rand(n, generator=gen)
     with_nan[::1000] = float("nan")  # kthvalue sorts NaN last; so must the bracket
     for k in (1, n // 2, n - n // 1000, n - n // 1000 + 1, n):
-        torch.testing.assert_close(_kth_smallest(with_nan, k), torch.kthvalue(with_nan, k).values,
+        torch.testing.assert_close(kth_smallest(with_nan, k), torch.kthvalue(with_nan, k).values,
                                    rtol=0, atol=0, equal_nan=True)
 
 

@@ -10,11 +10,15 @@ import time
 from collections import Counter
 
 import optuna
+import pytest
 import ray.cloudpickle
 from mlflow.tracking import MlflowClient
 
 from search.config import parse_experiment
+from search.plan import target_sparsity
 from search.study import load_data, run_experiment
+
+pytestmark = pytest.mark.slow  # studies on the two-node Ray cluster
 
 # The stand-in trials and their accuracy functions travel to Ray's workers by value: this
 # folder is not importable there.
@@ -33,7 +37,7 @@ def stand_in(seconds: dict, accuracy: dict):
         for epoch in range(1, experiment.epochs + 1):
             time.sleep(seconds[config["family"]])
             row = {"epoch": epoch, "val_acc": value, "train_seconds": time.time() - started,
-                   "sparsity": 0.0 if config["family"] == "dense" else config["sparsity"],
+                   "sparsity": target_sparsity(config),
                    "diverged": False, "started": started, "ended": time.time()}
             if config["part"] == "final" and epoch == experiment.epochs:
                 row["test_acc"] = value
