@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,17 +34,17 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from oneprune.config import TrainConfig
 from oneprune.data import ImageData
-from oneprune.train import TrainConfig, gather, load_state, save_state, train
+from oneprune.distributed import gather
+from oneprune.state import load_state, save_state
+from oneprune.train import train
 from search.config import Experiment, Faults
+from search.faults import with_faults
 from search.plan import FINAL, train_config
 
 STATE_FILE = "state.pt"
 TRAIN_MAX_FAILURES = 2  # worker-group restarts within one attempt of a distributed trial
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the experiment's `faults.raise_at_epoch` (test-only)."""
 
 
 def _mask_digest(state: Mapping[str, Any]) -> str:
@@ -65,15 +64,13 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
     after every epoch on every rank, with a folder holding rank 0's checkpoint after every
     `every`-th epoch but the last (None otherwise, and on other ranks: a finished run needs
     none). With `test`, the last report comes after the test split and adds `test_acc` and
-    `test_loss` (so a run whose last epoch was reported has its test too). `faults` are
-    this trial's injected faults (None: none)."""
+    `test_loss` (so a run whose last epoch was reported has its test too). `faults`: this
+    trial's test-only injected faults (None, always in a real study: none)."""
     node = ray.get_runtime_context().get_node_id()
     held: dict[str, Any] = {}
 
     def on_epoch(metrics: dict, state: dict) -> None:
         epoch = metrics["epoch"]
-        if faults and faults.raise_at_epoch == epoch and start is None:
-            raise InjectedFault(f"injected fault at epoch {epoch} (faults.raise_at_epoch)")
         metrics = {**metrics,
                    "train_seconds": sum(row["epoch_seconds"] for row in state["history"]),
                    "resumed_from": 0 if start is None else start["epoch"],
@@ -93,10 +90,9 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
             with tempfile.TemporaryDirectory() as folder:
                 save_state(state, Path(folder) / STATE_FILE)
                 report(metrics, Path(folder))
-        if faults and faults.nan_at_epoch == epoch + 1:
-            with torch.no_grad():
-                next(iter(state["model"].values())).fill_(math.nan)
 
+    if faults:
+        on_epoch = with_faults(on_epoch, faults, resumed=start is not None)
     result = train(cfg, data=data, test=test, checkpoint=on_epoch, resume=start)
     if test:
         report({**held, "test_acc": result.test_acc, "test_loss": result.test_loss}, None)
