@@ -383,6 +383,7 @@ wait
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+@pytest.mark.slow
 def test_head_commands_start_one_mlflow_and_ray_down_stops_it(path, tmp_path):
     """Runs the head's setup and start commands, then `ray down`'s `ray stop`, each the way
     Ray's SSH runner runs them (bash --login -i, ~/.bashrc first), in a scratch HOME whose

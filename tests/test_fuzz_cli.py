@@ -122,35 +122,34 @@ def broken_experiments(draw):
     return kind, yaml.safe_dump(raw)
 
 
-CASES = Counter()
+def test_malformed_experiments_exit_2_with_one_line(tmp_path_factory, capsys):
+    """500 malformed experiments through the real CLI; every kind of them was tried."""
+    tried = Counter()
 
+    @settings(max_examples=500, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(case=broken_experiments())
+    def refused(case):
+        kind, text = case
+        folder = tmp_path_factory.mktemp("fuzz")
+        (folder / "data").mkdir()
+        path = folder / "experiment.yaml"
+        path.write_text(text.replace("DATA_DIR", str(folder / "data")))
+        database = folder / "mlflow.db"
+        # A file that slipped through must fail here, not start a study.
+        slipped = AssertionError(f"a {kind} experiment was accepted:\n{text}")
+        with mock.patch.object(run, "connect", side_effect=slipped), \
+                pytest.raises(SystemExit) as exit_:
+            run.main(["--experiment", str(path), "--storage-path", str(folder / "ray"),
+                      "--tracking-uri", f"sqlite:///{database}"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, (kind, text, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("search/run.py: error: "), (kind, err)
+        assert "Traceback" not in err
+        assert not database.exists() and not (folder / "mlruns").exists()
+        assert not (folder / "ray").exists()
+        tried[kind] += 1
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(case=broken_experiments())
-def test_malformed_experiments_exit_2_with_one_line(case, tmp_path_factory, capsys):
-    kind, text = case
-    folder = tmp_path_factory.mktemp("fuzz")
-    (folder / "data").mkdir()
-    path = folder / "experiment.yaml"
-    path.write_text(text.replace("DATA_DIR", str(folder / "data")))
-    database = folder / "mlflow.db"
-    # A file that slipped through must fail here, not start a study.
-    slipped = AssertionError(f"a {kind} experiment was accepted:\n{text}")
-    with mock.patch.object(run, "connect", side_effect=slipped), \
-            pytest.raises(SystemExit) as exit_:
-        run.main(["--experiment", str(path), "--storage-path", str(folder / "ray"),
-                  "--tracking-uri", f"sqlite:///{database}"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2, (kind, text, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("search/run.py: error: "), (kind, err)
-    assert "Traceback" not in err
-    assert not database.exists() and not (folder / "mlruns").exists()
-    assert not (folder / "ray").exists()
-    CASES[kind] += 1
-
-
-def test_every_kind_of_malformed_input_was_tried():
-    """Runs after the fuzz test (file order): it must have covered every kind."""
-    print(f"\nmalformed experiments tried: {sum(CASES.values())} {dict(CASES)}")
-    assert sum(CASES.values()) >= 400 and len(CASES) == 9, CASES
+    refused()
+    print(f"\nmalformed experiments tried: {sum(tried.values())} {dict(tried)}")
+    assert sum(tried.values()) >= 400 and len(tried) == 9, tried

@@ -138,6 +138,7 @@ def run(args, cwd):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_the_train_cli_prints_one_line_for_a_corrupt_image(image_folder, tmp_path):
     corrupt(image_folder)
     done = run(["-m", "oneprune.train", "--dataset", "imagefolder", "--data-dir",
@@ -146,6 +147,7 @@ def test_the_train_cli_prints_one_line_for_a_corrupt_image(image_folder, tmp_pat
     assert done.stderr.count("\n") == 1 and "cannot read image 'train/bee/004.jpg'" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_service_refuses_bad_data_before_ray_and_mlflow(image_folder, tmp_path):
     extra_test_class(image_folder)
     experiment = tmp_path / "folder.yaml"

@@ -1,11 +1,14 @@
 """Under real DDP (gloo, two processes), every rank computes identical masks on its own."""
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from oneprune.pruning import Pruner
+
+pytestmark = pytest.mark.slow  # spawns a gloo process group
 
 
 def _train_and_prune(rank: int) -> dict:

@@ -2,6 +2,8 @@
 serialisation, Optuna search spaces and the plot helper."""
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -251,14 +253,20 @@ def test_optuna_study_samples_only_valid_schedules(family, sampler):
     assert params == {k for k in bounds if k != "min_length"}
 
 
-def test_documented_default_bounds():
-    assert OneCycle.DEFAULT_BOUNDS == {"alpha": (4.0, 24.0), "beta": (1.0, 12.0),
-                                       "start": (0.0, 0.3), "end": (0.7, 1.0),
-                                       "min_length": 0.1}
-    assert AGP.DEFAULT_BOUNDS == {"start": (0.0, 0.5), "end": (0.5, 1.0), "min_length": 0.1,
-                                  "power": (1.0, 5.0)}
-    assert OneShot.DEFAULT_BOUNDS == {"start": (0.05, 0.9)}
-    assert Iterative.DEFAULT_BOUNDS["steps"] == (2, 10)
+def test_the_readme_documents_every_familys_default_bounds():
+    """The README's table of families states each one's `DEFAULT_BOUNDS` (and the text
+    its `min_length`), as the code has them."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = {}
+    for family, bounds in re.findall(r"^\| `(\w+)` \| `\w+\(.*\| (.*) \|$", readme, re.M):
+        documented[family] = {name: (float(low), float(high)) for name, low, high
+                              in re.findall(r"(\w+) \[([\d.]+), ([\d.]+)\]", bounds)}
+    assert set(documented) == set(FAMILIES)
+    for family, cls in FAMILIES.items():
+        ranges = {k: v for k, v in cls.DEFAULT_BOUNDS.items() if k != "min_length"}
+        assert documented[family] == ranges, family
+        if "min_length" in cls.DEFAULT_BOUNDS:
+            assert f"`min_length` {cls.DEFAULT_BOUNDS['min_length']:g}" in readme
 
 
 def test_bounds_overrides_are_used():

@@ -2,18 +2,17 @@
 key, through the library and through the real CLI (exit 2, nothing written to MLflow)."""
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from conftest import run_search
 from mlflow.tracking import MlflowClient
 
+from oneprune.cli import _parser as train_parser
+from oneprune.config import TrainConfig
 from oneprune.schedules import OneCycle
-from oneprune.train import TrainConfig
-from oneprune.train import _parser as train_parser
 from search.config import ConfigError, Faults, load_experiment, parse_experiment
 from search.space import define_by_run, midpoint_schedule, trial_config
 from search.study import load_data
@@ -234,23 +233,19 @@ def test_midpoint_and_define_by_run_give_valid_trial_configs():
         trial_config(experiment.base_config("agp", 0.9), {"alpha": 3.0})
 
 
-def run_search_cli(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize(("raw", "expected"), [
     (with_value("epochs", -3), "epochs"),
     (with_value("model", "vgg16"), "vgg16"),
     ({**VALID, "dataset": "cifar10", "data_dir": "nothing"}, "data_dir"),  # no files there
     ("name: [unclosed\n", "YAML"),
 ])
+@pytest.mark.slow
 def test_cli_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path, raw, expected):
     path = tmp_path / "bad.yaml"
     if isinstance(raw, dict):
         raw = yaml.safe_dump({**raw, "tracking": {"tracking_uri": "sqlite:///mlflow.db"}})
     path.write_text(raw)
-    done = run_search_cli("--experiment", str(path), "--storage-path", str(tmp_path / "ray"),
+    done = run_search("--experiment", str(path), "--storage-path", str(tmp_path / "ray"),
                           cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
@@ -290,6 +285,7 @@ def test_a_command_line_override_is_merged_into_its_section(tmp_path):
     ("--tracking-uri", "sqlite:///{file}/mlflow.db", "does not answer"),  # under a file
     ("--storage-path", "{file}/ray", "is not writable"),
 ], ids=["tracking-unreachable", "tracking-unwritable", "storage-unwritable"])
+@pytest.mark.slow
 def test_cli_fails_fast_when_mlflow_or_storage_is_unusable(tmp_path, where, value, expected):
     """Found before Ray starts and before any trial: one line, exit 2."""
     blocker = tmp_path / "a-file"
@@ -298,7 +294,7 @@ def test_cli_fails_fast_when_mlflow_or_storage_is_unusable(tmp_path, where, valu
             "--storage-path": str(tmp_path / "ray"),
             "--tracking-uri": f"sqlite:///{tmp_path}/mlflow.db"}
     args[where] = value.format(file=blocker)
-    done = run_search_cli(*[item for pair in args.items() for item in pair], cwd=tmp_path)
+    done = run_search(*[item for pair in args.items() for item in pair], cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert expected in done.stderr and where.lstrip("-").split("-")[0] in done.stderr
@@ -315,6 +311,7 @@ def test_optuna_studies_live_beside_a_sqlite_mlflow_store_by_default():
     assert parse_experiment(chosen).optuna_storage_url == "postgresql://u@db/optuna"
 
 
+@pytest.mark.slow
 def test_cli_fails_fast_when_the_optuna_storage_cannot_be_opened(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -324,7 +321,7 @@ def test_cli_fails_fast_when_the_optuna_storage_cannot_be_opened(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text(yaml.safe_dump(spec))
     MlflowClient(spec["tracking"]["tracking_uri"]).search_experiments()  # a store exists
-    done = run_search_cli("--experiment", str(path), "--storage-path", str(tmp_path / "ray"),
+    done = run_search("--experiment", str(path), "--storage-path", str(tmp_path / "ray"),
                           cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "optuna_storage" in done.stderr

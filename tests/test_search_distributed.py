@@ -7,16 +7,14 @@ lives outside the repository and the installed packages, importable by the drive
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import ray
 import yaml
-from mlflow.tracking import MlflowClient
+from conftest import run_search, runs_by_role
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a study on the two-node Ray cluster
+
 EPOCHS, SEEDS = 2, 2
 
 USER_MODULE = '''
@@ -64,18 +62,10 @@ def distributed_study(tmp_path, ray_cluster):
 def test_a_study_with_two_workers_per_trial(distributed_study, tune_results):
     folder, args = distributed_study
     pythonpath = os.pathsep.join([str(folder / "usercode"), os.environ.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), *args],
-                          cwd=folder, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": pythonpath,
-                               "RAY_AUTH_MODE": "disabled"})
+    done = run_search(*args, cwd=folder, timeout=600, env={"PYTHONPATH": pythonpath})
     assert done.returncode == 0, done.stderr[-3000:]
 
-    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    experiment = client.get_experiment_by_name("ddp")
-    runs = client.search_runs([experiment.experiment_id])
-    by_role = {}
-    for run in runs:
-        by_role.setdefault(run.data.tags["oneprune.role"], []).append(run)
+    client, by_role = runs_by_role(f"sqlite:///{folder}/mlflow.db", "ddp")
     assert {role: len(r) for role, r in by_role.items()} == {
         "family": 1, "trial": 1, "final": 2 * SEEDS, "comparison": 1}
     for run in by_role["trial"] + by_role["final"]:

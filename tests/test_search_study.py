@@ -1,12 +1,11 @@
 """The search service end to end on a real local Ray cluster, real Optuna and a real sqlite
 MLflow store: the MLflow structure, equal budgets, and resuming an interrupted study."""
 
+import contextlib
+import io
 import json
-import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,43 +14,54 @@ import optuna
 import pytest
 import ray
 import yaml
+from conftest import runs_by_role, start_search
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from oneprune.schedules import FAMILIES, schedule_from_dict
 from search.run import main
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # studies on the two-node Ray cluster
+
 FAMILIES_UNDER_TEST = ["one_cycle", "agp"]
 TRIALS, EPOCHS, SEEDS = 2, 2, 2
 
 
-@pytest.fixture
-def study(tmp_path, monkeypatch, ray_cluster):
+def write_study(folder, address):
     """A tiny study (2 families x 2 trials x 2 epochs, 2 final seeds, ASHA from epoch 1)
-    in a temp folder, which is also the working folder (MLflow puts artifacts under
-    ./mlruns)."""
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny.yaml"
+    in `folder`, on the session's cluster at `address`: its CLI arguments and where its
+    results go."""
+    path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump({
         "name": "tiny", "dataset": "digits", "sparsity": 0.9, "epochs": EPOCHS,
         "families": FAMILIES_UNDER_TEST, "trials_per_family": TRIALS, "final_seeds": SEEDS,
         "search": {"seed": 0, "asha": True, "grace_period": 1}, "checkpoint_every": 1,
         "training": {"lr_max": [3e-3, 3e-2], "coupling": ["none", "align"]},
-        "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}))
-    args = ["--experiment", str(path), "--storage-path", str(tmp_path / "ray")]
-    return {"args": args, "uri": f"sqlite:///{tmp_path}/mlflow.db", "folder": tmp_path,
-            "address": ray_cluster}
+        "tracking": {"tracking_uri": f"sqlite:///{folder}/mlflow.db"}}))
+    args = ["--experiment", str(path), "--storage-path", str(folder / "ray")]
+    return {"args": args, "uri": f"sqlite:///{folder}/mlflow.db", "folder": folder,
+            "address": address}
 
 
-def runs_by_role(uri):
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    by_role = {}
-    for run in runs:
-        by_role.setdefault(run.data.tags["oneprune.role"], []).append(run)
-    return client, by_role
+@pytest.fixture
+def study(tmp_path, monkeypatch, ray_cluster):
+    """A tiny study not yet run, in a temp folder that is also the working folder (MLflow
+    puts artifacts under ./mlruns)."""
+    monkeypatch.chdir(tmp_path)
+    return write_study(tmp_path, ray_cluster)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, ray_cluster):
+    """The tiny study run to its end once, in this process, for every test that only
+    reads it: `printed` is what it printed."""
+    folder = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        study = write_study(folder, ray_cluster)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(study["args"]) == 0
+        yield {**study, "printed": printed.getvalue()}
 
 
 def parse(value):
@@ -67,7 +77,7 @@ def parse(value):
 
 def assert_complete_study(uri):
     """Exactly one run per family, trial, final run and comparison, all finished."""
-    client, by_role = runs_by_role(uri)
+    client, by_role = runs_by_role(uri, "tiny")
     assert {role: len(runs) for role, runs in by_role.items()} == {
         "family": 2, "trial": 2 * TRIALS, "final": 3 * SEEDS, "comparison": 1}
     assert all(run.info.status == "FINISHED" for runs in by_role.values() for run in runs)
@@ -82,14 +92,18 @@ def assert_complete_study(uri):
     return client, by_role, family_ids
 
 
-def test_a_tiny_study_end_to_end(study, capsys, tune_results):
-    assert main(study["args"]) == 0
-    printed = capsys.readouterr().out
+def test_the_table_has_every_family_and_dense(finished):
     for family in (*FAMILIES_UNDER_TEST, "dense"):
-        assert f"| {family} |" in printed
-    client, by_role, family_ids = assert_complete_study(study["uri"])
+        assert f"| {family} |" in finished["printed"]
 
-    budgets, completed = set(), Counter()
+
+def test_one_finished_mlflow_run_per_family_trial_final_run_and_comparison(finished):
+    assert_complete_study(finished["uri"])
+
+
+def test_trials_are_nested_under_their_family_with_one_budget(finished):
+    client, by_role, family_ids = assert_complete_study(finished["uri"])
+    budgets = set()
     for run in by_role["trial"]:
         family = run.data.tags["oneprune.family"]
         assert run.data.tags["mlflow.parentRunId"] == family_ids[family]
@@ -106,10 +120,12 @@ def test_a_tiny_study_end_to_end(study, capsys, tune_results):
             assert steps == [1]
         else:
             assert steps == list(range(1, EPOCHS + 1))
-            completed[family] += 1
         assert "test_acc" not in run.data.metrics  # tuning never sees the test split
     assert len(budgets) == 1  # every trial of every family: same epochs, data, seed
 
+
+def test_final_runs_retrain_their_familys_best_config(finished):
+    client, by_role, family_ids = assert_complete_study(finished["uri"])
     for run in by_role["final"]:
         assert 0.0 <= run.data.metrics["test_acc"] <= 1.0
         family = run.data.tags["oneprune.family"]
@@ -120,56 +136,77 @@ def test_a_tiny_study_end_to_end(study, capsys, tune_results):
                 k: v for k, v in best.items() if k != "seed"}
         else:
             assert run.data.params["schedule"] == "None"
+
+
+def test_one_tuner_ran_every_trial_on_both_nodes_and_kept_no_checkpoint(finished,
+                                                                         tune_results):
     # One Tuner ran every trial, on both nodes of the cluster (1 CPU each: two at once).
-    trials = tune_results(study["folder"] / "ray" / "tiny")
+    trials = tune_results(finished["folder"] / "ray" / "tiny")
     assert len(trials) == 2 * TRIALS + 3 * SEEDS
     rows = [row for trial in trials.values() for row in trial]
     assert {row["rank_nodes"] for row in rows} == {
         node["NodeID"] for node in ray.nodes() if node["Alive"]}
     assert all(row["resumed_from"] == 0 for row in rows)  # nothing failed
     # A finished trial keeps no checkpoint (each reported one, after epoch 1).
-    assert not list((study["folder"] / "ray").rglob("checkpoint_*"))
+    assert not list((finished["folder"] / "ray").rglob("checkpoint_*"))
+
+
+def test_each_family_is_an_optuna_study_and_counts_its_completed_trials(finished):
     # Each family's search is an Optuna study of its own, in the storage beside MLflow.
-    storage = f"sqlite:///{study['folder']}/optuna.db"
+    storage = f"sqlite:///{finished['folder']}/optuna.db"
     assert sorted(optuna.get_all_study_names(storage)) == ["tiny/agp", "tiny/one_cycle"]
     for family in FAMILIES_UNDER_TEST:
         searched = optuna.load_study(study_name=f"tiny/{family}", storage=storage).trials
         assert [trial.state.name in ("COMPLETE", "PRUNED") for trial in searched] == [
             True] * TRIALS
+    _, by_role, _ = assert_complete_study(finished["uri"])
+    completed = Counter(run.data.tags["oneprune.family"] for run in by_role["trial"]
+                        if "oneprune.stopped_early" not in run.data.tags)
     for run in by_role["family"]:  # ASHA always lets the first trial at a rung go on
         assert run.data.metrics["trials_completed"] == completed[
             run.data.tags["oneprune.family"]] >= 1
+
+
+def test_the_comparison_run_holds_the_table_and_figures(finished):
+    client, by_role, _ = assert_complete_study(finished["uri"])
     comparison = by_role["comparison"][0]
     artifacts = {a.path for a in client.list_artifacts(comparison.info.run_id)}
     assert artifacts == {"comparison.md", "comparison.csv", "schedules.png", "curves.png"}
     csv_text = Path(client.download_artifacts(comparison.info.run_id, "comparison.csv",
-                                              str(study["folder"]))).read_text()
+                                              str(finished["folder"]))).read_text()
     assert [line.split(",")[0] for line in csv_text.splitlines()] == [
         "family", *FAMILIES_UNDER_TEST, "dense"]
 
+
+def test_a_finished_study_is_refused_afresh_and_reprinted_on_resume(finished, capsys):
     # A fresh run of a study that has results is refused; --resume of a finished study
     # reprints its table and adds no run.
     with pytest.raises(SystemExit) as refused:
-        main(study["args"])
+        main(finished["args"])
     assert refused.value.code == 2 and "--resume" in capsys.readouterr().err
-    assert main([*study["args"], "--resume"]) == 0
+    assert main([*finished["args"], "--resume"]) == 0
     assert "| dense |" in capsys.readouterr().out
-    assert_complete_study(study["uri"])
+    assert_complete_study(finished["uri"])
 
-    # A study whose MLflow experiment was deleted is refused rather than half-written.
-    client.delete_experiment(client.get_experiment_by_name("tiny").experiment_id)
-    with pytest.raises(SystemExit) as refused:
-        main([*study["args"], "--resume"])
-    assert refused.value.code == 2 and "is deleted" in capsys.readouterr().err
+
+def test_a_study_whose_mlflow_experiment_was_deleted_is_refused(finished, capsys):
+    # Refused rather than half-written; restored afterwards for the other tests.
+    client, _ = runs_by_role(finished["uri"], "tiny")
+    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+    client.delete_experiment(experiment_id)
+    try:
+        with pytest.raises(SystemExit) as refused:
+            main([*finished["args"], "--resume"])
+        assert refused.value.code == 2 and "is deleted" in capsys.readouterr().err
+    finally:
+        client.restore_experiment(experiment_id)
+    assert_complete_study(finished["uri"])
 
 
 def start_driver(study):
     """`search/run.py` on the study in another process, on the session's cluster."""
     log = open(study["folder"] / "driver.log", "w")
-    return log, subprocess.Popen(
-        [sys.executable, str(ROOT / "search" / "run.py"), *study["args"],
-         "--address", study["address"]], stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
+    return log, start_search(*study["args"], "--address", study["address"], log=log)
 
 
 def kill(log, driver):
@@ -198,7 +235,7 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, role, fin
             if role is None:
                 break
             try:
-                _, by_role = runs_by_role(study["uri"])
+                _, by_role = runs_by_role(study["uri"], "tiny")
             except MlflowException:  # the driver holds sqlite's write lock: poll again
                 time.sleep(0.05)
                 continue
@@ -271,7 +308,7 @@ def test_failing_and_diverging_trials_do_not_stop_the_study(study, capsys, tune_
     assert printed.count("failed, retrying") == TRIALS + SEEDS  # search + final one_cycle
     assert printed.count("diverged: non-finite loss") == TRIALS
 
-    client, by_role = runs_by_role(study["uri"])
+    client, by_role = runs_by_role(study["uri"], "tiny")
     assert {role: len(runs) for role, runs in by_role.items()} == {
         "family": 2, "trial": 2 * TRIALS, "final": 2 * SEEDS, "comparison": 1}
     for run in by_role["trial"]:

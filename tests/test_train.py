@@ -186,6 +186,7 @@ def test_config_dict_round_trip_and_unknown_keys():
 @pytest.mark.parametrize("device", [
     "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                          reason="needs a CUDA device"))])
+@pytest.mark.slow
 def test_bf16_autocast_and_channels_last(digits, device):
     cfg = dataclasses.replace(QUICK, device=device, bf16=True, channels_last=True)
     result = train(cfg, data=digits)
@@ -197,6 +198,7 @@ def test_bf16_autocast_and_channels_last(digits, device):
 
 
 @pytest.mark.parametrize("schedule", [OneCycle(0.9), None], ids=["pruned", "dense"])
+@pytest.mark.slow
 def test_a_run_resumed_from_a_saved_state_equals_the_uninterrupted_run(digits, tmp_path,
                                                                        schedule):
     cfg = dataclasses.replace(QUICK, epochs=4, schedule=schedule)
@@ -218,9 +220,8 @@ def test_a_run_resumed_from_a_saved_state_equals_the_uninterrupted_run(digits, t
 
 
 def test_a_state_of_another_run_is_refused(digits, tmp_path):
-    states = []
-    train(QUICK, data=digits, checkpoint=lambda metrics, state: states.append(
-        save_state(state, tmp_path / "state.pt")))
+    train(QUICK, data=digits,
+          checkpoint=lambda metrics, state: save_state(state, tmp_path / "state.pt"))
     with pytest.raises(ValueError, match="another config .*seed"):
         train(dataclasses.replace(QUICK, seed=1), data=digits,
               resume=load_state(tmp_path / "state.pt"))

@@ -2,11 +2,14 @@
 
 import dataclasses
 
+import pytest
 import torch
 import torch.distributed as dist
 
 from oneprune.schedules import OneCycle
 from oneprune.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # spawns a gloo process group
 
 CONFIG = TrainConfig(epochs=2, batch_size=32, lr_max=1e-2, device="cpu",
                      schedule=OneCycle(0.8), scope="global")

@@ -137,6 +137,7 @@ def test_a_model_that_cannot_take_the_images_is_refused(user_code, digits):
         check_model(TrainConfig(model="usernet:Fixed32"), digits)
 
 
+@pytest.mark.slow
 def test_the_example_module_through_the_train_cli(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "oneprune.train", "--model", "examples.mobilenet:MobileNetLite",
@@ -155,6 +156,7 @@ def test_the_example_module_through_the_train_cli(tmp_path):
     assert loaded.metrics["sparsity"] == pytest.approx(0.9, abs=0.02)
 
 
+@pytest.mark.slow
 def test_timm_models_by_name(digits, tmp_path):
     pytest.importorskip("timm")
     cfg = TrainConfig(model="timm:resnet18", image_size=32, epochs=1, batch_size=128,
@@ -170,6 +172,7 @@ def test_timm_models_by_name(digits, tmp_path):
         build_model("timm:resnet_nope", 10, 3)
 
 
+@pytest.mark.slow
 def test_timm_missing_is_one_line():
     script = textwrap.dedent("""
         import sys
@@ -186,6 +189,7 @@ def test_timm_missing_is_one_line():
                            "pip install -e \".[timm]\" (or pip install timm)\n")
 
 
+@pytest.mark.slow
 def test_the_code_the_service_ships_to_the_nodes(user_code, monkeypatch):
     def ship(model):
         return code_to_ship(parse_experiment({"name": "x", "model": model}))
@@ -197,6 +201,7 @@ def test_the_code_the_service_ships_to_the_nodes(user_code, monkeypatch):
     assert ship("torchvision.models:resnet18") == []  # installed: the nodes have it
 
 
+@pytest.mark.slow
 def test_the_service_refuses_a_model_with_nothing_to_prune_before_ray(user_code, tmp_path):
     experiment = tmp_path / "own.yaml"
     experiment.write_text(

@@ -1,0 +1,14 @@
+"""The examples in the library's docstrings run and print what they say."""
+
+import doctest
+
+import pytest
+
+from oneprune import config, lr, pruning, schedules
+
+
+@pytest.mark.parametrize("module", [schedules, pruning, lr, config],
+                         ids=lambda module: module.__name__)
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
