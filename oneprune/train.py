@@ -50,8 +50,8 @@ from oneprune.state import STATE_KEYS, check_resume, load_state, save_state
 
 # Re-exported: `from oneprune.train import TrainConfig, save_state, ...` keeps working.
 __all__ = ["STATE_KEYS", "TrainConfig", "TrainResult", "check_data", "check_model",
-           "evaluate", "gather", "load_state", "new_model", "new_optimizer", "new_pruner",
-           "save_state", "setting", "train"]
+           "evaluate", "gather", "initial_model", "load_state", "new_model", "new_optimizer",
+           "new_pruner", "save_state", "setting", "train"]
 
 EVAL_BATCH_SIZE = 1024
 
@@ -109,9 +109,8 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
         data = cfg.load_data()
     check_data(cfg, data)
 
-    torch.manual_seed(cfg.seed)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = new_model(cfg, data).to(device, memory_format=memory_format)
+    model = initial_model(cfg, data).to(device, memory_format=memory_format)
     pruner = new_pruner(cfg, model)
     net = model
     if world_size > 1:
@@ -253,6 +252,14 @@ def check_data(cfg: TrainConfig, data: ImageData) -> None:
         raise ValueError(f"model {cfg.model!r} needs images of at least "
                          f"{MIN_IMAGE_SIZE[cfg.model]}x{MIN_IMAGE_SIZE[cfg.model]}; "
                          f"{cfg.dataset} has {data.image_size}x{data.image_size}")
+
+
+def initial_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
+    """`cfg`'s model as seed `cfg.seed` initialises it (the global torch RNG is seeded
+    first): the same weights whatever the schedule, LR or family, which is what pairs the
+    final runs of a study by seed."""
+    torch.manual_seed(cfg.seed)
+    return new_model(cfg, data)
 
 
 def new_model(cfg: TrainConfig, data: ImageData) -> nn.Module:

@@ -135,6 +135,7 @@ def aggregate(experiment: Experiment,
                 if record.error or "test_acc" not in record.result:
                     continue
                 outcome.test_accs.append(record.result["test_acc"])
+                outcome.seeds.append(record.config["seed"])
                 outcome.final_seconds += record.result["train_seconds"]
                 outcome.histories.append([{key: row[key] for key in ("epoch", METRIC,
                                                                     "sparsity")}

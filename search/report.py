@@ -1,8 +1,12 @@
 """The verdict of a study: test accuracy per family (mean, std, 95% interval), the
 difference to One-Cycle, and the figures.
 
-Intervals are Student-t intervals over the final seeds; the difference to One-Cycle is a
-Welch interval (unequal variances), so "One-Cycle wins" is only read off when it excludes 0.
+Intervals are Student-t intervals over the final seeds. Final seed s gives every family
+the same initial weights and batch order, so the difference to One-Cycle is paired by
+seed: the Student-t interval of the mean of the per-seed differences, with the number of
+seeds on which the family beat One-Cycle. Only when the two families do not have the same
+seeds (a final run failed) is it a Welch interval (unequal variances) over what there is.
+"One-Cycle wins" is only read off when the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -23,8 +28,9 @@ from oneprune.schedules import Schedule
 
 REFERENCE = "one_cycle"
 COLUMNS = ("family", "best_params", "test_acc_mean", "test_acc_std", "ci95_low", "ci95_high",
-           "seeds", "diff_to_one_cycle", "diff_ci95_low", "diff_ci95_high", "best_val_acc",
-           "trials_completed", "trials_diverged", "trials", "compute_seconds")
+           "seeds", "diff_to_one_cycle", "diff_ci95_low", "diff_ci95_high", "diff_method",
+           "wins_over_one_cycle", "paired_seeds", "welch_ci95_low", "welch_ci95_high",
+           "best_val_acc", "trials_completed", "trials_diverged", "trials", "compute_seconds")
 
 
 @dataclass
@@ -41,6 +47,7 @@ class FamilyOutcome:
     trials_diverged: int = 0  # ended by a non-finite loss (not completed)
     search_seconds: float = 0.0
     test_accs: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # of `test_accs`, in the same order
     final_seconds: float = 0.0
     histories: list[list[dict]] = field(default_factory=list)
 
@@ -74,6 +81,37 @@ def difference_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, 
     return diff, diff - half, diff + half
 
 
+class Difference(NamedTuple):
+    """A family's test accuracy minus One-Cycle's: the mean difference and its 95% interval
+    (`method` "paired" or "welch"), the seeds both have (`paired_seeds`) and on how many
+    of them the family was ahead (`wins`)."""
+
+    diff: float
+    low: float
+    high: float
+    method: str
+    wins: int
+    paired_seeds: int
+
+
+def paired_difference(a: Sequence[float], a_seeds: Sequence[int], b: Sequence[float],
+                      b_seeds: Sequence[int]) -> Difference:
+    """mean(a) - mean(b), paired by seed when both have the same seeds (the Student-t
+    interval of the per-seed differences), else Welch's interval (`difference_interval`).
+    NaN where undefined (fewer than two values)."""
+    a_by_seed, b_by_seed = dict(zip(a_seeds, a, strict=True)), dict(zip(b_seeds, b,
+                                                                          strict=True))
+    common = sorted(set(a_by_seed) & set(b_by_seed))
+    diffs = np.array([a_by_seed[s] - b_by_seed[s] for s in common], dtype=float)
+    wins = int((diffs > 0).sum())
+    if set(a_by_seed) != set(b_by_seed) or len(common) < 2:
+        return Difference(*difference_interval(a, b), "welch", wins, len(common))
+    mean = float(diffs.mean())
+    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * float(diffs.std(ddof=1)) \
+        / math.sqrt(len(diffs))
+    return Difference(mean, mean - half, mean + half, "paired", wins, len(common))
+
+
 def format_params(params: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in params.items())
@@ -85,14 +123,20 @@ def comparison_rows(outcomes: Sequence[FamilyOutcome]) -> list[dict]:
     rows = []
     for outcome in outcomes:
         mean, std, low, high = mean_interval(outcome.test_accs)
-        diff = (math.nan,) * 3
-        if reference is not None:
-            diff = difference_interval(outcome.test_accs, reference.test_accs)
+        diff = Difference(math.nan, math.nan, math.nan, "", 0, 0)
+        welch = (math.nan,) * 3
+        if reference is not None and outcome is not reference:
+            diff = paired_difference(outcome.test_accs, outcome.seeds, reference.test_accs,
+                                     reference.seeds)
+            welch = difference_interval(outcome.test_accs, reference.test_accs)
         rows.append({
             "family": outcome.family, "best_params": format_params(outcome.best_params),
             "test_acc_mean": mean, "test_acc_std": std, "ci95_low": low, "ci95_high": high,
-            "seeds": len(outcome.test_accs), "diff_to_one_cycle": diff[0],
-            "diff_ci95_low": diff[1], "diff_ci95_high": diff[2],
+            "seeds": len(outcome.test_accs), "diff_to_one_cycle": diff.diff,
+            "diff_ci95_low": diff.low, "diff_ci95_high": diff.high,
+            "diff_method": diff.method, "wins_over_one_cycle": diff.wins,
+            "paired_seeds": diff.paired_seeds, "welch_ci95_low": welch[1],
+            "welch_ci95_high": welch[2],
             "best_val_acc": outcome.best_val_acc, "trials_completed": outcome.trials_completed,
             "trials_diverged": outcome.trials_diverged, "trials": outcome.trials,
             "compute_seconds": outcome.search_seconds + outcome.final_seconds})
@@ -107,19 +151,21 @@ def _pct(value: float, signed: bool = False) -> str:
 
 def markdown_table(rows: Sequence[dict]) -> str:
     """The comparison as a Markdown table (accuracies in %)."""
-    lines = ["| family | test acc % (mean ± std) | 95% interval | Δ vs one_cycle [95%] | "
-             "best val acc % | trials | compute s | best params |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| family | test acc % (mean ± std) | 95% interval | Δ vs one_cycle [95%, paired] | "
+             "ahead on seeds | best val acc % | trials | compute s | best params |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
-        diff = "–"
+        diff, wins = "–", "–"
         if row["family"] != REFERENCE and not math.isnan(row["diff_to_one_cycle"]):
             diff = (f"{_pct(row['diff_to_one_cycle'], True)} "
-                    f"[{_pct(row['diff_ci95_low'], True)}, {_pct(row['diff_ci95_high'], True)}]")
+                    f"[{_pct(row['diff_ci95_low'], True)}, {_pct(row['diff_ci95_high'], True)}]"
+                    f"{' (Welch)' if row['diff_method'] == 'welch' else ''}")
+            wins = f"{row['wins_over_one_cycle']}/{row['paired_seeds']}"
         trials = f"{row['trials_completed']}/{row['trials']}" if row["trials"] else "–"
         lines.append(
             f"| {row['family']} | {_pct(row['test_acc_mean'])} ± {_pct(row['test_acc_std'])} "
             f"(n={row['seeds']}) | [{_pct(row['ci95_low'])}, {_pct(row['ci95_high'])}] | "
-            f"{diff} | {_pct(row['best_val_acc'])} | {trials} | "
+            f"{diff} | {wins} | {_pct(row['best_val_acc'])} | {trials} | "
             f"{row['compute_seconds']:.0f} | {row['best_params'] or '–'} |")
     return "\n".join(lines)
 

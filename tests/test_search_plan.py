@@ -2,8 +2,10 @@
 trial configs -> training runs, the best trial of a search, the per-family outcomes."""
 
 import pytest
+import torch
 
 from oneprune.schedules import AGP, OneCycle
+from oneprune.train import initial_model
 from search.config import parse_experiment
 from search.plan import (
     TrialRecord,
@@ -86,3 +88,24 @@ def test_aggregate_makes_each_studys_outcomes(experiment):
     assert agp.schedule is None and agp.test_accs == []
     assert dense.test_accs == [0.99] and dense.lr_policy is not None  # the failed seed left out
     assert studies[0.8][1].trials == 1 and studies[0.8][0].trials == 0
+
+
+def test_final_runs_of_one_seed_start_alike_in_every_family(experiment):
+    """What pairs the differences by seed: final seed s gives every family and the dense
+    reference the same initial weights, batch size and data split, whatever its best
+    params; another seed gives other weights."""
+    data = experiment.base_config().load_data()
+    best = {"one_cycle": {"alpha": 20.0, "beta": 3.0, "lr_max": 0.05},
+            "agp": {"power": 4.0, "lr_max": 0.002}, "dense": {}}
+    runs = {family: train_config(experiment, final_config((0.9, family), 5, params))
+            for family, params in best.items()}
+    weights = {family: initial_model(cfg, data).state_dict() for family, cfg in runs.items()}
+    for family in ("agp", "dense"):
+        assert all(torch.equal(weights[family][k], value)
+                   for k, value in weights["one_cycle"].items()), family
+    order = {(cfg.seed, cfg.batch_size, cfg.split_seed, cfg.val_fraction, cfg.dataset)
+             for cfg in runs.values()}
+    assert len(order) == 1
+    other = initial_model(train_config(experiment, final_config((0.9, "agp"), 6, {})), data)
+    first = next(iter(weights["agp"]))
+    assert not torch.equal(other.state_dict()[first], weights["agp"][first])

@@ -1,0 +1,63 @@
+"""The verdict's statistics: intervals, and differences to One-Cycle paired by seed."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from search.report import (
+    FamilyOutcome,
+    comparison_rows,
+    difference_interval,
+    markdown_table,
+    paired_difference,
+)
+
+SEEDS = [1, 2, 3, 4, 5]
+# Seed effects shared by both families (the same initial weights and batch order), and a
+# small, steady advantage of the second: paired, it is clear; unpaired, it is drowned.
+SEED_EFFECT = np.array([0.00, 0.04, -0.03, 0.02, -0.05])
+ONE_CYCLE = 0.90 + SEED_EFFECT
+AGP = 0.905 + SEED_EFFECT + np.array([0.001, -0.001, 0.002, 0.0, -0.0055])
+
+
+def test_the_paired_interval_is_students_t_of_the_per_seed_differences():
+    diff = paired_difference(AGP, SEEDS, ONE_CYCLE, SEEDS)
+    reference = stats.ttest_rel(AGP, ONE_CYCLE).confidence_interval(0.95)
+    assert diff.method == "paired" and diff.paired_seeds == 5 and diff.wins == 4
+    assert diff.diff == pytest.approx(np.mean(AGP - ONE_CYCLE))
+    assert (diff.low, diff.high) == pytest.approx((reference.low, reference.high))
+    assert diff.low > 0  # separable once paired ...
+    welch = difference_interval(AGP, ONE_CYCLE)
+    reference = stats.ttest_ind(AGP, ONE_CYCLE, equal_var=False).confidence_interval(0.95)
+    assert welch[1:] == pytest.approx((reference.low, reference.high))
+    assert welch[1] < 0 < welch[2]  # ... not when the seeds' shared effects are ignored
+
+
+def test_pairing_follows_the_seeds_not_the_order():
+    shuffled = [4, 0, 3, 1, 2]
+    diff = paired_difference(AGP[shuffled], [SEEDS[i] for i in shuffled], ONE_CYCLE, SEEDS)
+    assert diff == paired_difference(AGP, SEEDS, ONE_CYCLE, SEEDS)
+
+
+def test_missing_seeds_fall_back_to_welch():
+    diff = paired_difference(AGP[:4], SEEDS[:4], ONE_CYCLE, SEEDS)  # seed 5 failed
+    assert diff.method == "welch" and diff.paired_seeds == 4
+    assert diff[:3] == pytest.approx(difference_interval(AGP[:4], ONE_CYCLE))
+    single = paired_difference(AGP[:1], SEEDS[:1], ONE_CYCLE[:1], SEEDS[:1])
+    assert single.method == "welch" and math.isnan(single.low)
+
+
+def test_the_table_shows_the_paired_interval_and_the_seeds_ahead():
+    outcomes = [FamilyOutcome("one_cycle", None, None, test_accs=list(ONE_CYCLE),
+                              seeds=SEEDS),
+                FamilyOutcome("agp", None, None, test_accs=list(AGP), seeds=SEEDS),
+                FamilyOutcome("dense", None, None, test_accs=list(ONE_CYCLE[:3] + 0.05),
+                              seeds=SEEDS[:3])]
+    rows = comparison_rows(outcomes)
+    assert [row["diff_method"] for row in rows] == ["", "paired", "welch"]
+    one_cycle, agp, dense = markdown_table(rows).splitlines()[2:]
+    assert "| – | – |" in one_cycle  # no difference to itself
+    assert agp.startswith("| agp |") and "| 4/5 |" in agp and "(Welch)" not in agp
+    assert "(Welch)" in dense and "| 3/3 |" in dense
