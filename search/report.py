@@ -50,6 +50,7 @@ class FamilyOutcome:
     seeds: list[int] = field(default_factory=list)  # of `test_accs`, in the same order
     final_seconds: float = 0.0
     histories: list[list[dict]] = field(default_factory=list)
+    importances: dict[str, float] = field(default_factory=dict)  # fANOVA, of the search
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
@@ -199,12 +200,61 @@ def plot_curves(outcomes: Sequence[FamilyOutcome], path: Path, title: str) -> Pa
     return path
 
 
+def _importance_params(outcomes: Sequence[FamilyOutcome]) -> list[str]:
+    """Every parameter some family has an importance for, in first-seen order."""
+    return list(dict.fromkeys(name for o in outcomes for name in o.importances))
+
+
+def importance_table(outcomes: Sequence[FamilyOutcome]) -> str:
+    """Each family's fANOVA importances (% of the explained variance of validation
+    accuracy over its search) as a Markdown table; '' when no family has any."""
+    names = _importance_params(outcomes)
+    if not names:
+        return ""
+    lines = ["| family | " + " | ".join(names) + " |",
+             "| --- |" + " --- |" * len(names)]
+    for outcome in outcomes:
+        if outcome.importances:
+            cells = [_pct(outcome.importances.get(name, math.nan)) for name in names]
+            lines.append(f"| {outcome.family} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_importance(outcomes: Sequence[FamilyOutcome], path: Path, title: str) -> Path:
+    """The importance table as a heat map: families down, parameters across."""
+    names = _importance_params(outcomes)
+    rated = [o for o in outcomes if o.importances]
+    values = np.array([[o.importances.get(n, np.nan) for n in names] for o in rated])
+    fig = Figure(figsize=(1.2 + 0.9 * len(names), 1.2 + 0.5 * len(rated)),
+                 layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="Blues", vmin=0.0, vmax=1.0)
+    for (i, j), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.0%}", ha="center", va="center",
+                    color="white" if value > 0.6 else "black", fontsize="small")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(rated)), [o.family for o in rated])
+    fig.colorbar(image, ax=ax, label="share of variance (fANOVA)")
+    ax.set_title(title, fontsize="medium")
+    fig.savefig(path, format="png", dpi=120)
+    return path
+
+
 def write_report(outcomes: Sequence[FamilyOutcome], folder: Path, title: str) -> str:
-    """Write comparison.md/.csv, schedules.png and curves.png into `folder`; returns the
-    Markdown table."""
+    """Write comparison.md/.csv, schedules.png, curves.png and (when the searches have
+    any) importance.png into `folder`; returns the Markdown table."""
     rows = comparison_rows(outcomes)
     table = markdown_table(rows)
-    (folder / "comparison.md").write_text(f"# {title}\n\n{table}\n", encoding="utf-8")
+    text = f"# {title}\n\n{table}\n"
+    importance = importance_table(outcomes)
+    if importance:
+        text += ("\n## Which searched parameters mattered\n\nfANOVA importance of each "
+                 "parameter for the validation accuracy over the family's search trials "
+                 f"(% of the explained variance; each row sums to 100):\n\n{importance}\n")
+        plot_importance(outcomes, folder / "importance.png",
+                        "parameter importance per family (fANOVA)")
+    (folder / "comparison.md").write_text(text, encoding="utf-8")
     write_csv(rows, folder / "comparison.csv")
     pruned = [o for o in outcomes if o.schedule is not None]
     if pruned:

@@ -25,7 +25,7 @@ import ray
 from oneprune.cli import OneLineParser
 from oneprune.models import user_module
 from search.config import DEFAULT_EXPERIMENT, ConfigError, Experiment, load_experiment
-from search.report import comparison_rows, markdown_table
+from search.report import comparison_rows, importance_table, markdown_table
 from search.searcher import check_optuna_storage
 from search.study import StudyInterrupted, StudyRefused, load_data, run_experiment
 from search.tracking import check_tracking_uri
@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     for study in studies:
         print(f"\n{study.title}\n\n{markdown_table(comparison_rows(study.outcomes))}")
+        importance = importance_table(study.outcomes)
+        if importance:
+            print(f"\nparameter importance (fANOVA, % of explained variance of val_acc):"
+                  f"\n\n{importance}")
     return 0
 
 

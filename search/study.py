@@ -36,6 +36,7 @@ from oneprune.data import ImageData
 from oneprune.train import check_data, check_model
 from search import tracking
 from search.config import Experiment
+from search.importance import study_importances
 from search.plan import (
     DENSE,
     FINAL,
@@ -318,6 +319,9 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
     for outcome in outcomes:
         if outcome.family == DENSE:
             continue
+        outcome.importances = study_importances(
+            experiment.optuna_storage_url, optuna_study_name(experiment, (sparsity,
+                                                                           outcome.family)))
         run_id = family_run_ids[(sparsity, outcome.family)]
         metrics = {"trials": outcome.trials, "trials_completed": outcome.trials_completed,
                    "trials_diverged": outcome.trials_diverged,
@@ -328,8 +332,9 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         best = train_config(experiment, final_config((sparsity, outcome.family),
                                                      experiment.search.seed,
                                                      outcome.best_params))
-        tracking.finish_family(client, run_id, best.to_dict(),
-                               {"best_val_acc": outcome.best_val_acc, **metrics})
+        tracking.finish_family(client, run_id, best.to_dict(), {
+            "best_val_acc": outcome.best_val_acc, **metrics,
+            **{f"importance.{param}": value for param, value in outcome.importances.items()}})
     title = (f"{name}: {experiment.model} on {experiment.dataset} at "
              f"{sparsity:.0%} sparsity, {experiment.epochs} epochs")
     with tempfile.TemporaryDirectory() as folder:

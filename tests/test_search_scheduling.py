@@ -119,6 +119,21 @@ def test_budgets_are_exact_across_sparsities_and_families(tmp_path, monkeypatch,
         runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
         assert Counter(run.data.tags["oneprune.role"] for run in runs) == {
             "family": 2, "trial": 2 * trials, "final": 6, "comparison": 1}
+        # Each family run holds the importances of its searched parameters (fANOVA over
+        # the whole space, `end` and `beta` too, though their ranges depend on other draws).
+        for run in runs:
+            if run.data.tags["oneprune.role"] == "family":
+                importance = {key.removeprefix("importance."): value
+                              for key, value in run.data.metrics.items()
+                              if key.startswith("importance.")}
+                searched = {"agp": {"start", "end", "power", "lr_max"},
+                            "one_cycle": {"start", "end", "alpha", "beta", "lr_max"}}
+                assert set(importance) == searched[run.data.tags["oneprune.family"]]
+                assert max(importance, key=importance.get) == "lr_max"
+                assert sum(importance.values()) == pytest.approx(1.0)
+            elif run.data.tags["oneprune.role"] == "comparison":
+                artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+                assert "importance.png" in artifacts
 
 
 def test_a_familys_final_runs_start_before_another_familys_search_ends(
