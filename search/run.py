@@ -25,9 +25,21 @@ import ray
 from oneprune.cli import OneLineParser
 from oneprune.models import user_module
 from search.config import DEFAULT_EXPERIMENT, ConfigError, Experiment, load_experiment
-from search.report import comparison_rows, importance_table, markdown_table
+from search.report import (
+    comparison_rows,
+    importance_table,
+    markdown_table,
+    sweep_rows,
+    sweep_table,
+)
 from search.searcher import check_optuna_storage
-from search.study import StudyInterrupted, StudyRefused, load_data, run_experiment
+from search.study import (
+    StudyInterrupted,
+    StudyRefused,
+    load_data,
+    run_experiment,
+    sweep_title,
+)
 from search.tracking import check_tracking_uri
 
 DEFAULT_STORAGE = "ray_results"  # in the working folder, like ./mlflow.db
@@ -146,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         if importance:
             print(f"\nparameter importance (fANOVA, % of explained variance of val_acc):"
                   f"\n\n{importance}")
+    if len(studies) > 1:
+        table = sweep_table(sweep_rows([(study.sparsity, study.outcomes)
+                                        for study in studies]))
+        print(f"\n{sweep_title(experiment)}\n\n{table}")
     return 0
 
 

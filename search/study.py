@@ -50,7 +50,7 @@ from search.plan import (
     select_best,
     train_config,
 )
-from search.report import FamilyOutcome, format_params, write_report
+from search.report import FamilyOutcome, format_params, write_report, write_sweep
 from search.searcher import (
     ExperimentSearcher,
     GroupScheduler,
@@ -73,9 +73,10 @@ class StudyInterrupted(Exception):
 
 @dataclass(frozen=True)
 class StudyResult:
-    """One study's verdict: its title and each family's outcome (dense last)."""
+    """One study's verdict: its sparsity, title and each family's outcome (dense last)."""
 
     name: str
+    sparsity: float
     title: str
     outcomes: list[FamilyOutcome]
 
@@ -342,7 +343,7 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         tracking.finish_comparison(client, experiment_id, folder, {
             f"test_acc_mean.{o.family}": sum(o.test_accs) / len(o.test_accs)
             for o in outcomes if o.test_accs})
-    return StudyResult(name, title, outcomes)
+    return StudyResult(name, sparsity, title, outcomes)
 
 
 def load_data(experiment: Experiment, progress: bool = False) -> ImageData:
@@ -400,6 +401,18 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
         records = _fit(tuner, train_storage if distributed else None)
     _check_complete(experiment, records)
     outcomes = aggregate(experiment, records)
-    return [_record_study(client, experiment, sparsity, experiment_ids[sparsity],
-                          family_run_ids, outcomes[sparsity])
-            for sparsity in experiment.sparsity]
+    studies = [_record_study(client, experiment, sparsity, experiment_ids[sparsity],
+                             family_run_ids, outcomes[sparsity])
+               for sparsity in experiment.sparsity]
+    if len(studies) > 1:
+        with tempfile.TemporaryDirectory() as folder:
+            write_sweep([(study.sparsity, study.outcomes) for study in studies],
+                        Path(folder), sweep_title(experiment))
+            tracking.finish_sweep(client, tracking.open_experiment(client, experiment.name),
+                                  folder)
+    return studies
+
+
+def sweep_title(experiment: Experiment) -> str:
+    return (f"{experiment.name}: {experiment.model} on {experiment.dataset}, test accuracy "
+            f"against sparsity, {experiment.epochs} epochs")

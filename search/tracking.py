@@ -314,6 +314,14 @@ def finish_comparison(client: MlflowClient, experiment_id: str, folder: str,
     client.set_terminated(run_id, "FINISHED")
 
 
+def finish_sweep(client: MlflowClient, experiment_id: str, folder: str) -> None:
+    """Upload an experiment's accuracy-against-sparsity files from `folder` to its `sweep`
+    run (created if missing)."""
+    run_id = ensure_run(client, experiment_id, {ROLE: "sweep"}, "sweep")
+    client.log_artifacts(run_id, folder)
+    client.set_terminated(run_id, "FINISHED")
+
+
 def describe_run(trial_id: str, config: Mapping[str, Any], *, experiment: Experiment,
                  experiment_ids: Mapping[float, str],
                  family_run_ids: Mapping[tuple[float, str], str]) -> RunSpec:

@@ -12,6 +12,8 @@ from search.report import (
     difference_interval,
     markdown_table,
     paired_difference,
+    sweep_rows,
+    write_sweep,
 )
 
 SEEDS = [1, 2, 3, 4, 5]
@@ -61,3 +63,19 @@ def test_the_table_shows_the_paired_interval_and_the_seeds_ahead():
     assert "| – | – |" in one_cycle  # no difference to itself
     assert agp.startswith("| agp |") and "| 4/5 |" in agp and "(Welch)" not in agp
     assert "(Welch)" in dense and "| 3/3 |" in dense
+
+
+def test_the_sweep_lists_accuracy_against_sparsity(tmp_path):
+    def outcome(family, accs):
+        return FamilyOutcome(family, None, None, test_accs=accs, seeds=SEEDS[:len(accs)])
+
+    studies = [(0.98, [outcome("one_cycle", [0.80, 0.84]), outcome("dense", [0.99, 0.99])]),
+               (0.9, [outcome("one_cycle", [0.95, 0.97]), outcome("dense", [0.99, 0.99])])]
+    rows = sweep_rows(studies)
+    assert [(row["sparsity"], row["family"]) for row in rows] == [
+        (0.9, "one_cycle"), (0.9, "dense"), (0.98, "one_cycle"), (0.98, "dense")]
+    assert rows[0]["test_acc_mean"] == pytest.approx(0.96) and rows[0]["seeds"] == 2
+    table = write_sweep(studies, tmp_path, "sweep").splitlines()
+    assert table[0] == "| sparsity | one_cycle | dense |"
+    assert table[2].startswith("| 90% | 96.00 [") and table[3].startswith("| 98% | 82.00 [")
+    assert {p.name for p in tmp_path.iterdir()} == {"sweep.md", "sweep.csv", "sweep.png"}

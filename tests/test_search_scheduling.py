@@ -8,6 +8,7 @@ import math
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
@@ -134,6 +135,16 @@ def test_budgets_are_exact_across_sparsities_and_families(tmp_path, monkeypatch,
             elif run.data.tags["oneprune.role"] == "comparison":
                 artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
                 assert "importance.png" in artifacts
+    # The experiment's own MLflow experiment has the accuracy-against-sparsity sweep.
+    (sweep,) = client.search_runs([client.get_experiment_by_name("sched").experiment_id])
+    assert sweep.data.tags["oneprune.role"] == "sweep" and sweep.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(sweep.info.run_id)} == {
+        "sweep.md", "sweep.csv", "sweep.png"}
+    csv_text = Path(client.download_artifacts(sweep.info.run_id, "sweep.csv",
+                                              str(tmp_path))).read_text().splitlines()
+    assert [line.split(",")[:2] for line in csv_text[1:]] == [
+        [sparsity, family] for sparsity in ("0.8", "0.9")
+        for family in ("agp", "one_cycle", "dense")]
 
 
 def test_a_familys_final_runs_start_before_another_familys_search_ends(
