@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow
 import pyarrow.fs
 import ray
+from mlflow.tracking import MlflowClient
 
 from oneprune.cli import OneLineParser
 from oneprune.models import user_module
@@ -40,7 +41,7 @@ from search.study import (
     run_experiment,
     sweep_title,
 )
-from search.tracking import check_tracking_uri
+from search.tracking import browse_lines, check_tracking_uri
 
 DEFAULT_STORAGE = "ray_results"  # in the working folder, like ./mlflow.db
 
@@ -158,7 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         if importance:
             print(f"\nparameter importance (fANOVA, % of explained variance of val_acc):"
                   f"\n\n{importance}")
+    client = MlflowClient(experiment.tracking_uri)
+    browsed = [(study.name, study.experiment_id) for study in studies]
     if len(studies) > 1:
+        browsed.append((experiment.name,
+                        client.get_experiment_by_name(experiment.name).experiment_id))
+    print("\n" + "\n".join(browse_lines(experiment.tracking_uri, browsed)))
+    if len(studies) > 1:  # the output ends with accuracy against sparsity
         table = sweep_table(sweep_rows([(study.sparsity, study.outcomes)
                                         for study in studies]))
         print(f"\n{sweep_title(experiment)}\n\n{table}")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pyarrow.fs
 import ray
@@ -79,6 +80,7 @@ class StudyResult:
     sparsity: float
     title: str
     outcomes: list[FamilyOutcome]
+    experiment_id: str  # its MLflow experiment
 
 
 def join_storage(storage_path: str, name: str) -> str:
@@ -314,11 +316,16 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
 def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
                   experiment_id: str, family_run_ids: Mapping[tuple[float, str], str],
                   outcomes: list[FamilyOutcome]) -> StudyResult:
-    """Close each family run with its search metrics and best config, and log the
-    comparison of the study at `sparsity`."""
+    """Close each family run with its search metrics and best config (the dense
+    reference's with its config and mean test accuracy), and log the comparison of the
+    study at `sparsity`."""
     name = experiment.study_name(sparsity)
     for outcome in outcomes:
         if outcome.family == DENSE:
+            tracking.finish_family(
+                client, family_run_ids[(sparsity, DENSE)], experiment.base_config().to_dict(),
+                {"test_acc_mean": float(np.mean(outcome.test_accs))} if outcome.test_accs
+                else {})
             continue
         outcome.importances = study_importances(
             experiment.optuna_storage_url, optuna_study_name(experiment, (sparsity,
@@ -343,7 +350,7 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         tracking.finish_comparison(client, experiment_id, folder, {
             f"test_acc_mean.{o.family}": sum(o.test_accs) / len(o.test_accs)
             for o in outcomes if o.test_accs})
-    return StudyResult(name, sparsity, title, outcomes)
+    return StudyResult(name, sparsity, title, outcomes, experiment_id)
 
 
 def load_data(experiment: Experiment, progress: bool = False) -> ImageData:
@@ -372,7 +379,7 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
         (sparsity, family): tracking.ensure_run(
             client, experiment_ids[sparsity],
             {tracking.ROLE: "family", tracking.FAMILY: family}, family)
-        for sparsity in experiment.sparsity for family in experiment.families}
+        for sparsity in experiment.sparsity for family in (*experiment.families, DENSE)}
     path = tune_path(experiment, storage_path)
     distributed = experiment.resources.workers_per_trial > 1
     train_storage = join_storage(path, "train")
@@ -396,7 +403,7 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
         else:
             _delete(path)  # nothing to resume from: a Tuner killed before its first state
             tuner = _fresh_tuner(experiment, trainable, storage_path, [
-                tracking.trial_logger(experiment, experiment_ids, family_run_ids),
+                tracking.trial_logger(experiment, experiment_ids, family_run_ids, data),
                 TrialProgress(experiment), JsonLoggerCallback(), CSVLoggerCallback()])
         records = _fit(tuner, train_storage if distributed else None)
     _check_complete(experiment, records)

@@ -1,15 +1,24 @@
 """The MLflow structure of a study, written by the driver only (sqlite takes one writer).
 
-One MLflow experiment per study. Every run is tagged with `oneprune.role` and
-`oneprune.family`:
+One MLflow experiment per study, tagged as a model-training experiment
+(`mlflow.experimentKind`). Every run is tagged with `oneprune.role` and `oneprune.family`,
+and with the source tags MLflow's fluent API sets (`mlflow.source.name`, `mlflow.user`,
+`mlflow.source.git.commit` when the working folder is a git checkout):
 
-    role=family      one parent run per family: its best parameters and metrics
+    role=family      one parent run per family and one for the dense reference: its best
+                     parameters and metrics (`importance.<param>`: fANOVA, see
+                     `search.importance`)
     role=trial       one child run per Tune trial (mlflow.parentRunId = its family run):
                      params = the whole training config, metrics per epoch (step = epoch),
+                     the dataset as an MLflow dataset input (name, digest, split sizes),
                      tags oneprune.workers (DDP processes) and, for a run whose loss went
                      NaN/inf, oneprune.status=diverged
-    role=final       the seed re-runs of each family's best config, and the dense reference
-    role=comparison  the table (comparison.md / .csv) and plots (schedules.png, curves.png)
+    role=final       the seed re-runs of each family's best config and of the dense
+                     reference, children of their family's run, with the dataset input too
+    role=comparison  the table (comparison.md / .csv) and plots (schedules.png, curves.png,
+                     importance.png)
+    role=sweep       (an experiment with several sparsities, in the MLflow experiment named
+                     after it) accuracy against sparsity: sweep.md / .csv / .png
 
 Runs are found again by identity tags before one is created, and a step is logged once,
 so a resumed study continues its runs instead of duplicating them.
@@ -19,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import math
 import os
 import queue
@@ -29,12 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME
 from ray import tune
 
+from oneprune.data import ImageData
 from search.config import Experiment
-from search.plan import SEARCH, group_of, train_config
+from search.plan import FINAL, SEARCH, group_of, train_config
 
 ROLE = "oneprune.role"
 FAMILY = "oneprune.family"
@@ -46,6 +60,9 @@ ERROR = "oneprune.error"
 WORKERS = "oneprune.workers"
 STATUS = "oneprune.status"
 DIVERGED = "diverged"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# The MLflow 3 UI opens an experiment on its GenAI overview unless the URL asks for runs.
+RUNS_VIEW = "#/experiments/{}?workflowType=machine_learning"
 METRICS = ("lr", "target_sparsity", "sparsity", "train_loss", "val_loss", "val_acc",
            "epoch_seconds", "train_seconds", "test_loss", "test_acc")
 
@@ -109,11 +126,57 @@ def _filter(tags: Mapping[str, str]) -> str:
 
 
 def open_experiment(client: MlflowClient, name: str) -> str:
-    """The id of the active MLflow experiment `name`, created if missing."""
+    """The id of the active MLflow experiment `name`, created if missing, tagged as a
+    model-training experiment."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name)
-    return experiment.experiment_id
+    experiment_id = (client.create_experiment(name) if experiment is None
+                     else experiment.experiment_id)
+    client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    return experiment_id
+
+
+@functools.cache
+def source_tags() -> dict[str, str]:
+    """The tags MLflow's fluent API gives a run started here: source name and type, user,
+    and the git commit of the working folder's checkout (resolved once per driver)."""
+    return {key: value for key, value in resolve_tags().items() if key != MLFLOW_RUN_NAME}
+
+
+def dataset_input(data: ImageData, experiment: Experiment, context: str) -> DatasetInput:
+    """`data` as an MLflow dataset input of a run: its name, a digest of its contents (every
+    split's images and labels), where it came from and its split sizes."""
+    digest = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        for tensor in (split.images, split.labels):
+            digest.update(tensor.contiguous().numpy().tobytes())
+    cfg = experiment.dense_config
+    source = {"dataset": data.name, "data_dir": cfg.data_dir, "split_seed": data.split_seed,
+              "val_fraction": data.val_fraction, "image_size": data.image_size}
+    profile = {"train": len(data.train), "val": len(data.val), "test": len(data.test),
+               "classes": data.num_classes, "channels": data.in_channels,
+               "image_size": data.image_size}
+    dataset = Dataset(name=data.name, digest=digest.hexdigest()[:16], source_type="local",
+                      source=json.dumps(source), profile=json.dumps(profile))
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
+def browse_lines(tracking_uri: str, experiments: Sequence[tuple[str, str]]) -> list[str]:
+    """What opens the runs of `experiments` ((name, id) pairs) in MLflow's UI: the command
+    that serves a local store (run it in this folder), and each experiment's address."""
+    remote = tracking_uri.startswith(("http://", "https://"))
+    lines = ["MLflow: open" if remote else
+             f"MLflow: mlflow ui --backend-store-uri {tracking_uri}   then open"]
+    lines += [f"  {runs_url(tracking_uri, experiment_id)}   ({name})"
+              for name, experiment_id in experiments]
+    return lines
+
+
+def runs_url(tracking_uri: str, experiment_id: str) -> str:
+    """The address of an experiment's runs table: on the tracking server, or on the
+    `mlflow ui` a local store is browsed with (its default address)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) \
+        else "http://127.0.0.1:5000"
+    return f"{base}/{RUNS_VIEW.format(experiment_id)}"
 
 
 def find_runs(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> list:
@@ -135,7 +198,8 @@ def ensure_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]
     found = find_runs(client, experiment_id, identity)
     if found:
         return found[0].info.run_id
-    return client.create_run(experiment_id, tags=dict(tags), run_name=run_name).info.run_id
+    return client.create_run(experiment_id, tags={**source_tags(), **tags},
+                             run_name=run_name).info.run_id
 
 
 @dataclass(frozen=True)
@@ -148,6 +212,7 @@ class RunSpec:
     run_name: str
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    inputs: tuple[DatasetInput, ...] = ()
 
 
 class TrialLogger(tune.Callback):
@@ -221,10 +286,12 @@ class TrialLogger(tune.Callback):
                 last_step = max((m.step for m in history), default=0)
             else:
                 run_id = self.client.create_run(
-                    spec.experiment_id, tags={**spec.identity, **spec.tags},
+                    spec.experiment_id, tags={**source_tags(), **spec.identity, **spec.tags},
                     run_name=spec.run_name).info.run_id
                 self.client.log_batch(run_id, params=[Param(k, v)
                                                       for k, v in spec.params.items()])
+                if spec.inputs:
+                    self.client.log_inputs(run_id, datasets=list(spec.inputs))
                 last_step = 0
             self._runs[trial_id] = (run_id, last_step)
         return self._runs[trial_id]
@@ -324,9 +391,11 @@ def finish_sweep(client: MlflowClient, experiment_id: str, folder: str) -> None:
 
 def describe_run(trial_id: str, config: Mapping[str, Any], *, experiment: Experiment,
                  experiment_ids: Mapping[float, str],
-                 family_run_ids: Mapping[tuple[float, str], str]) -> RunSpec:
+                 family_run_ids: Mapping[tuple[float, str], str],
+                 inputs: Mapping[str, DatasetInput]) -> RunSpec:
     """A trial's run, in the MLflow experiment of its sparsity, child of its family run
-    (none for dense), with the whole training config as params. A search trial is
+    (or of the dense reference's), with the whole training config as params and the
+    dataset input of its part (`inputs`: by "search" / "final"). A search trial is
     identified by its Tune trial id; a final run by family and seed, so that it is found
     again when it runs anew after an interruption."""
     family = config["family"]
@@ -342,17 +411,22 @@ def describe_run(trial_id: str, config: Mapping[str, Any], *, experiment: Experi
     if parent:
         tags[PARENT] = parent
     return RunSpec(experiment_ids[config["sparsity"]], identity, name,
-                   params=flat_params(train), tags=tags)
+                   params=flat_params(train), tags=tags, inputs=(inputs[config["part"]],))
 
 
 def trial_logger(experiment: Experiment, experiment_ids: Mapping[float, str],
-                 family_run_ids: Mapping[tuple[float, str], str]) -> TrialLogger:
+                 family_run_ids: Mapping[tuple[float, str], str],
+                 data: ImageData) -> TrialLogger:
     """The logger of every trial of an experiment's Tuner: search trials and final runs
-    of every sparsity (`experiment_ids`: its MLflow experiment per sparsity)."""
+    of every sparsity (`experiment_ids`: its MLflow experiment per sparsity), which train
+    on `data` (a search trial on its train and val splits, a final run on all three)."""
     scopes = [(experiment_id, {ROLE: role}) for experiment_id in experiment_ids.values()
               for role in ("trial", "final")]
+    inputs = {SEARCH: dataset_input(data, experiment, "training"),
+              FINAL: dataset_input(data, experiment, "training+testing")}
     return TrialLogger(experiment.tracking_uri, scopes,
                        functools.partial(describe_run, experiment=experiment,
                                          experiment_ids=dict(experiment_ids),
-                                         family_run_ids=dict(family_run_ids)),
+                                         family_run_ids=dict(family_run_ids),
+                                         inputs=inputs),
                        experiment.epochs)

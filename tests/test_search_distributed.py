@@ -7,6 +7,8 @@ lives outside the repository and the installed packages, importable by the drive
 
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import ray
@@ -15,11 +17,14 @@ from conftest import run_search, runs_by_role
 
 pytestmark = pytest.mark.slow  # a study on the two-node Ray cluster
 
+ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, SEEDS = 2, 2
 
 USER_MODULE = '''
 import json
 import os
+import subprocess
+from pathlib import Path
 from pathlib import Path
 
 import ray
@@ -67,13 +72,19 @@ def test_a_study_with_two_workers_per_trial(distributed_study, tune_results):
 
     client, by_role = runs_by_role(f"sqlite:///{folder}/mlflow.db", "ddp")
     assert {role: len(r) for role, r in by_role.items()} == {
-        "family": 1, "trial": 1, "final": 2 * SEEDS, "comparison": 1}
+        "family": 2, "trial": 1, "final": 2 * SEEDS, "comparison": 1}  # one_cycle, dense
     for run in by_role["trial"] + by_role["final"]:
         assert run.info.status == "FINISHED"
         assert run.data.tags["oneprune.workers"] == "2"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == list(range(1, EPOCHS + 1))
     assert all(0 <= run.data.metrics["test_acc"] <= 1 for run in by_role["final"])
+    # The code version, as MLflow's fluent API records it: search/run.py's git checkout.
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert {run.data.tags["mlflow.source.git.commit"] for runs in by_role.values()
+                for run in runs} == {head}
 
     nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
     assert len(nodes) == 2

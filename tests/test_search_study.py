@@ -79,16 +79,16 @@ def assert_complete_study(uri):
     """Exactly one run per family, trial, final run and comparison, all finished."""
     client, by_role = runs_by_role(uri, "tiny")
     assert {role: len(runs) for role, runs in by_role.items()} == {
-        "family": 2, "trial": 2 * TRIALS, "final": 3 * SEEDS, "comparison": 1}
+        "family": 3, "trial": 2 * TRIALS, "final": 3 * SEEDS, "comparison": 1}
     assert all(run.info.status == "FINISHED" for runs in by_role.values() for run in runs)
     family_ids = {run.data.tags["oneprune.family"]: run.info.run_id
                   for run in by_role["family"]}
-    assert sorted(family_ids) == sorted(FAMILIES_UNDER_TEST)
+    assert sorted(family_ids) == sorted([*FAMILIES_UNDER_TEST, "dense"])
     trial_ids = [run.data.tags["oneprune.trial_id"] for run in by_role["trial"]]
     assert len(set(trial_ids)) == len(trial_ids)
     finals = Counter((r.data.tags["oneprune.family"], r.data.tags["oneprune.seed"])
                      for r in by_role["final"])
-    assert set(finals.values()) == {1} and {f for f, _ in finals} == {*family_ids, "dense"}
+    assert set(finals.values()) == {1} and {f for f, _ in finals} == set(family_ids)
     return client, by_role, family_ids
 
 
@@ -129,13 +129,41 @@ def test_final_runs_retrain_their_familys_best_config(finished):
     for run in by_role["final"]:
         assert 0.0 <= run.data.metrics["test_acc"] <= 1.0
         family = run.data.tags["oneprune.family"]
-        if family != "dense":
-            assert run.data.tags["mlflow.parentRunId"] == family_ids[family]
-            best = client.get_run(family_ids[family]).data.params
-            assert {k: v for k, v in run.data.params.items() if k != "seed"} == {
-                k: v for k, v in best.items() if k != "seed"}
-        else:
+        # Every final run, the dense reference's too, is a child of its family's run.
+        assert run.data.tags["mlflow.parentRunId"] == family_ids[family]
+        best = client.get_run(family_ids[family]).data.params
+        assert {k: v for k, v in run.data.params.items() if k != "seed"} == {
+            k: v for k, v in best.items() if k != "seed"}
+        if family == "dense":
             assert run.data.params["schedule"] == "None"
+    dense = client.get_run(family_ids["dense"])
+    assert dense.data.metrics["test_acc_mean"] == pytest.approx(
+        sum(r.data.metrics["test_acc"] for r in by_role["final"]
+            if r.data.tags["oneprune.family"] == "dense") / SEEDS)
+
+
+def test_runs_carry_their_dataset_and_code_version_and_the_runs_view_is_printed(finished):
+    client, by_role, _ = assert_complete_study(finished["uri"])
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    for run in by_role["trial"] + by_role["final"]:
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "digits" and len(dataset.dataset.digest) == 16
+        sizes = json.loads(dataset.dataset.profile)
+        assert (sizes["train"], sizes["val"], sizes["test"]) == (1293, 144, 360)
+        context = {tag.key: tag.value for tag in dataset.tags}["mlflow.data.context"]
+        assert context == ("training" if run.data.tags["oneprune.role"] == "trial"
+                           else "training+testing")
+    digests = {r.inputs.dataset_inputs[0].dataset.digest for r in by_role["final"]}
+    assert len(digests) == 1  # one dataset, one digest
+    for runs in by_role.values():
+        for run in runs:
+            assert run.data.tags["mlflow.source.type"] == "LOCAL"
+            assert "mlflow.user" in run.data.tags and "mlflow.source.name" in run.data.tags
+    url = (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}"
+           f"?workflowType=machine_learning")
+    assert f"mlflow ui --backend-store-uri {finished['uri']}" in finished["printed"]
+    assert finished["printed"].rstrip().endswith(f"{url}   (tiny)")
 
 
 def test_one_tuner_ran_every_trial_on_both_nodes_and_kept_no_checkpoint(finished,
@@ -310,7 +338,7 @@ def test_failing_and_diverging_trials_do_not_stop_the_study(study, capsys, tune_
 
     client, by_role = runs_by_role(study["uri"], "tiny")
     assert {role: len(runs) for role, runs in by_role.items()} == {
-        "family": 2, "trial": 2 * TRIALS, "final": 2 * SEEDS, "comparison": 1}
+        "family": 3, "trial": 2 * TRIALS, "final": 2 * SEEDS, "comparison": 1}
     for run in by_role["trial"]:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert run.info.status == "FINISHED"
