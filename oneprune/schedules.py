@@ -158,6 +158,12 @@ class Schedule(ABC):
         cls._check_bounds_relations(checked)
         return checked
 
+    @classmethod
+    @abstractmethod
+    def latest_end(cls, bounds: Mapping[str, Any] | None = None) -> float:
+        """The latest progress at which a schedule drawn from `bounds` (`DEFAULT_BOUNDS`
+        updated with them) has reached its final sparsity."""
+
     @classmethod  # noqa: B027 (an optional hook, not abstract)
     def _check_bounds_relations(cls, bounds: dict[str, Any]) -> None:
         """Family-specific feasibility of a merged set of bounds (none by default)."""
@@ -212,6 +218,10 @@ class _Ramp(Schedule):
 
     def midpoint(self) -> float:
         return self.start + self._shape_midpoint() * (self.end - self.start)
+
+    @classmethod
+    def latest_end(cls, bounds=None) -> float:
+        return cls.search_bounds(bounds)["end"][1]
 
     @classmethod
     def _check_bounds_relations(cls, bounds: dict[str, Any]) -> None:
@@ -357,6 +367,10 @@ class OneShot(Schedule):
 
     def midpoint(self) -> float:
         return self.start
+
+    @classmethod
+    def latest_end(cls, bounds=None) -> float:
+        return cls.search_bounds(bounds)["start"][1]
 
     @classmethod
     def _suggest_params(cls, trial, bounds):

@@ -375,8 +375,40 @@ def parse_experiment(raw: Any) -> Experiment:
     return experiment
 
 
+def first_neutral_rung(experiment: Experiment) -> tuple[int, str, float]:
+    """The first epoch at which every search trial of every family has reached its final
+    sparsity, whatever its sampled schedule (`Schedule.latest_end` of each family's space),
+    with the family and progress that set it. Before it, a trial that prunes late is still
+    dense and would look better to ASHA than one that pruned early."""
+    latest, family = max((FAMILIES[f].latest_end(experiment.search.space.get(f)), f)
+                         for f in experiment.families)
+    return math.ceil(latest * experiment.epochs - 1e-9), family, latest
+
+
+def _check_neutral_asha(experiment: Experiment) -> None:
+    """Refuse ASHA settings that would compare trials before all of them are pruned."""
+    search = experiment.search
+    if not search.asha:
+        return
+    rung, family, latest = first_neutral_rung(experiment)
+    knob = "start" if family == "one_shot" else "end"
+    if rung >= experiment.epochs:
+        raise ConfigError(
+            f"search.asha can stop no trial fairly: {family} may prune until epoch {rung} "
+            f"of {experiment.epochs} ({knob} up to {latest:g}); narrow search.space."
+            f"{family}.{knob} or set asha: false")
+    if search.grace_period < rung:
+        raise ConfigError(
+            f"search.grace_period must be >= {rung}: until epoch {rung} of "
+            f"{experiment.epochs} a {family} trial may still be pruning ({knob} up to "
+            f"{latest:g}), and ASHA would favour late-pruning trials; got "
+            f"{search.grace_period}")
+
+
 def _check_runnable(experiment: Experiment) -> None:
-    """Build the training config of every family at both ends of every tuned range."""
+    """Build the training config of every family at both ends of every tuned range, and
+    check that early stopping, if on, is neutral to when a schedule prunes."""
+    _check_neutral_asha(experiment)
     faults = experiment.faults
     for name in ("raise_at_epoch", "nan_at_epoch"):
         epoch = faults and getattr(faults, name)

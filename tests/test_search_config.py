@@ -22,8 +22,11 @@ EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 
 VALID = {"name": "t", "dataset": "digits", "sparsity": 0.9, "epochs": 2,
          "families": ["one_cycle", "agp"], "trials_per_family": 2, "final_seeds": 2,
+         # Every ramp ends by half the budget: ASHA's rung at epoch 1 is neutral.
          "search": {"sampler": "tpe", "seed": 0, "asha": True, "grace_period": 1,
-                    "space": {"agp": {"power": [1.0, 4.0]}}},
+                    "space": {"agp": {"power": [1.0, 4.0], "start": [0.0, 0.3],
+                                      "end": [0.4, 0.5]},
+                              "one_cycle": {"start": [0.0, 0.3], "end": [0.4, 0.5]}}},
          "training": {"optimizer": "adam", "lr_max": [1e-3, 1e-2],
                       "coupling": ["none", "align"], "recovery_gain": [0.0, 2.0]},
          "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "workers_per_trial": 1},
@@ -326,3 +329,24 @@ def test_cli_fails_fast_when_the_optuna_storage_cannot_be_opened(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "optuna_storage" in done.stderr
     assert "cannot be opened" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("space", "grace", "epochs", "expected"), [
+    # one_cycle's default end reaches 1.0: no rung before the last epoch is fair
+    ({}, 5, 25, "search.asha can stop no trial fairly: one_cycle may prune until epoch 25 "
+                "of 25 (end up to 1); narrow search.space.one_cycle.end or set asha: false"),
+    # the paper files' former setting, with ramps that may end at 80% of 25 epochs
+    ({"one_cycle": {"end": [0.7, 0.8]}, "agp": {"end": [0.5, 0.8]}}, 5, 25,
+     "search.grace_period must be >= 20: until epoch 20 of 25 a one_cycle trial may still "
+     "be pruning (end up to 0.8), and ASHA would favour late-pruning trials; got 5"),
+    ({"one_cycle": {"end": [0.7, 0.8]}, "agp": {"end": [0.5, 0.8]}}, 20, 25, None),
+])
+def test_asha_is_refused_where_it_would_favour_late_pruning(space, grace, epochs, expected):
+    raw = {**VALID, "epochs": epochs,
+           "search": {"asha": True, "grace_period": grace, "space": space}}
+    if expected is None:
+        assert parse_experiment(raw).search.grace_period == grace
+        return
+    with pytest.raises(ConfigError) as error:
+        parse_experiment(raw)
+    assert str(error.value) == expected

@@ -4,6 +4,7 @@ storage), with a stand-in trial that reports chosen accuracies instead of traini
 exact budgets, a family's final runs starting as soon as its own search has ended, ASHA
 comparing a trial only with its own family, and Optuna studies that Optuna's tools read."""
 
+import dataclasses
 import math
 import sys
 import time
@@ -14,9 +15,12 @@ import optuna
 import pytest
 import ray.cloudpickle
 from mlflow.tracking import MlflowClient
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
 
-from search.config import parse_experiment
+from search.config import ConfigError, first_neutral_rung, parse_experiment
 from search.plan import target_sparsity
+from search.searcher import GroupScheduler
 from search.study import load_data, run_experiment
 
 pytestmark = pytest.mark.slow  # studies on the two-node Ray cluster
@@ -172,7 +176,9 @@ def test_asha_compares_a_trial_only_with_its_own_family(tmp_path, monkeypatch, r
     monkeypatch.chdir(tmp_path)
     experiment = experiment_in(tmp_path, sparsity=0.9, families=["agp", "one_cycle"],
                                trials_per_family=6, epochs=3,
-                               search={"asha": True, "grace_period": 1})
+                               search={"asha": True, "grace_period": 1, "space": {
+                                   family: {"start": [0.0, 0.1], "end": [0.2, 0.33]}
+                                   for family in ("agp", "one_cycle")}})
     run_experiment(experiment, load_data(experiment), storage_path=str(tmp_path / "ray"),
                    trial_function=stand_in(
                        {"agp": 0.1, "one_cycle": 0.3, "dense": 0.0},
@@ -184,3 +190,55 @@ def test_asha_compares_a_trial_only_with_its_own_family(tmp_path, monkeypatch, r
     pruned = optuna.load_study(study_name="sched/agp",
                                storage=f"sqlite:///{tmp_path}/optuna.db").trials
     assert {trial.state.name for trial in pruned} == {"COMPLETE", "PRUNED"}
+
+
+class _Tracked:
+    """What `GroupScheduler` tells its searcher of (nothing to search here)."""
+
+    def track(self, trial):
+        pass
+
+
+# Validation accuracy per epoch (10 epochs) of two agp trials: `late` prunes over
+# [0.5, 0.8] of the budget (dense and ahead until then) and ends worse; `early` prunes
+# over [0, 0.3], trails while it recovers, and ends better.
+CURVES = {"late": [0.95] * 5 + [0.70, 0.72, 0.75, 0.78, 0.80],
+          "early": [0.40, 0.55, 0.65, 0.75, 0.80, 0.84, 0.86, 0.88, 0.89, 0.90]}
+
+
+def asha_decisions(experiment, order):
+    """Feed the two curves to the experiment's scheduler epoch by epoch, in `order` within
+    each epoch; returns the epoch at which each trial was stopped early (None: never)."""
+    scheduler = GroupScheduler(_Tracked(), experiment)
+    trials = {name: Trial("stand_in", stub=True, trial_id=name, config={
+        "part": "search", "sparsity": 0.9, "family": "agp", "number": i, "params": {}})
+        for i, name in enumerate(order)}
+    for trial in trials.values():
+        scheduler.on_trial_add(None, trial)
+    stopped = dict.fromkeys(order)
+    for epoch in range(1, experiment.epochs):  # (at the last epoch every trial ends)
+        for name in order:
+            if stopped[name] is None and scheduler.on_trial_result(
+                    None, trials[name], {"epoch": epoch, "val_acc": CURVES[name][epoch - 1]}
+            ) == TrialScheduler.STOP:
+                stopped[name] = epoch
+    return stopped
+
+
+def test_asha_never_prefers_a_late_pruning_trial_that_ends_worse(tmp_path):
+    """With the rung where the README puts it (after the latest `end` the space allows),
+    the early-pruning trial that ends better goes on, whichever reports first; a rung
+    while `late` is still dense (grace period 1, which the schema refuses) stops it."""
+    neutral = experiment_in(tmp_path, sparsity=0.9, families=["agp"], epochs=10,
+                            search={"asha": True, "grace_period": 8,
+                                    "space": {"agp": {"end": [0.5, 0.8]}}})
+    assert first_neutral_rung(neutral) == (8, "agp", 0.8)
+    assert asha_decisions(neutral, ["late", "early"]) == {"late": None, "early": None}
+    assert asha_decisions(neutral, ["early", "late"]) == {"early": None, "late": 8}
+    biased = dataclasses.replace(neutral, search=dataclasses.replace(neutral.search,
+                                                                     grace_period=1))
+    assert asha_decisions(biased, ["late", "early"])["early"] == 1
+    with pytest.raises(ConfigError, match="grace_period must be >= 8"):
+        experiment_in(tmp_path, sparsity=0.9, families=["agp"], epochs=10,
+                      search={"asha": True, "grace_period": 1,
+                              "space": {"agp": {"end": [0.5, 0.8]}}})
