@@ -200,9 +200,15 @@ def plot_curves(outcomes: Sequence[FamilyOutcome], path: Path, title: str) -> Pa
     return path
 
 
+SCHEDULE_PARAMS = ("start", "end", "alpha", "beta", "power", "steps")
+
+
 def _importance_params(outcomes: Sequence[FamilyOutcome]) -> list[str]:
-    """Every parameter some family has an importance for, in first-seen order."""
-    return list(dict.fromkeys(name for o in outcomes for name in o.importances))
+    """Every parameter some family has an importance for: the schedules' first, then the
+    training settings in the order first seen."""
+    seen = list(dict.fromkeys(name for o in outcomes for name in o.importances))
+    return sorted(seen, key=lambda name: (SCHEDULE_PARAMS.index(name)
+                                          if name in SCHEDULE_PARAMS else len(SCHEDULE_PARAMS)))
 
 
 def importance_table(outcomes: Sequence[FamilyOutcome]) -> str:
@@ -311,7 +317,9 @@ def plot_sweep(rows: Sequence[dict], path: Path, title: str) -> Path:
                         linestyle="--" if family == "dense" else "-", label=family)
         ax.fill_between(x, [row["ci95_low"] for row in mine],
                         [row["ci95_high"] for row in mine], color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="sparsity", ylabel="test accuracy (mean, 95% interval)", title=title)
+    ax.set(xlabel="sparsity", ylabel="test accuracy (mean, 95% interval)")
+    ax.set_title(title, fontsize="medium", wrap=True)
+    ax.set_xticks(sorted({row["sparsity"] for row in rows}))
     ax.xaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -17,7 +17,10 @@ autoscaler sees demand). One family's results only reach its own study.
 
 `GroupScheduler` (a Ray Tune `TrialScheduler`) gives each (sparsity, family) its own ASHA
 bracket, so a trial is only ever compared with trials of its own family; final runs are
-never stopped. It also tells the searcher of every trial Tune adds, including the trials
+never stopped. Its first rung is the grace period, which the experiment schema only
+accepts once every family's trials have reached their final sparsity
+(`search.config.first_neutral_rung`): a rung never compares a still-dense trial with a
+pruned one. It also tells the searcher of every trial Tune adds, including the trials
 `Tuner.restore` brings back: the searcher then forgets the trials the restored state lost
 (Tune's snapshot and the searcher's can be a moment apart when a driver is killed) and
 hands them out again, so budgets stay exact across a resume.

@@ -14,7 +14,9 @@ trial's Ray Train run lives in `<that folder>/train/<trial id>`. The storage pat
 local folder or a URI (s3://...: shared storage for a multi-node cluster).
 
 When the Tuner is done, `plan.aggregate` (pure) turns its trials into per-family outcomes,
-and each study's family runs and comparison are written to MLflow.
+and each study's family runs (with the importances of their searched parameters) and
+comparison are written to MLflow; an experiment with several sparsities also gets a
+`sweep` run, accuracy against sparsity.
 """
 
 from __future__ import annotations
@@ -421,5 +423,6 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
 
 
 def sweep_title(experiment: Experiment) -> str:
+    """The heading of an experiment's accuracy-against-sparsity table and figure."""
     return (f"{experiment.name}: {experiment.model} on {experiment.dataset}, test accuracy "
             f"against sparsity, {experiment.epochs} epochs")

@@ -6,6 +6,8 @@ import pytest
 
 from search.importance import MIN_TRIALS, param_importances
 
+pytestmark = pytest.mark.slow  # fits fANOVA forests (seconds each)
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

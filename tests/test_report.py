@@ -10,9 +10,11 @@ from search.report import (
     FamilyOutcome,
     comparison_rows,
     difference_interval,
+    importance_table,
     markdown_table,
     paired_difference,
     sweep_rows,
+    write_report,
     write_sweep,
 )
 
@@ -79,3 +81,17 @@ def test_the_sweep_lists_accuracy_against_sparsity(tmp_path):
     assert table[0] == "| sparsity | one_cycle | dense |"
     assert table[2].startswith("| 90% | 96.00 [") and table[3].startswith("| 98% | 82.00 [")
     assert {p.name for p in tmp_path.iterdir()} == {"sweep.md", "sweep.csv", "sweep.png"}
+
+
+def test_the_importance_table_puts_schedule_parameters_first(tmp_path):
+    outcomes = [FamilyOutcome("one_cycle", None, None,
+                              importances={"lr_max": 0.5, "beta": 0.3, "start": 0.2}),
+                FamilyOutcome("agp", None, None, importances={"power": 0.9, "lr_max": 0.1}),
+                FamilyOutcome("dense", None, None)]
+    header, _, one_cycle, agp = importance_table(outcomes).splitlines()
+    assert header == "| family | start | beta | power | lr_max |"
+    assert one_cycle == "| one_cycle | 20.00 | 30.00 | – | 50.00 |"
+    assert agp == "| agp | – | – | 90.00 | 10.00 |"
+    write_report(outcomes, tmp_path, "t")
+    assert (tmp_path / "importance.png").exists()
+    assert "## Which searched parameters mattered" in (tmp_path / "comparison.md").read_text()
