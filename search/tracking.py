@@ -142,9 +142,9 @@ def source_tags() -> dict[str, str]:
     return {key: value for key, value in resolve_tags().items() if key != MLFLOW_RUN_NAME}
 
 
-def dataset_input(data: ImageData, experiment: Experiment, context: str) -> DatasetInput:
-    """`data` as an MLflow dataset input of a run: its name, a digest of its contents (every
-    split's images and labels), where it came from and its split sizes."""
+def dataset(data: ImageData, experiment: Experiment) -> Dataset:
+    """`data` as an MLflow dataset: its name, a digest of its contents (every split's images
+    and labels, read once), where it came from and its split sizes."""
     digest = hashlib.sha256()
     for split in (data.train, data.val, data.test):
         for tensor in (split.images, split.labels):
@@ -155,9 +155,8 @@ def dataset_input(data: ImageData, experiment: Experiment, context: str) -> Data
     profile = {"train": len(data.train), "val": len(data.val), "test": len(data.test),
                "classes": data.num_classes, "channels": data.in_channels,
                "image_size": data.image_size}
-    dataset = Dataset(name=data.name, digest=digest.hexdigest()[:16], source_type="local",
-                      source=json.dumps(source), profile=json.dumps(profile))
-    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+    return Dataset(name=data.name, digest=digest.hexdigest()[:16], source_type="local",
+                   source=json.dumps(source), profile=json.dumps(profile))
 
 
 def browse_lines(tracking_uri: str, experiments: Sequence[tuple[str, str]]) -> list[str]:
@@ -422,8 +421,9 @@ def trial_logger(experiment: Experiment, experiment_ids: Mapping[float, str],
     on `data` (a search trial on its train and val splits, a final run on all three)."""
     scopes = [(experiment_id, {ROLE: role}) for experiment_id in experiment_ids.values()
               for role in ("trial", "final")]
-    inputs = {SEARCH: dataset_input(data, experiment, "training"),
-              FINAL: dataset_input(data, experiment, "training+testing")}
+    trained_on = dataset(data, experiment)
+    inputs = {part: DatasetInput(trained_on, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+              for part, context in ((SEARCH, "training"), (FINAL, "training+testing"))}
     return TrialLogger(experiment.tracking_uri, scopes,
                        functools.partial(describe_run, experiment=experiment,
                                          experiment_ids=dict(experiment_ids),
