@@ -18,10 +18,8 @@ from typing import Any
 from oneprune import _validate
 from oneprune.config import TrainConfig
 from oneprune.export import save_pruned
-from oneprune.schedules import FAMILIES, Schedule, schedule_from_dict
+from oneprune.schedules import FAMILIES, PARAMETERS, Schedule, schedule_from_dict
 from oneprune.train import TrainResult, check_model, train
-
-SCHEDULE_PARAMS = ("start", "end", "alpha", "beta", "power", "steps", "initial_sparsity")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -90,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--schedule", default="one_cycle",
                        help=f"one of {', '.join(FAMILIES)}, or none (dense)")
     prune.add_argument("--sparsity", type=float, default=0.9, help="final sparsity in [0, 1)")
-    for name in SCHEDULE_PARAMS:
+    for name in PARAMETERS:
         prune.add_argument(f"--{name.replace('_', '-')}",
                            type=int if name == "steps" else float,
                            help="schedule parameter (families that have it)")
@@ -117,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _schedule(args: argparse.Namespace) -> Schedule | None:
-    given = {name: getattr(args, name) for name in SCHEDULE_PARAMS
+    given = {name: getattr(args, name) for name in PARAMETERS
              if getattr(args, name) is not None}
     if args.schedule == "none":
         if given:

@@ -98,6 +98,8 @@ class Schedule(ABC):
 
     family: ClassVar[str]
     DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]]
+    # The parameter whose value is the progress by which the final sparsity is reached.
+    ENDS_AT: ClassVar[str] = "end"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -159,10 +161,10 @@ class Schedule(ABC):
         return checked
 
     @classmethod
-    @abstractmethod
     def latest_end(cls, bounds: Mapping[str, Any] | None = None) -> float:
         """The latest progress at which a schedule drawn from `bounds` (`DEFAULT_BOUNDS`
-        updated with them) has reached its final sparsity."""
+        updated with them) has reached its final sparsity: the high bound of `ENDS_AT`."""
+        return cls.search_bounds(bounds)[cls.ENDS_AT][1]
 
     @classmethod  # noqa: B027 (an optional hook, not abstract)
     def _check_bounds_relations(cls, bounds: dict[str, Any]) -> None:
@@ -218,10 +220,6 @@ class _Ramp(Schedule):
 
     def midpoint(self) -> float:
         return self.start + self._shape_midpoint() * (self.end - self.start)
-
-    @classmethod
-    def latest_end(cls, bounds=None) -> float:
-        return cls.search_bounds(bounds)["end"][1]
 
     @classmethod
     def _check_bounds_relations(cls, bounds: dict[str, Any]) -> None:
@@ -360,6 +358,7 @@ class OneShot(Schedule):
     start: float
 
     family: ClassVar[str] = "one_shot"
+    ENDS_AT: ClassVar[str] = "start"  # it prunes everything at once, at `start`
     DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = MappingProxyType({"start": (0.05, 0.9)})
 
     def _sparsity(self, t):
@@ -369,16 +368,16 @@ class OneShot(Schedule):
         return self.start
 
     @classmethod
-    def latest_end(cls, bounds=None) -> float:
-        return cls.search_bounds(bounds)["start"][1]
-
-    @classmethod
     def _suggest_params(cls, trial, bounds):
         return {"start": trial.suggest_float("start", *bounds["start"])}
 
 
 FAMILIES: Mapping[str, type[Schedule]] = MappingProxyType(
     {cls.family: cls for cls in (OneCycle, OneShot, Iterative, AGP, Linear, Cosine)})
+# Every family's parameters but final_sparsity, in the order the classes declare them.
+PARAMETERS: tuple[str, ...] = tuple(dict.fromkeys(
+    f.name for cls in FAMILIES.values() for f in dataclasses.fields(cls)
+    if f.name != "final_sparsity"))
 
 
 def schedule_from_dict(spec: Mapping[str, Any]) -> Schedule:

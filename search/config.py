@@ -391,7 +391,7 @@ def _check_neutral_asha(experiment: Experiment) -> None:
     if not search.asha:
         return
     rung, family, latest = first_neutral_rung(experiment)
-    knob = "start" if family == "one_shot" else "end"
+    knob = FAMILIES[family].ENDS_AT
     if rung >= experiment.epochs:
         raise ConfigError(
             f"search.asha can stop no trial fairly: {family} may prune until epoch {rung} "

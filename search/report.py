@@ -12,7 +12,6 @@ seeds (a final run failed) is it a Welch interval (unequal variances) over what 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from scipy import stats
 
 from oneprune.lr import CoupledLR
 from oneprune.plots import plot_schedules
-from oneprune.schedules import FAMILIES, Schedule
+from oneprune.schedules import PARAMETERS, Schedule
 
 REFERENCE = "one_cycle"
 COLUMNS = ("family", "best_params", "test_acc_mean", "test_acc_std", "ci95_low", "ci95_high",
@@ -204,11 +203,9 @@ def plot_curves(outcomes: Sequence[FamilyOutcome], path: Path, title: str) -> Pa
 def _importance_params(outcomes: Sequence[FamilyOutcome]) -> list[str]:
     """Every parameter some family has an importance for: the schedules' first, in the
     order their classes declare them, then the training settings in the order first seen."""
-    declared = list(dict.fromkeys(f.name for family in FAMILIES.values()
-                                  for f in dataclasses.fields(family)))
     seen = list(dict.fromkeys(name for o in outcomes for name in o.importances))
-    return sorted(seen, key=lambda name: declared.index(name) if name in declared
-                  else len(declared))
+    return sorted(seen, key=lambda name: PARAMETERS.index(name) if name in PARAMETERS
+                  else len(PARAMETERS))
 
 
 def importance_table(outcomes: Sequence[FamilyOutcome]) -> str:

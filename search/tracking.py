@@ -148,7 +148,7 @@ def dataset(data: ImageData, experiment: Experiment) -> Dataset:
     digest = hashlib.sha256()
     for split in (data.train, data.val, data.test):
         for tensor in (split.images, split.labels):
-            digest.update(tensor.contiguous().numpy().tobytes())
+            digest.update(tensor.contiguous().numpy())  # its buffer, not a copy
     cfg = experiment.dense_config
     source = {"dataset": data.name, "data_dir": cfg.data_dir, "split_seed": data.split_seed,
               "val_fraction": data.val_fraction, "image_size": data.image_size}
