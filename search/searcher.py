@@ -11,9 +11,10 @@ out, in this order:
 3. a search trial of the (sparsity, family) with the fewest trials in flight,
 
 so every family of every sparsity gets exactly `trials_per_family` search trials, and a
-family's final runs start as soon as its own search is over. No more trials are live than
-the cluster has slots, plus one waiting (so a freed slot is filled at once, and an
-autoscaler sees demand). One family's results only reach its own study.
+family's final runs are handed out as soon as its own search is over (Tune starts them in
+a slot that frees). No more trials are live than the cluster has slots, plus one waiting
+(so a freed slot is filled at once, and an autoscaler sees demand). One family's results
+only reach its own study.
 
 `GroupScheduler` (a Ray Tune `TrialScheduler`) gives each (sparsity, family) its own ASHA
 bracket, so a trial is only ever compared with trials of its own family; final runs are
