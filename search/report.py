@@ -171,9 +171,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: Sequence[dict], path: Path) -> Path:
+def write_csv(rows: Sequence[dict], path: Path, columns: Sequence[str] = COLUMNS) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer = csv.DictWriter(out, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -330,9 +330,6 @@ def write_sweep(studies: Sequence[tuple[float, Sequence[FamilyOutcome]]], folder
     rows = sweep_rows(studies)
     table = sweep_table(rows)
     (folder / "sweep.md").write_text(f"# {title}\n\n{table}\n", encoding="utf-8")
-    with open(folder / "sweep.csv", "w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=SWEEP_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, folder / "sweep.csv", SWEEP_COLUMNS)
     plot_sweep(rows, folder / "sweep.png", title)
     return table

@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pyarrow.fs
 import ray
@@ -322,12 +321,13 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
     reference's with its config and mean test accuracy), and log the comparison of the
     study at `sparsity`."""
     name = experiment.study_name(sparsity)
+    test_acc_means = {o.family: sum(o.test_accs) / len(o.test_accs)
+                      for o in outcomes if o.test_accs}
     for outcome in outcomes:
         if outcome.family == DENSE:
             tracking.finish_family(
                 client, family_run_ids[(sparsity, DENSE)], experiment.base_config().to_dict(),
-                {"test_acc_mean": float(np.mean(outcome.test_accs))} if outcome.test_accs
-                else {})
+                {"test_acc_mean": test_acc_means[DENSE]} if DENSE in test_acc_means else {})
             continue
         outcome.importances = study_importances(
             experiment.optuna_storage_url, optuna_study_name(experiment, (sparsity,
@@ -349,9 +349,8 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
              f"{sparsity:.0%} sparsity, {experiment.epochs} epochs")
     with tempfile.TemporaryDirectory() as folder:
         write_report(outcomes, Path(folder), title)
-        tracking.finish_comparison(client, experiment_id, folder, {
-            f"test_acc_mean.{o.family}": sum(o.test_accs) / len(o.test_accs)
-            for o in outcomes if o.test_accs})
+        tracking.finish_report_run(client, experiment_id, "comparison", folder, {
+            f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()})
     return StudyResult(name, sparsity, title, outcomes, experiment_id)
 
 
@@ -417,8 +416,8 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
         with tempfile.TemporaryDirectory() as folder:
             write_sweep([(study.sparsity, study.outcomes) for study in studies],
                         Path(folder), sweep_title(experiment))
-            tracking.finish_sweep(client, tracking.open_experiment(client, experiment.name),
-                                  folder)
+            tracking.finish_report_run(
+                client, tracking.open_experiment(client, experiment.name), "sweep", folder)
     return studies
 
 

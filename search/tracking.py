@@ -371,20 +371,13 @@ def fail_family(client: MlflowClient, run_id: str, metrics: Mapping[str, float])
     client.set_terminated(run_id, "FAILED")
 
 
-def finish_comparison(client: MlflowClient, experiment_id: str, folder: str,
-                      metrics: Mapping[str, float]) -> None:
-    """Upload the comparison's files from `folder` and its headline metrics."""
-    run_id = ensure_run(client, experiment_id, {ROLE: "comparison"}, "comparison")
+def finish_report_run(client: MlflowClient, experiment_id: str, role: str, folder: str,
+                      metrics: Mapping[str, float] | None = None) -> None:
+    """Upload the report files in `folder` (and its headline `metrics`) to the experiment's
+    run of `role`, "comparison" or "sweep" (created if missing), and close it."""
+    run_id = ensure_run(client, experiment_id, {ROLE: role}, role)
     client.log_artifacts(run_id, folder)
-    client.log_batch(run_id, metrics=_metrics(metrics))
-    client.set_terminated(run_id, "FINISHED")
-
-
-def finish_sweep(client: MlflowClient, experiment_id: str, folder: str) -> None:
-    """Upload an experiment's accuracy-against-sparsity files from `folder` to its `sweep`
-    run (created if missing)."""
-    run_id = ensure_run(client, experiment_id, {ROLE: "sweep"}, "sweep")
-    client.log_artifacts(run_id, folder)
+    client.log_batch(run_id, metrics=_metrics(metrics or {}))
     client.set_terminated(run_id, "FINISHED")
 
 
