@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oneprune import _validate
+from oneprune.allocation import SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
 from oneprune.export import save_pruned
 from oneprune.schedules import FAMILIES, PARAMETERS, Schedule, schedule_from_dict
@@ -88,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--schedule", default="one_cycle",
                        help=f"one of {', '.join(FAMILIES)}, or none (dense)")
     prune.add_argument("--sparsity", type=float, default=0.9, help="final sparsity in [0, 1)")
+    prune.add_argument("--scope", choices=tuple(SCOPE_NAMES),
+                       help="the older name of --allocation: local is uniform, global global")
     for name in PARAMETERS:
         prune.add_argument(f"--{name.replace('_', '-')}",
                            type=int if name == "steps" else float,
@@ -105,6 +108,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {key: value for key, value in vars(args).items()
              if key.partition(".")[0] in settings and key != "schedule"}
     values = {key: value for key, value in given.items() if "." not in key}
+    if getattr(args, "scope", None) is not None:
+        named = from_scope(args.scope)
+        if values.setdefault("allocation", named) != named:
+            raise ValueError(f"--scope {args.scope} names allocation {named!r}, but "
+                             f"--allocation is {values['allocation']!r}")
     if "model_args" in values:
         values["model_args"] = dict(values["model_args"])
     for key, value in given.items():

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 from oneprune import _validate
+from oneprune import allocation as allocations
 from oneprune.data import DATASETS, ImageData, load_dataset
 from oneprune.lr import COUPLINGS, LR_MAX, PCT_START, RECOVERY_GAIN, RECOVERY_WINDOW, CoupledLR
 from oneprune.models import MODELS, check_model_args, check_model_name
-from oneprune.pruning import GRANULARITIES, SCOPES, PruneSelection
+from oneprune.pruning import GRANULARITIES, PruneSelection
 from oneprune.schedules import OneCycle, Schedule, schedule_from_dict
 
 OPTIMIZERS = ("adam", "sgd")
@@ -41,6 +42,7 @@ TUNE = ("log", "linear", "choice", None)
 def setting(default: Any = dataclasses.MISSING, *, help: str, group: str,
             check: Callable[[str, Any], Any], where: str | None = "top",
             tune: str | None = None, flags: tuple[str, ...] = (),
+            when: tuple[str, Any] | None = None,
             default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
     """A `TrainConfig` field and everything derived from it, declared once.
 
@@ -50,12 +52,13 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, group: str,
     `where` places it in an experiment file: a top-level key ("top"), a key of its
     `training:` section ("training") or none (None: set per trial by the service).
     `tune` says what a study may search: "log" / "linear" (a [low, high] range), "choice"
-    (a list of values) or nothing.
+    (a list of values) or nothing. `when=(other, value)` makes it a conditional parameter:
+    it matters, and a study searches it, only where setting `other` has that value.
     """
     if group not in GROUPS or where not in WHERE or tune not in TUNE:
         raise ValueError(f"setting: group {group!r}, where {where!r} or tune {tune!r} unknown")
     metadata = {"help": help, "group": group, "check": check, "where": where, "tune": tune,
-                "flags": flags}
+                "flags": flags, "when": when}
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -175,8 +178,15 @@ class TrainConfig:
     prune: PruneSelection = setting(
         default_factory=PruneSelection, group="pruning", check=PruneSelection.parse,
         help="which layers are pruned: kinds (conv, linear) and module names to exclude")
-    scope: str = setting("local", group="pruning", check=_choice(SCOPES),
-                         help="local or global")
+    allocation: str = setting(
+        "uniform", group="pruning", tune="choice", check=_choice(allocations.ALLOCATIONS),
+        help="how the target is spread over the layers: "
+             f"{', '.join(allocations.ALLOCATIONS)} (scope local | global: uniform | global)")
+    depth_exponent: float = setting(
+        0.0, group="pruning", tune="linear", when=("allocation", "depth"),
+        check=_real(**allocations.DEPTH_EXPONENT),
+        help="allocation depth: density ~ exp(-exponent * depth), depth -1/2 (first pruned "
+             "layer) to 1/2 (last); > 0 prunes deeper layers harder")
     granularity: str = setting("weight", group="pruning", check=_choice(GRANULARITIES),
                                help="weight or filter")
     prune_resolution: float = setting(1e-3, group="pruning", where="training",
@@ -200,6 +210,7 @@ class TrainConfig:
         if self.width != 1.0 and self.model not in MODELS:
             raise ValueError(f"width scales the built-in models only; size model "
                              f"{self.model!r} through model_args, got width={self.width:g}")
+        allocations.check(self.allocation, self.granularity)
         if self.dataset == "imagefolder" and self.data_dir is None:
             raise ValueError("dataset 'imagefolder' needs data_dir (a folder with train/ "
                              "and optionally test/ of class folders)")
@@ -247,6 +258,9 @@ class TrainConfig:
         if not isinstance(spec, Mapping):
             raise ValueError(f"train config must be a mapping, got {spec!r}")
         names = list(cls.settings())
+        if "scope" in spec and "allocation" not in spec:  # the older name, e.g. in a state
+            spec = {**spec, "allocation": allocations.from_scope(spec["scope"])}
+            spec.pop("scope")
         unknown = [key for key in spec if key not in names]
         if unknown:
             raise ValueError(f"train config has no field {unknown[0]!r}; "

@@ -12,20 +12,25 @@ Rules, in one place:
   whole output filters (slices along dim 0 of the weight) scored by their RMS,
   sqrt(mean(w^2)) = L2 norm / sqrt(fan-in). The RMS is on the same scale as a single
   weight's magnitude whatever a layer's fan-in, which is what makes filters of different
-  layers comparable under global scope; a plain L2 norm would favour wide layers.
-- Counts. Local scope prunes exactly round(s * n) of each layer's n units; global scope
-  prunes exactly round(s * N) of all N units, ranked together. Selection is by rank:
-  `torch.kthvalue` finds the k-th smallest score, everything below it is pruned, and ties
-  at it are broken by position (layer order, then flat index). So counts are exact under
-  ties and pre-existing zeros, and no `torch.quantile` (limited to 2^24 elements) is used.
-- A layer is never emptied: at least one unit per layer survives (local: at most n - 1 are
-  pruned; global: each layer's highest-scoring live unit is kept out of the ranking).
-- Monotone: a pruned unit stays pruned. Pruned units rank below every live one, so a higher
-  target extends the pruned set, and a target below the current sparsity changes nothing.
-- DDP: masks are a deterministic function of the weights (no randomness, no reductions
-  whose order varies, position tie-break), and DDP keeps weights identical on every rank
-  (same initial broadcast, all-reduced gradients), so every rank computes the same masks
-  without any communication.
+  layers comparable in one ranking; a plain L2 norm would favour wide layers. A pruned
+  filter also zeroes its bias and the BatchNorm channel that reads it (when the pruner
+  is given `example_inputs` to find it), so the channel is exactly zero and the filter can
+  be removed from the network (`oneprune.structured.slim`).
+- Where. The allocation (`oneprune.allocation`) decides how many units each layer prunes
+  at each target: uniform, global (one ranking over all layers), erk, lamp, uniform_plus
+  or depth. `scope="local"` / `"global"` are the older names of uniform and global.
+- Counts. Exactly round(s * N) of all N units are pruned, whatever the allocation (capped
+  so that every layer keeps a unit). Selection is by rank (`oneprune.ranking`): the k-th
+  smallest score is found exactly, everything below it is pruned, ties at it are broken
+  by position (layer order, then flat index). So counts are exact under ties and
+  pre-existing zeros, and no `torch.quantile` (limited to 2^24 elements) is used.
+- A layer is never emptied: at least one unit per layer survives (its best one).
+- Monotone: a pruned unit stays pruned. Pruned units rank below every live one and no
+  layer's budget falls below what it has pruned, so a higher target extends the pruned
+  set, and a target below the current sparsity changes nothing.
+- DDP: masks are a deterministic function of the weights (no randomness, position
+  tie-break), and DDP keeps weights identical on every rank (same initial broadcast,
+  all-reduced gradients), so every rank computes the same masks without communication.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ import torch
 from torch import nn
 
 from oneprune import _validate
+from oneprune import allocation as allocations
+from oneprune.ranking import smallest
 
-SCOPES = ("local", "global")
+SCOPES = tuple(allocations.SCOPE_NAMES)
 GRANULARITIES = ("weight", "filter")
 LAYER_KINDS: dict[str, type[nn.Module]] = {"conv": nn.Conv2d, "linear": nn.Linear}
 
@@ -109,54 +116,7 @@ class LayerSparsity(NamedTuple):
     weights: int
     pruned: int
     sparsity: float
-
-
-_SAMPLE = 1 << 16  # largest sample of `kth_smallest`'s bracketing pass
-_BRACKET_CPU = 1 << 15  # on CPU, bracket from this many scores on (GPU: above 16 * _SAMPLE)
-
-
-def kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Exact k-th smallest (1-based) value of 1-D `scores`, as a 0-d tensor.
-
-    On large inputs a full `torch.kthvalue` is the bottleneck of a prune (on CPU already
-    from a few 10k scores, where it is several times slower than a pass that compares), so
-    a strided sample first brackets the answer (Floyd-Rivest): the sample's ranks around
-    k/n, widened by 3 sqrt(sample) (6 standard deviations of a random sample's rank),
-    give [low, high]; `kthvalue` then runs on the few entries inside. Ties at `low` (such
-    as the pruned units' common score) are counted rather than ranked. When the bracket
-    misses (a sample that is not representative), the full `kthvalue` answers.
-    """
-    n = scores.numel()
-    small = n <= 16 * _SAMPLE and not (scores.device.type == "cpu" and n >= _BRACKET_CPU)
-    if small or torch.isnan(scores.sum()):  # NaN (kthvalue sorts it last): no bracket
-        return torch.kthvalue(scores, k).values
-    sample = scores[:: n // min(_SAMPLE, n // 16)]
-    size = sample.numel()
-    position, margin = k / n * size, 3.0 * size ** 0.5
-    low = torch.kthvalue(sample, min(max(int(position - margin), 0), size - 1) + 1).values
-    high = torch.kthvalue(sample, min(int(position + margin), size - 1) + 1).values
-    above_low = scores > low
-    up_to_low = n - int(torch.count_nonzero(above_low))
-    if k > up_to_low:  # the usual case: the answer is inside (low, high] or a miss
-        inside = scores[above_low & (scores <= high)]
-        if k - up_to_low <= inside.numel():
-            return torch.kthvalue(inside, k - up_to_low).values
-    elif k > int(torch.count_nonzero(scores < low)):
-        return low
-    return torch.kthvalue(scores, k).values
-
-
-def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of exactly the `k` smallest entries of 1-D `scores`, ties by lower index."""
-    if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    kth = kth_smallest(scores, k)
-    selected = scores <= kth
-    extra = int(torch.count_nonzero(selected)) - k
-    if extra > 0:  # ties at the k-th value: only the first (lowest index) ones are needed
-        tied = torch.nonzero(scores == kth).flatten()
-        selected[tied[tied.numel() - extra:]] = False
-    return selected
+    shape: tuple[int, ...]
 
 
 class Pruner:
@@ -164,14 +124,18 @@ class Pruner:
 
     Args:
         model: the network; its prunable layers are found once, here.
-        scope: "local" (every layer gets the target sparsity) or "global" (one ranking
-            over all prunable layers).
+        scope: the older name of `allocation`: "local" is "uniform", "global" "global".
         granularity: "weight" (unstructured) or "filter" (whole output filters).
         layer_types: module classes whose `weight` is pruned (default: `nn.Conv2d`).
         exclude: module-name patterns (`fnmatch`, e.g. "conv1" or "layer4.*") to leave
             dense; a pattern that matches no prunable layer is an error.
+        allocation: how a target is spread over the layers (`oneprune.allocation`):
+            "uniform" (the default), "global", "erk", "lamp", "uniform_plus" or "depth".
+        depth_exponent: the exponent of "depth" (0: uniform; > 0: deeper layers sparser).
+        example_inputs: a batch the model takes; with filter granularity it lets the
+            pruner find the BatchNorm channel each filter feeds, which is zeroed with it.
 
-    `Pruner.of(model, selection, ...)` takes both from a `PruneSelection`.
+    `Pruner.of(model, selection, ...)` takes the layers from a `PruneSelection`.
 
     Example: make two conv layers 75% sparse, then keep them so after an optimizer step.
 
@@ -191,13 +155,29 @@ class Pruner:
     >>> pruner.apply_masks()  # zero the pruned weights again (weight decay moved them)
     >>> int((model[2].weight == 0).sum())
     216
+
+    The same budget spread by ERK: the small first layer keeps 31 of its 36 weights.
+
+    >>> erk = Pruner(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 8, 3)), allocation="erk")
+    >>> erk.prune_to(0.75)
+    >>> [(row.name, row.pruned) for row in erk.layer_report()]
+    [('0', 5), ('1', 238)]
     """
 
-    def __init__(self, model: nn.Module, scope: str = "local", granularity: str = "weight",
+    def __init__(self, model: nn.Module, scope: str | None = None,
+                 granularity: str = "weight",
                  layer_types: type | tuple[type, ...] = (nn.Conv2d,),
-                 exclude: str | Iterable[str] = ()):
-        self.scope = _validate.choice("scope", scope, SCOPES)
+                 exclude: str | Iterable[str] = (), *, allocation: str | None = None,
+                 depth_exponent: float = 0.0, example_inputs: torch.Tensor | None = None):
         self.granularity = _validate.choice("granularity", granularity, GRANULARITIES)
+        named = None if scope is None else allocations.from_scope(scope)
+        if allocation is not None and named is not None and allocation != named:
+            raise ValueError(f"scope {scope!r} names allocation {named!r}, "
+                             f"but allocation is {allocation!r}")
+        self.allocation = allocations.check(allocation or named or "uniform",
+                                                        self.granularity)
+        self.depth_exponent = _validate.real("depth_exponent", depth_exponent,
+                                             **allocations.DEPTH_EXPONENT)
         if isinstance(layer_types, type):
             layer_types = (layer_types,)
         layer_types = tuple(layer_types)
@@ -223,13 +203,22 @@ class Pruner:
         self._alive = [torch.ones(self._unit_count(m.weight), dtype=torch.bool,
                                   device=m.weight.device) for _, m in self._layers]
         self._masks = [torch.ones_like(m.weight) for _, m in self._layers]
+        # Per layer, filter granularity only: the 1-D parameters zeroed with a filter (its
+        # bias, the BatchNorm channel it feeds).
+        self._followers: list[list[nn.Parameter]] = [[] for _ in self._layers]
+        if self.granularity == "filter":
+            from oneprune.structured import filter_followers
+
+            self._followers = filter_followers(model, [m for _, m in self._layers],
+                                               example_inputs)
 
     @classmethod
-    def of(cls, model: nn.Module, selection: PruneSelection, scope: str = "local",
-           granularity: str = "weight") -> Pruner:
-        """A pruner of the layers `selection` picks in `model`."""
+    def of(cls, model: nn.Module, selection: PruneSelection, scope: str | None = None,
+           granularity: str = "weight", **options) -> Pruner:
+        """A pruner of the layers `selection` picks in `model` (`options`: `allocation`,
+        `depth_exponent`, `example_inputs`)."""
         return cls(model, scope, granularity, layer_types=selection.layer_types,
-                   exclude=selection.exclude)
+                   exclude=selection.exclude, **options)
 
     # -- units ----------------------------------------------------------------------------
 
@@ -264,31 +253,68 @@ class Pruner:
         """Names (as in `model.named_modules()`) of the layers this pruner prunes."""
         return [name for name, _ in self._layers]
 
+    def _units(self) -> list[int]:
+        return [alive.numel() for alive in self._alive]
+
+    def _most_pruned(self) -> list[int]:
+        """Per layer, the most units the allocation lets it prune."""
+        low, _ = allocations.kept_bounds(self.allocation, self._units())
+        return [n - kept for n, kept in zip(self._units(), low, strict=True)]
+
+    def check_reachable(self, sparsity: float) -> None:
+        """Raise `ValueError` if the allocation cannot prune `sparsity` of the units: only
+        `uniform_plus`, whose first layer stays dense and last keeps 20%, has such a limit
+        (every other allocation only keeps one unit per layer, and is capped there)."""
+        units = self._units()
+        target = round(_validate.real("sparsity", sparsity, low=0.0, high=1.0,
+                                      high_open=True) * sum(units))
+        most = self._most_pruned()
+        if self.allocation == "uniform_plus" and target > sum(most):
+            unit = "filters" if self.granularity == "filter" else "weights"
+            last = (f" and {allocations.UNIFORM_PLUS_LAST_KEPT:.0%} of the last, "
+                    f"{self.layer_names[-1]!r}" if len(units) > 1 else "")
+            raise ValueError(
+                f"allocation 'uniform_plus' cannot reach sparsity {sparsity:g}: it keeps the "
+                f"first pruned layer {self.layer_names[0]!r} dense ({units[0]:,} {unit})"
+                f"{last}, so at most {sum(most) / sum(units):.2%} of the {sum(units):,} "
+                f"{unit} can be pruned")
+
     @torch.no_grad()
     def prune_to(self, sparsity: float) -> None:
         """Prune to `sparsity` in [0, 1) of the units (see the module docstring's rules)
         and zero the pruned weights at once."""
-        target = _validate.real("sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+        self.check_reachable(sparsity)
         self._follow_weights()
-        if self.scope == "local":
-            for i, alive in enumerate(self._alive):
-                n, pruned = alive.numel(), alive.numel() - int(torch.count_nonzero(alive))
-                k = min(round(target * n), n - 1)
-                if k > pruned:
-                    self._set_alive(i, ~_smallest(self._scores(i), k))
-        else:
+        units = self._units()
+        pruned = [n - int(torch.count_nonzero(alive)) for n, alive in zip(
+            units, self._alive, strict=True)]
+        most = self._most_pruned()
+        total = min(round(sparsity * sum(units)), sum(most))
+        if total > sum(pruned):
             scores = [self._scores(i) for i in range(len(self._layers))]
-            for layer_scores in scores:  # each layer's best live unit is never ranked
-                layer_scores[layer_scores.argmax()] = float("inf")
-            ranking = torch.cat(scores)
-            n = ranking.numel()
-            pruned = n - sum(int(torch.count_nonzero(alive)) for alive in self._alive)
-            k = min(round(target * n), n - len(scores))
-            if k > pruned:
-                selected = _smallest(ranking, k).split([s.numel() for s in scores])
+            if self.allocation in ("global", "lamp"):  # one ranking over all layers
+                selected = (self._ranked_globally(scores, total) if self.allocation == "global"
+                            else allocations.lamp_prune(scores, total))
                 for i, layer_selected in enumerate(selected):
                     self._set_alive(i, ~layer_selected)
+            else:
+                kept = allocations.kept_targets(
+                    self.allocation, units, [m.weight.shape for _, m in self._layers],
+                    sum(units) - total, self.depth_exponent)
+                counts = allocations.integer_budgets(
+                    [n - k for n, k in zip(units, kept, strict=True)], pruned, most, total)
+                for i, (count, before) in enumerate(zip(counts, pruned, strict=True)):
+                    if count > before:
+                        self._set_alive(i, ~smallest(scores[i], count))
         self.apply_masks()
+
+    @staticmethod
+    def _ranked_globally(scores: list[torch.Tensor], total: int) -> list[torch.Tensor]:
+        """The `total` lowest magnitudes over all layers, per layer; each layer's best live
+        unit is never ranked."""
+        for layer_scores in scores:
+            layer_scores[layer_scores.argmax()] = float("inf")
+        return list(smallest(torch.cat(scores), total).split([s.numel() for s in scores]))
 
     def _set_alive(self, i: int, alive: torch.Tensor) -> None:
         weight = self._layers[i][1].weight
@@ -315,6 +341,13 @@ class Pruner:
             if weight.grad is not None:
                 tensors.append(weight.grad)
                 masks.append(mask)
+        for alive, followers in zip(self._alive, self._followers, strict=True):
+            for parameter in followers:  # a pruned filter's bias and BatchNorm channel
+                mask = alive.to(parameter.device, parameter.dtype)
+                for tensor in (parameter, parameter.grad):
+                    if tensor is not None:
+                        tensors.append(tensor)
+                        masks.append(mask)
         torch._foreach_mul_(tensors, masks)
 
     # -- measurement ----------------------------------------------------------------------
@@ -326,7 +359,8 @@ class Pruner:
             weights = module.weight.numel()
             pruned_units = alive.numel() - int(torch.count_nonzero(alive))
             pruned = pruned_units * self._unit_size(module.weight)
-            rows.append(LayerSparsity(name, weights, pruned, pruned / weights))
+            rows.append(LayerSparsity(name, weights, pruned, pruned / weights,
+                                      tuple(module.weight.shape)))
         return rows
 
     def sparsity(self) -> float:
@@ -372,5 +406,5 @@ class Pruner:
         self.apply_masks()
 
     def __repr__(self) -> str:
-        return (f"Pruner(scope={self.scope!r}, granularity={self.granularity!r}, "
+        return (f"Pruner(allocation={self.allocation!r}, granularity={self.granularity!r}, "
                 f"layers={len(self._layers)}, sparsity={self.sparsity():.4f})")

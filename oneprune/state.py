@@ -9,6 +9,7 @@ with `weights_only=True`, so a crash never leaves half a file and loading runs n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from collections.abc import Mapping
@@ -47,8 +48,11 @@ def check_resume(state: Mapping[str, Any], cfg: TrainConfig, world_size: int) ->
     """Refuse a state taken from another run: it would silently mix two trainings."""
     if not isinstance(state, Mapping) or not STATE_KEYS <= set(state):
         raise ValueError(f"resume must be a training state with keys {sorted(STATE_KEYS)}")
-    if state["config"] != cfg.to_dict():
-        differs = sorted(k for k, v in cfg.to_dict().items() if state["config"].get(k) != v)
+    saved = state["config"]
+    with contextlib.suppress(ValueError):  # a state of an older version: its names updated
+        saved = type(cfg).from_dict(saved).to_dict()
+    if saved != cfg.to_dict():
+        differs = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
         raise ValueError(f"resume state was taken with another config (differs in "
                          f"{', '.join(differs)})")
     if state["world_size"] != world_size:

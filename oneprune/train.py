@@ -73,6 +73,9 @@ class TrainResult:
     diverged: bool = False
     num_classes: int | None = None
     in_channels: int | None = None
+    mean: tuple[float, ...] = ()  # the normalisation of the inputs, in [0, 1] units
+    std: tuple[float, ...] = ()
+    image_size: int | None = None
 
     def metrics(self) -> dict[str, Any]:
         """JSON-ready summary (what `--out` writes to metrics.json)."""
@@ -111,7 +114,7 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = initial_model(cfg, data).to(device, memory_format=memory_format)
-    pruner = new_pruner(cfg, model)
+    pruner = new_pruner(cfg, model, data)
     net = model
     if world_size > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -213,7 +216,8 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
     return TrainResult(cfg, test_loss, test_acc, history[-1]["val_loss"],
                        history[-1]["val_acc"], history[-1]["sparsity"],
                        time.perf_counter() - started, history, model, pruner, diverged,
-                       data.num_classes, data.in_channels)
+                       data.num_classes, data.in_channels, data.mean, data.std,
+                       data.image_size)
 
 
 @torch.no_grad()
@@ -268,11 +272,21 @@ def new_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
                        cfg.model_args)
 
 
-def new_pruner(cfg: TrainConfig, model: nn.Module) -> Pruner | None:
-    """The pruner of `model`'s layers that `cfg.prune` selects (None: dense training)."""
+def new_pruner(cfg: TrainConfig, model: nn.Module, data: ImageData | None = None
+               ) -> Pruner | None:
+    """The pruner of `model`'s layers that `cfg.prune` selects, with `cfg`'s allocation
+    (None: dense training). For filter pruning, a batch shaped like `data`'s images lets it
+    find the BatchNorm channel each filter feeds, zeroed with the filter."""
     if cfg.schedule is None:
         return None
-    return Pruner.of(model, cfg.prune, scope=cfg.scope, granularity=cfg.granularity)
+    example = None
+    if cfg.granularity == "filter" and data is not None:
+        parameter = next(model.parameters())
+        example = torch.zeros(2, data.in_channels, data.image_size, data.image_size,
+                              device=parameter.device)
+    return Pruner.of(model, cfg.prune, granularity=cfg.granularity,
+                     allocation=cfg.allocation, depth_exponent=cfg.depth_exponent,
+                     example_inputs=example)
 
 
 def new_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -286,14 +300,25 @@ def new_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
                            weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
 
 
-def check_model(cfg: TrainConfig, data: ImageData) -> None:
+def check_model(cfg: TrainConfig, data: ImageData, *,
+                sparsities: tuple[float, ...] | None = None,
+                allocations: tuple[str, ...] | None = None) -> None:
     """Raise `ValueError` (one line) unless `cfg`'s model can be built for `data`, has
-    layers to prune, and maps a batch of `data`'s images to one logit per class: the
-    checks worth making before any trial starts (a user's model is otherwise unknown)."""
+    layers to prune, can be pruned to each of `sparsities` (default: the schedule's final
+    one) by each of `allocations` (default: `cfg.allocation`), and maps a batch of `data`'s
+    images to one logit per class: the checks worth making before any trial starts (a
+    user's model is otherwise unknown)."""
     check_data(cfg, data)
     with torch.random.fork_rng(devices=[]):
         model = new_model(cfg, data)
     Pruner.of(model, cfg.prune)  # raises when nothing is left to prune
+    if sparsities is None:
+        sparsities = () if cfg.schedule is None else (cfg.schedule.final_sparsity,)
+    for allocation in allocations or (cfg.allocation,):
+        pruner = Pruner.of(model, cfg.prune, granularity=cfg.granularity,
+                           allocation=allocation)
+        for sparsity in sparsities:
+            pruner.check_reachable(sparsity)
     size = data.image_size
     images = torch.zeros(2, data.in_channels, size, size)
     try:

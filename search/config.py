@@ -6,6 +6,8 @@
                                  # timm:<name> (default: by dataset)
     model_args: {depth: 4}       # more keyword arguments of the model's constructor
     prune: {layers: [conv], exclude: ["features.0"]}   # what gets pruned (default: every Conv2d)
+    allocation: [uniform, erk, lamp, depth]  # or one of them; scope: local | global, the
+                                 # older name of uniform | global; depth_exponent: [-4, 4]
     sparsity: 0.9                # or a list: one study per value
     epochs: 10
     families: [one_cycle, one_shot, iterative, agp]
@@ -22,9 +24,11 @@
 The training keys are not declared here: every `TrainConfig` setting placed "top" is a
 top-level key, every one placed "training" a key of `training:` (a [low, high] range or a
 list of choices where the setting is tunable), each checked by the setting's own check
-(`oneprune.config.setting`). `load_experiment(path)` returns an `Experiment` or raises
-`ConfigError` with one line that names the offending key; a `TrainConfig` is built for
-both ends of every tuned range, so a file that loads can run.
+(`oneprune.config.setting`). Where `allocation` may be `depth` and `depth_exponent` is not
+given, the exponent is searched over `DEPTH_SEARCH` (a conditional parameter).
+`load_experiment(path)` returns an `Experiment` or raises `ConfigError` with one line that
+names the offending key; a `TrainConfig` is built for both ends of every tuned range, so a
+file that loads can run.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import Any
 import yaml
 
 from oneprune import _validate
+from oneprune.allocation import DEPTH_SEARCH, SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES
 from search.space import midpoint_schedule
@@ -145,6 +150,11 @@ class Experiment:
     def dense_config(self) -> TrainConfig:
         """The dense reference's training run (search seed)."""
         return self.base_config()
+
+    @property
+    def allocations(self) -> tuple[str, ...]:
+        """The allocations the trials may use: the searched ones, or the one fixed."""
+        return self.tuned.get("allocation", (self.dense_config.allocation,))
 
     @property
     def dataset(self) -> str:
@@ -338,8 +348,9 @@ _FAULTS = {  # the epochs' upper bound is checked against `epochs` in `_check_ru
 
 _TOP = {
     "name": _name,
-    **{name: spec.metadata["check"] for name, spec in SETTINGS.items()
+    **{name: _tuned_or_fixed(name) for name, spec in SETTINGS.items()
        if spec.metadata["where"] == "top"},
+    "scope": lambda key, value: from_scope(_validate.choice(key, value, tuple(SCOPE_NAMES))),
     "sparsity": _sparsities,
     "families": _choices(tuple(FAMILIES)),
     "trials_per_family": _checked(_validate.integer, low=1, high=100_000),
@@ -362,10 +373,18 @@ def parse_experiment(raw: Any) -> Experiment:
         if "name" not in values:
             raise ConfigError("missing key 'name' (the study's MLflow experiment name)")
         values.update(values.pop("tracking", {}))
-        training = values.pop("training", {})
-        train = {key: values.pop(key) for key in list(values) if key in SETTINGS}
-        train.update({k: v for k, v in training.items() if not isinstance(v, Tuned)})
-        tuned = {k: v.space for k, v in training.items() if isinstance(v, Tuned)}
+        if "scope" in values:  # the older name of two allocations
+            if "allocation" in values:
+                raise ConfigError("scope and allocation are two names of one setting: "
+                                  "give allocation only")
+            values["allocation"] = values.pop("scope")
+        given = {key: values.pop(key) for key in list(values) if key in SETTINGS}
+        given.update(values.pop("training", {}))
+        train = {k: v for k, v in given.items() if not isinstance(v, Tuned)}
+        tuned = {k: v.space for k, v in given.items() if isinstance(v, Tuned)}
+        allocations = tuned.get("allocation", (train.get("allocation"),))
+        if "depth" in allocations and "depth_exponent" not in given:
+            tuned["depth_exponent"] = DEPTH_SEARCH  # depth's exponent is searched
         experiment = Experiment(**values, train=train, tuned=tuned)
         _check_runnable(experiment)
     except ConfigError:

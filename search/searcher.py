@@ -273,7 +273,7 @@ class ExperimentSearcher(Searcher):
         trial = self.study(group).ask()
         define_by_run(trial, family=family, sparsity=sparsity,
                       bounds=self.experiment.search.space.get(family),
-                      tuned=self.experiment.tuned)
+                      tuned=self.experiment.tuned, fixed=self.experiment.train)
         return search_config(group, trial.number, trial.params)
 
     def _all_handed_out(self) -> bool:

@@ -356,10 +356,12 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
 
 def load_data(experiment: Experiment, progress: bool = False) -> ImageData:
     """The experiment's dataset and splits, checked against its model (`ValueError`: files
-    missing or unreadable, a model that cannot be built for them, takes no such images or
-    has nothing to prune); `progress`: a bar while an image folder is first decoded."""
+    missing or unreadable, a model that cannot be built for them, takes no such images,
+    has nothing to prune or cannot be pruned to a sparsity by one of the allocations);
+    `progress`: a bar while an image folder is first decoded."""
     data = experiment.dense_config.load_data(progress=progress)
-    check_model(experiment.base_config(experiment.families[0], experiment.sparsity[0]), data)
+    check_model(experiment.base_config(experiment.families[0], experiment.sparsity[0]), data,
+                sparsities=experiment.sparsity, allocations=experiment.allocations)
     return data
 
 

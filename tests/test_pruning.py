@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from oneprune.pruning import Pruner, _smallest, kth_smallest
+from oneprune.pruning import Pruner
+from oneprune.ranking import kth_smallest, smallest
 
 
 def small_net() -> nn.Module:
@@ -41,8 +42,13 @@ def pruned_units(weight: torch.Tensor, granularity: str) -> torch.Tensor:
     return weight.flatten() == 0
 
 
-def expected_local(n: int, sparsity: float) -> int:
-    return min(round(sparsity * n), n - 1)
+def check_uniform(counts: list[int], units: list[int], sparsity: float) -> None:
+    """Uniform allocation: exactly round(s N) units in all (capped so that every layer keeps
+    one), every layer within one unit of s n and never emptied."""
+    total = sum(units)
+    assert sum(counts) == min(round(sparsity * total), total - len(units))
+    for count, n in zip(counts, units, strict=True):
+        assert count <= n - 1 and abs(count - sparsity * n) <= 1, (count, n, sparsity)
 
 
 # -- exact counts --------------------------------------------------------------------------
@@ -51,13 +57,13 @@ def expected_local(n: int, sparsity: float) -> int:
 @pytest.mark.parametrize("make_model", [small_net, resnet18])
 @pytest.mark.parametrize("granularity", ["weight", "filter"])
 @pytest.mark.parametrize("sparsity", [0.0, 0.37, 0.8, 0.95])
-def test_local_counts_are_exact_per_layer(make_model, granularity, sparsity):
+def test_local_counts_are_exact_in_total_and_within_a_unit_per_layer(make_model, granularity,
+                                                                    sparsity):
     model = make_model()
     pruner = Pruner(model, scope="local", granularity=granularity)
     pruner.prune_to(sparsity)
-    for _, conv in convs(model):
-        units = pruned_units(conv.weight, granularity)
-        assert int(units.sum()) == expected_local(units.numel(), sparsity)
+    units = [pruned_units(conv.weight, granularity) for _, conv in convs(model)]
+    check_uniform([int(u.sum()) for u in units], [u.numel() for u in units], sparsity)
 
 
 @pytest.mark.parametrize("make_model", [small_net, resnet18])
@@ -158,8 +164,8 @@ def test_exact_with_pre_existing_zeros_and_a_zeroed_layer(scope, granularity):
     # Zero weights are not all pruned here: count what the masks prune.
     layer_units = [pruned_units(m, granularity) for m in pruner.state_dict()["masks"].values()]
     if scope == "local":
-        for u in layer_units:
-            assert int(u.sum()) == expected_local(u.numel(), 0.7)
+        check_uniform([int(u.sum()) for u in layer_units], [u.numel() for u in layer_units],
+                      0.7)
     else:
         total = sum(u.numel() for u in layer_units)
         assert sum(int(u.sum()) for u in layer_units) == round(0.7 * total)
@@ -183,7 +189,7 @@ def test_smallest_is_exact_against_a_stable_sort_reference():
         for k in (0, 1, len(scores) // 3, len(scores) - 1, len(scores)):
             expected = torch.zeros(len(scores), dtype=torch.bool)
             expected[order[:k]] = True
-            assert torch.equal(_smallest(scores, k), expected), k
+            assert torch.equal(smallest(scores, k), expected), k
 
 
 def test_smallest_is_exact_on_mid_sized_cpu_scores():
@@ -205,7 +211,7 @@ def test_smallest_is_exact_on_mid_sized_cpu_scores():
                   6 * m // 10 + m // 100, m - m // 16, m - 1, m):
             expected = torch.zeros(m, dtype=torch.bool)
             expected[order[:k]] = True
-            assert torch.equal(_smallest(scores, k), expected), k
+            assert torch.equal(smallest(scores, k), expected), k
     with_nan = torch.rand(n, generator=gen)
     with_nan[::1000] = float("nan")  # kthvalue sorts NaN last; so must the bracket
     for k in (1, n // 2, n - n // 1000, n - n // 1000 + 1, n):
@@ -230,7 +236,7 @@ def test_scores_follow_the_rule_with_non_finite_weights(bad):
     assert torch.equal(scores.nan_to_num(), expected.nan_to_num())
     n = conv.weight.numel()
     pruner.prune_to(0.6)
-    assert pruner.layer_report()[1].pruned == expected_local(n, 0.6)
+    assert pruner.layer_report()[1].pruned == round(0.6 * n)
 
 
 def test_masks_are_identical_for_identical_weights():
@@ -278,8 +284,8 @@ def test_masks_are_monotone_and_counts_exact(scope, granularity, channels, targe
         for before, now in zip(previous, current, strict=True):
             assert torch.equal(before & now, before)  # nothing revived
         if scope == "local":
-            for now in current:
-                assert int(now.sum()) == expected_local(now.numel(), highest)
+            check_uniform([int(u.sum()) for u in current], [u.numel() for u in current],
+                          highest)
         else:
             total = sum(u.numel() for u in current)
             assert sum(int(u.sum()) for u in current) == min(round(highest * total),
@@ -342,8 +348,10 @@ def test_masks_follow_the_model_to_another_dtype_and_layout():
     assert sum(int((c.weight == 0).sum()) for _, c in convs(model)) == sum(
         r.pruned for r in pruner.layer_report())
     pruner.prune_to(0.7)
-    for row, (_, conv) in zip(pruner.layer_report(), convs(model), strict=True):
-        assert row.pruned == int((conv.weight == 0).sum()) == round(0.7 * row.weights)
+    rows = pruner.layer_report()
+    for row, (_, conv) in zip(rows, convs(model), strict=True):
+        assert row.pruned == int((conv.weight == 0).sum())
+    check_uniform([r.pruned for r in rows], [r.weights for r in rows], 0.7)
 
 
 # -- layers, reports, persistence ----------------------------------------------------------
@@ -414,6 +422,10 @@ def test_load_state_dict_rejects_mismatched_state():
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"scope": "layer"}, "scope must be one of 'local', 'global', got 'layer'"),
+    ({"allocation": "dense"}, "allocation must be one of 'uniform', 'global', 'erk'"),
+    ({"scope": "local", "allocation": "lamp"}, "scope 'local' names allocation 'uniform'"),
+    ({"allocation": "erk", "granularity": "filter"}, "allocation 'erk' cannot prune filters"),
+    ({"allocation": "depth", "depth_exponent": 8.5}, r"depth_exponent must be in \[-8, 8\]"),
     ({"granularity": "channel"}, "granularity must be one of 'weight', 'filter'"),
     ({"layer_types": (int,)}, "layer_types must be nn.Module subclasses"),
     ({"exclude": "conv*"}, "exclude pattern 'conv\\*' matches no prunable layer"),

@@ -10,6 +10,7 @@ import yaml
 from conftest import run_search
 from mlflow.tracking import MlflowClient
 
+from oneprune.allocation import DEPTH_SEARCH
 from oneprune.cli import _parser as train_parser
 from oneprune.config import TrainConfig
 from oneprune.schedules import OneCycle
@@ -350,3 +351,65 @@ def test_asha_is_refused_where_it_would_favour_late_pruning(space, grace, epochs
     with pytest.raises(ConfigError) as error:
         parse_experiment(raw)
     assert str(error.value) == expected
+
+
+def test_a_list_of_allocations_is_searched_with_depths_exponent_conditional():
+    experiment = parse_experiment({**VALID, "allocation": ["uniform", "erk", "depth"]})
+    assert experiment.tuned["allocation"] == ("uniform", "erk", "depth")
+    assert experiment.tuned["depth_exponent"] == DEPTH_SEARCH  # searched by default
+    assert experiment.allocations == ("uniform", "erk", "depth")
+    assert experiment.base_config("agp", 0.9).allocation == "uniform"  # the first choice
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        define_by_run(trial, family="agp", sparsity=0.9, bounds=None, tuned=experiment.tuned,
+                      fixed=experiment.train)
+        chosen = trial.params["allocation"]
+        seen.add(chosen)
+        # the exponent exists exactly where allocation is depth: one space for every family
+        assert ("depth_exponent" in trial.params) == (chosen == "depth")
+        cfg = trial_config(experiment.base_config("agp", 0.9), trial.params)
+        assert cfg.allocation == chosen
+        if chosen == "depth":
+            assert -4.0 <= cfg.depth_exponent <= 4.0
+            assert cfg.depth_exponent == trial.params["depth_exponent"]
+        study.tell(trial, 0.5)
+    assert seen == {"uniform", "erk", "depth"}
+    fixed = parse_experiment({**VALID, "allocation": "depth", "depth_exponent": 1.5})
+    assert "depth_exponent" not in fixed.tuned and fixed.train["depth_exponent"] == 1.5
+    assert "depth_exponent" in parse_experiment({**VALID, "allocation": "depth"}).tuned
+
+
+def test_scope_is_the_older_name_of_two_allocations():
+    assert parse_experiment({**VALID, "scope": "global"}).train["allocation"] == "global"
+    assert parse_experiment({**VALID, "scope": "local"}).train["allocation"] == "uniform"
+    with pytest.raises(ConfigError, match="scope and allocation are two names"):
+        parse_experiment({**VALID, "scope": "local", "allocation": "erk"})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"allocation": "magic"}, "allocation must be one of 'uniform', 'global', 'erk'"),
+    ({"allocation": ["erk", "erk"]}, "allocation lists a value twice"),
+    ({"allocation": ["uniform", "erk"], "granularity": "filter"},
+     "allocation 'erk' cannot prune filters"),
+    ({"allocation": "depth", "depth_exponent": 12}, "depth_exponent must be in [-8, 8]"),
+    ({"allocation": "depth", "depth_exponent": [-9, 1]}, "depth_exponent must be in [-8, 8]"),
+])
+def test_bad_allocations_are_refused_in_one_line(raw, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_experiment({**VALID, **raw})
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_allocation_that_cannot_reach_a_sparsity_is_refused_with_the_model():
+    # uniform+ keeps the convnet's first layer dense and a fifth of its last, 36,864 of
+    # its 64,800 weights: it cannot reach 95%.
+    experiment = parse_experiment({**VALID, "sparsity": [0.5, 0.95],
+                                   "allocation": ["uniform", "uniform_plus"]})
+    with pytest.raises(ValueError, match="allocation 'uniform_plus' cannot reach sparsity "
+                                         "0.95: it keeps the first pruned layer "
+                                         "'features.0' dense"):
+        load_data(experiment)
+    load_data(parse_experiment({**VALID, "allocation": ["uniform", "uniform_plus"],
+                                "sparsity": 0.8}))

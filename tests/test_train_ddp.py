@@ -12,7 +12,7 @@ from oneprune.train import TrainConfig, train
 pytestmark = pytest.mark.slow  # spawns a gloo process group
 
 CONFIG = TrainConfig(epochs=2, batch_size=32, lr_max=1e-2, device="cpu",
-                     schedule=OneCycle(0.8), scope="global")
+                     schedule=OneCycle(0.8), allocation="global")
 
 
 def _all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:

@@ -1,0 +1,168 @@
+"""Filter pruning made physical: what a pruned filter zeroes besides its weights, and the
+smaller network without the zeroed channels. Both read the network's dependency graph
+from Torch-Pruning (`torch_pruning.DependencyGraph`, traced through autograd), so they work
+for users' own modules, not only for the built-in ones.
+
+Why the BatchNorm channel is zeroed with its filter: a zeroed filter followed by
+BatchNorm outputs BN's shift, a per-channel constant, not zero; with zero padding the next
+convolution's response to a constant channel is not constant at the image borders, so it
+cannot be folded into a bias, and removing the channel would change the network. Zeroing
+the filter's bias and BN's weight and bias with it (`filter_followers`, which the
+`Pruner` applies at every step) makes the channel exactly zero, so removing it is exact.
+
+Channels joined by a residual addition or a concatenation form one dependency group: a
+channel can only be removed where every layer of its group that produces it outputs zero
+there. `slim` removes exactly those, keeps the rest as zeros, and checks that the slim
+network computes what the masked one does.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # layers with output filters
+PRODUCERS = (*LAYERS, _BatchNorm)  # what can make a channel exactly zero
+
+
+class SlimLayer(NamedTuple):
+    """One conv or linear layer before and after `slim`: its weight's shape, how many of its
+    output filters are zero (masked) and how many were removed."""
+
+    name: str
+    shape: tuple[int, ...]
+    slim_shape: tuple[int, ...]
+    filters: int
+    filters_masked: int
+    filters_removed: int
+
+
+def _dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
+    """Torch-Pruning's dependency graph of `model`, traced in eval mode (BatchNorm's running
+    statistics untouched) without consuming random numbers."""
+    import torch_pruning
+
+    modes = {module: module.training for module in model.modules()}
+    try:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            model.eval()
+            return torch_pruning.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, verbose=False)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def evaluated(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """`model(inputs)` in eval mode, leaving the model's modes as they were."""
+    modes = {module: module.training for module in model.modules()}
+    try:
+        return model.eval()(inputs)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def filter_followers(model: nn.Module, layers: list[nn.Module],
+                     example_inputs: torch.Tensor | None) -> list[list[nn.Parameter]]:
+    """Per layer of `layers`: the 1-D parameters whose entry i must be zeroed with its filter
+    i, so that channel i is exactly zero: its own bias, and the weight and bias of a
+    BatchNorm that reads its output directly (found by tracing `example_inputs`; without
+    them, or when the model cannot be traced, only the bias, with a warning)."""
+    followers = [[layer.bias] if isinstance(getattr(layer, "bias", None), nn.Parameter)
+                 else [] for layer in layers]
+    if example_inputs is None:
+        return followers
+    try:
+        graph = _dependency_graph(model, example_inputs)
+    except Exception as error:  # tracing a user's model can fail in many ways
+        warnings.warn(f"filter pruning: cannot trace {type(model).__name__} to find the "
+                      f"BatchNorm channel each filter feeds ({type(error).__name__}: "
+                      f"{error}); pruned filters keep BatchNorm's shift, so they cannot be "
+                      f"removed from the network", stacklevel=3)
+        return followers
+    for layer, mine in zip(layers, followers, strict=True):
+        node = graph.module2node.get(layer)
+        for output in node.outputs if node is not None else ():
+            norm = output.module
+            if isinstance(norm, _BatchNorm) and norm.affine:
+                mine += [norm.weight, norm.bias]
+    return followers
+
+
+def _zero_outputs(module: nn.Module, idxs: list[int]) -> torch.Tensor:
+    """Per channel of `idxs`: does `module` output exactly 0 there whatever its input (a
+    zero filter and bias, a BatchNorm channel of zero weight and bias)? False for any
+    other kind of module with parameters, which `slim` does not reason about."""
+    index = torch.as_tensor(idxs, dtype=torch.long)
+    if isinstance(module, _BatchNorm):
+        if not module.affine:
+            return torch.zeros(len(idxs), dtype=torch.bool)
+        return (module.weight.detach()[index] == 0) & (module.bias.detach()[index] == 0)
+    if isinstance(module, PRODUCERS):
+        zero = (module.weight.detach()[index].flatten(1) == 0).all(dim=1)
+        if module.bias is not None:
+            zero &= module.bias.detach()[index] == 0
+        return zero
+    return torch.zeros(len(idxs), dtype=torch.bool)
+
+
+def slim(model: nn.Module, example_inputs: torch.Tensor, *, tolerance: float = 1e-4
+         ) -> tuple[nn.Module, list[SlimLayer]]:
+    """A copy of `model` (eval mode) without the channels that every layer producing them
+    zeroes, and a row per conv / linear layer. `ValueError` when the model cannot be
+    traced, or when the slim copy's outputs on `example_inputs` differ from the model's by
+    more than `tolerance` (absolute and relative): the model then has to stay masked."""
+    original = {row.name: row for row in layer_rows(model)}
+    slimmed = copy.deepcopy(model).eval()
+    try:
+        graph = _dependency_graph(slimmed, example_inputs)
+        plans = []
+        for group in graph.get_all_groups(root_module_types=LAYERS):
+            removable = set(group[0].root_idxs)
+            for item in group:
+                module = item.dep.target.module
+                if not graph.is_out_channel_pruning_fn(item.dep.handler) or not any(
+                        True for _ in getattr(module, "parameters", list)()):
+                    continue  # a consumer, or an operation without parameters (add, cat)
+                for root, zero in zip(item.root_idxs, _zero_outputs(module, item.idxs),
+                                      strict=True):
+                    if not zero:
+                        removable.discard(root)
+            if len(removable) == len(group[0].root_idxs):
+                removable.discard(min(removable))  # a group keeps one channel
+            if removable:
+                plans.append((group[0].dep.target.module, group[0].dep.handler,
+                              sorted(removable)))
+        for module, handler, idxs in plans:
+            graph.get_pruning_group(module, handler, idxs).prune(record_history=False)
+    except Exception as error:  # tracing or pruning a user's model can fail in many ways
+        raise ValueError(f"cannot remove the pruned filters of {type(model).__name__}: "
+                         f"Torch-Pruning cannot trace it ({type(error).__name__}: "
+                         f"{error})") from None
+    with torch.no_grad():
+        expected = evaluated(model, example_inputs)
+        got = slimmed(example_inputs)
+    if not torch.allclose(got, expected, rtol=tolerance, atol=tolerance):
+        raise ValueError(f"removing the zeroed filters of {type(model).__name__} changed its "
+                         f"outputs by up to {float((got - expected).abs().max()):.3g}; "
+                         f"it stays masked")
+    rows = [original[name]._replace(slim_shape=tuple(module.weight.shape),
+                                    filters_removed=original[name].filters
+                                    - module.weight.shape[0])
+            for name, module in slimmed.named_modules() if name in original]
+    return slimmed, rows
+
+
+def layer_rows(model: nn.Module) -> list[SlimLayer]:
+    """A row per conv / linear layer of `model` as it is: its zero filters (weight and bias)
+    counted as masked, none removed."""
+    return [SlimLayer(name, tuple(module.weight.shape), tuple(module.weight.shape),
+                      module.weight.shape[0],
+                      int(_zero_outputs(module, list(range(module.weight.shape[0]))).sum()), 0)
+            for name, module in model.named_modules() if isinstance(module, LAYERS)]
