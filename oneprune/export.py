@@ -5,9 +5,11 @@
 - `model.pt`: the dense `state_dict` with the masks baked in (pruned weights are 0);
 - `model_sparse.pt`: the same weights holding only the non-zeros of the pruned layers
   (a packed bitmask of their positions plus their values; other tensors as they are);
-- `config.json`: the training config and how to rebuild the model (`build_model`'s
+- `config.json`: the training config, how to rebuild the model (`build_model`'s
   arguments: a built-in name, `package.module:callable` or `timm:<name>`, with its
-  `model_args`), so `load_pruned` rebuilds it through the same import path;
+  `model_args`), so `load_pruned` rebuilds it through the same import path, and the
+  inputs it takes (`data`: image size, channels, the normalisation's mean and std), so
+  `oneprune.deploy` can wrap it;
 - `metrics.json`: test / val metrics, measured sparsity, per-layer sparsity, history.
 
 Both weight files hold only tensors, dicts, lists and strings, so `load_pruned` reads
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from oneprune._files import write_atomically
+from oneprune.deploy import Deployable, deployable
 from oneprune.models import build_model
 
 MODEL_FILE = "model.pt"
@@ -73,8 +76,9 @@ def from_sparse(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_pruned(result, folder: str | os.PathLike) -> dict[str, Path]:
-    """Write a `TrainResult`'s model, config and metrics to `folder`; returns the files."""
+def save_pruned(result, folder: str | os.PathLike, *, dense: bool = True) -> dict[str, Path]:
+    """Write a `TrainResult`'s model, config and metrics to `folder`; returns the files
+    (`dense=False`: no `model.pt`, the sparse file alone holds the weights)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = result.model
@@ -83,10 +87,15 @@ def save_pruned(result, folder: str | os.PathLike) -> dict[str, Path]:
     config = {"model": {"name": result.config.model, "num_classes": result.num_classes,
                         "in_channels": result.in_channels, "width": result.config.width,
                         "model_args": result.config.model_args},
+              "data": {"image_size": result.image_size, "channels": result.in_channels,
+                       "mean": list(result.mean), "std": list(result.std)},
               "train": result.config.to_dict()}
     files = {"model": folder / MODEL_FILE, "sparse_model": folder / SPARSE_FILE,
              "config": folder / CONFIG_FILE, "metrics": folder / METRICS_FILE}
-    write_atomically(files["model"], lambda f: torch.save(state, f))
+    if dense:
+        write_atomically(files["model"], lambda f: torch.save(state, f))
+    else:
+        del files["model"]
     write_atomically(files["sparse_model"], lambda f: torch.save(to_sparse(state, pruned), f))
     for key, content in (("config", config), ("metrics", result.metrics())):
         text = json.dumps(content, indent=2) + "\n"
@@ -105,7 +114,25 @@ def load_pruned(folder: str | os.PathLike, *, sparse: bool = True,
                              map_location="cpu", weights_only=True)
     except Exception as error:  # a broken file makes torch.load raise almost anything
         raise ValueError(f"{str(folder)!r} is not a saved pruned model: {error!r}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ValueError(f"{str(folder)!r} is not a saved pruned model: its {CONFIG_FILE} "
+                         f"says no model")
     state = from_sparse(weights) if sparse else weights
     model = build_model(**config["model"])  # ValueError if its module cannot be imported
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:  # weights of another architecture
+        reason = str(error).splitlines()[0]
+        raise ValueError(f"{str(folder)!r}: its weights do not fit {config['model']['name']!r}:"
+                         f" {reason}") from None
     return PrunedModel(model.to(map_location).eval(), config, metrics)
+
+
+def deployable_of(pruned: PrunedModel, *, slim: bool = False) -> Deployable:
+    """`oneprune.deploy.deployable` of a loaded folder, with the inputs its config records."""
+    data = pruned.config.get("data") or {}
+    if not data.get("mean"):
+        raise ValueError("the folder's config.json records no input normalisation (saved "
+                         "before oneprune recorded it); train it again with --out")
+    return deployable(pruned.model, mean=data["mean"], std=data["std"],
+                      image_size=data["image_size"], slim=slim)

@@ -51,6 +51,9 @@ def _dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
     try:
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             model.eval()
+            output = model(example_inputs)
+            if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+                raise RuntimeError("its output is not computed through autograd")
             return torch_pruning.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, verbose=False)
     finally:
@@ -112,6 +115,16 @@ def _zero_outputs(module: nn.Module, idxs: list[int]) -> torch.Tensor:
     return torch.zeros(len(idxs), dtype=torch.bool)
 
 
+def _reaches_the_output(item, graph) -> bool:
+    """Whether a group item carries its channels to the network's outputs: the output
+    itself, or an output channel that nothing traced reads further."""
+    import torch_pruning
+
+    node = item.dep.target
+    return node.type == torch_pruning.ops.OPTYPE.OUTPUT or (
+        graph.is_out_channel_pruning_fn(item.dep.handler) and not node.outputs)
+
+
 def slim(model: nn.Module, example_inputs: torch.Tensor, *, tolerance: float = 1e-4
          ) -> tuple[nn.Module, list[SlimLayer]]:
     """A copy of `model` (eval mode) without the channels that every layer producing them
@@ -122,8 +135,15 @@ def slim(model: nn.Module, example_inputs: torch.Tensor, *, tolerance: float = 1
     slimmed = copy.deepcopy(model).eval()
     try:
         graph = _dependency_graph(slimmed, example_inputs)
+        lost = [name for name, module in slimmed.named_modules()
+                if name in original and original[name].filters_masked
+                and module not in graph.module2node]
+        if lost:
+            raise RuntimeError(f"layer {lost[0]!r} is not in the graph it traced")
         plans = []
         for group in graph.get_all_groups(root_module_types=LAYERS):
+            if any(_reaches_the_output(item, graph) for item in group):
+                continue  # these channels are the network's outputs
             removable = set(group[0].root_idxs)
             for item in group:
                 module = item.dep.target.module
