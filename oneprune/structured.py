@@ -167,11 +167,18 @@ def slim(model: nn.Module, example_inputs: torch.Tensor, *, tolerance: float = 1
                          f"{error})") from None
     with torch.no_grad():
         expected = evaluated(model, example_inputs)
-        got = slimmed(example_inputs)
-    if not torch.allclose(got, expected, rtol=tolerance, atol=tolerance):
-        raise ValueError(f"removing the zeroed filters of {type(model).__name__} changed its "
-                         f"outputs by up to {float((got - expected).abs().max()):.3g}; "
-                         f"it stays masked")
+        try:
+            got = slimmed(example_inputs)
+        except Exception as error:  # e.g. an index into the channels, fixed in the code
+            raise ValueError(f"removing the zeroed filters of {type(model).__name__} broke "
+                             f"its forward pass ({type(error).__name__}: {error}); it stays "
+                             f"masked") from None
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tolerance,
+                                                         atol=tolerance):
+        change = ("its output shape" if got.shape != expected.shape else
+                  f"its outputs by up to {float((got - expected).abs().max()):.3g}")
+        raise ValueError(f"removing the zeroed filters of {type(model).__name__} changed "
+                         f"{change}; it stays masked")
     rows = [original[name]._replace(slim_shape=tuple(module.weight.shape),
                                     filters_removed=original[name].filters
                                     - module.weight.shape[0])

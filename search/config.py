@@ -20,6 +20,7 @@
     checkpoint_every: 5          # epochs between a trial's checkpoints (only the newest kept)
     tracking: {tracking_uri: "sqlite:///mlflow.db", optuna_storage: "sqlite:///optuna.db"}
     faults: {raise_at_epoch: 2, nan_at_epoch: 2, nan_families: [agp]}   # test-only
+                                 # (kill_driver_at: registering)
 
 The training keys are not declared here: every `TrainConfig` setting placed "top" is a
 top-level key, every one placed "training" a key of `training:` (a [low, high] range or a
@@ -52,6 +53,7 @@ from oneprune.schedules import FAMILIES
 from search.space import midpoint_schedule
 
 DEFAULT_FAMILIES = ("one_cycle", "one_shot", "iterative", "agp")
+KILL_POINTS = ("registering",)  # where a test-only fault may kill the driver
 SAMPLERS = ("tpe", "random")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 OPTUNA_FILE = "optuna.db"  # the default Optuna storage: this file beside a sqlite MLflow store
@@ -105,13 +107,15 @@ class Faults:
     passes; at epoch 1 every attempt fails). `nan_at_epoch` (>= 2): a trial's weights turn
     NaN once the epoch before is saved, so that epoch's loss is NaN. `raise_families` and
     `nan_families`: the families whose trials and final runs get each fault ("dense": the
-    dense reference); None: all.
+    dense reference); None: all. `kill_driver_at: registering`: the driver kills itself
+    (SIGKILL) once it has registered the first family's model.
     """
 
     raise_at_epoch: int | None = None
     raise_families: tuple[str, ...] | None = None
     nan_at_epoch: int | None = None
     nan_families: tuple[str, ...] | None = None
+    kill_driver_at: str | None = None
 
     def for_family(self, family: str) -> Faults | None:
         """The faults a run of `family` gets (None: none)."""
@@ -343,6 +347,7 @@ _FAULTS = {  # the epochs' upper bound is checked against `epochs` in `_check_ru
     "raise_families": _choices((*FAMILIES, "dense")),
     "nan_at_epoch": _checked(_validate.integer, low=2, high=10_000),
     "nan_families": _choices((*FAMILIES, "dense")),
+    "kill_driver_at": lambda key, value: _validate.choice(key, value, KILL_POINTS),
 }
 
 

@@ -7,11 +7,15 @@ per-epoch callback. Real studies never set it, so their trials run the plain cal
     checkpoint (its retry resumes and passes);
   - `nan_at_epoch`: once the epoch before was reported, turn the model's first weight
     tensor NaN, so that epoch's training loss is NaN (the run ends as diverged).
+
+`kill_driver_if(faults, point)` is the driver's: `kill_driver_at` SIGKILLs it there.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 from collections.abc import Callable
 
 import torch
@@ -38,3 +42,10 @@ def with_faults(on_epoch: EpochCallback, faults: Faults, *, resumed: bool) -> Ep
                 next(iter(state["model"].values())).fill_(math.nan)
 
     return faulty
+
+
+def kill_driver_if(faults: Faults | None, point: str) -> None:
+    """SIGKILL this process (the driver) if the experiment's test-only faults ask for it at
+    `point`: an interruption at the worst moment, with nothing cleaned up."""
+    if faults is not None and faults.kill_driver_at == point:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -16,6 +16,7 @@ trials into each study's per-family outcomes: a pure function, no Ray or MLflow.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -136,6 +137,7 @@ def aggregate(experiment: Experiment,
                     continue
                 outcome.test_accs.append(record.result["test_acc"])
                 outcome.seeds.append(record.config["seed"])
+                outcome.val_accs.append(record.result.get(METRIC, math.nan))
                 outcome.final_seconds += record.result["train_seconds"]
                 outcome.histories.append([{key: row[key] for key in ("epoch", METRIC,
                                                                     "sparsity")}

@@ -48,6 +48,7 @@ class FamilyOutcome:
     search_seconds: float = 0.0
     test_accs: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)  # of `test_accs`, in the same order
+    val_accs: list[float] = field(default_factory=list)  # each final run's, at its end
     final_seconds: float = 0.0
     histories: list[list[dict]] = field(default_factory=list)
     importances: dict[str, float] = field(default_factory=dict)  # fANOVA, of the search

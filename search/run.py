@@ -18,14 +18,13 @@ import os
 import sys
 from pathlib import Path
 
-import pyarrow
-import pyarrow.fs
 import ray
 from mlflow.tracking import MlflowClient
 
 from oneprune.cli import OneLineParser
 from oneprune.models import user_module
 from search.config import DEFAULT_EXPERIMENT, ConfigError, Experiment, load_experiment
+from search.registry import handover_lines
 from search.report import (
     comparison_rows,
     importance_table,
@@ -34,6 +33,7 @@ from search.report import (
     sweep_table,
 )
 from search.searcher import check_optuna_storage
+from search.storage import writable as writable_storage
 from search.study import (
     StudyInterrupted,
     StudyRefused,
@@ -102,30 +102,29 @@ def connect(address: str, num_cpus: int | None, py_modules: list[str]) -> None:
         ray.init(address=address, runtime_env=runtime_env)
 
 
-def _writable_storage(storage: str) -> str:
-    """`storage` (a folder, made absolute, or a URI) once a probe file was written and
-    removed there; `ConfigError` (one line) if it cannot be, before any trial starts."""
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
-    try:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(storage)
-        filesystem.create_dir(path)
-        probe = f"{path.rstrip('/')}/.oneprune-write-check-{os.getpid()}"
-        with filesystem.open_output_stream(probe) as stream:
-            stream.write(b"ok")
-        filesystem.delete_file(probe)
-    except (OSError, pyarrow.ArrowException) as error:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
-        raise ConfigError(f"--storage-path {storage} is not writable: {reason}") from None
-    return storage
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if os.getcwd() not in sys.path:  # a model module in the working folder, as `python -m`
         sys.path.append(os.getcwd())
+    connected = ray.is_initialized()  # by a caller, who keeps its connection
+    try:
+        studies, experiment = _run(parser, args)
+    except (KeyboardInterrupt, StudyInterrupted):  # Ctrl+C: Tune has saved its state
+        # Disconnect first: the trial processes Ray then stops no longer print to this
+        # terminal, and the line below is the last one.
+        if not connected:
+            ray.shutdown()
+        again = " ".join([*(a for a in argv if a != "--resume"), "--resume"])
+        print(f"\ninterrupted; continue with: python search/run.py {again}", file=sys.stderr)
+        return 130
+    _print_verdict(studies, experiment)
+    return 0
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """Check everything, then run (or resume) the experiment: its studies' verdicts."""
     overrides = {"name": args.name}
     if args.tracking_uri is not None:
         overrides["tracking"] = {"tracking_uri": args.tracking_uri}
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.num_cpus is not None and args.num_cpus < 1:
             raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
         data = load_data(experiment, progress=True)
-        storage = _writable_storage(args.storage_path)
+        storage = writable_storage(args.storage_path)
         check_tracking_uri(experiment.tracking_uri)
         check_optuna_storage(experiment.optuna_storage_url)
     except ValueError as error:  # bad config or storage, unusable data, no MLflow
@@ -146,13 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: cannot reach the Ray cluster at "
                        f"{args.address!r}: {error}\n")
     try:
-        studies = run_experiment(experiment, data, storage_path=storage, resume=args.resume)
+        return run_experiment(experiment, data, storage_path=storage,
+                              resume=args.resume), experiment
     except StudyRefused as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    except (KeyboardInterrupt, StudyInterrupted):
-        again = " ".join([*(a for a in argv if a != "--resume"), "--resume"])
-        print(f"\ninterrupted; continue with: python search/run.py {again}", file=sys.stderr)
-        return 130
+
+
+def _print_verdict(studies: list, experiment: Experiment) -> None:
+    """Each study's table and importances, accuracy against sparsity (several studies),
+    where to browse MLflow, and last the registered models to load."""
     for study in studies:
         print(f"\n{study.title}\n\n{markdown_table(comparison_rows(study.outcomes))}")
         importance = importance_table(study.outcomes)
@@ -162,14 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     client = MlflowClient(experiment.tracking_uri)
     browsed = [(study.name, study.experiment_id) for study in studies]
     if len(studies) > 1:
-        browsed.append((experiment.name,
-                        client.get_experiment_by_name(experiment.name).experiment_id))
-    print("\n" + "\n".join(browse_lines(experiment.tracking_uri, browsed)))
-    if len(studies) > 1:  # the output ends with accuracy against sparsity
         table = sweep_table(sweep_rows([(study.sparsity, study.outcomes)
                                         for study in studies]))
         print(f"\n{sweep_title(experiment)}\n\n{table}")
-    return 0
+        browsed.append((experiment.name,
+                        client.get_experiment_by_name(experiment.name).experiment_id))
+    print("\n" + "\n".join(browse_lines(experiment.tracking_uri, browsed)))
+    handed = [line for study in studies for line in handover_lines(study.models)]
+    if handed:
+        print("\n" + "\n".join(handed))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ local folder or a URI (s3://...: shared storage for a multi-node cluster).
 
 When the Tuner is done, `plan.aggregate` (pure) turns its trials into per-family outcomes,
 and each study's family runs (with the importances of their searched parameters) and
-comparison are written to MLflow; an experiment with several sparsities also gets a
-`sweep` run, accuracy against sparsity.
+comparison are written to MLflow, and each family's model is registered
+(`search.registry`: the final runs' models were logged as they ended); an experiment with
+several sparsities also gets a `sweep` run, accuracy against sparsity.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import optuna
-import pyarrow.fs
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -36,8 +37,9 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from oneprune.data import ImageData
 from oneprune.train import check_data, check_model
-from search import tracking
+from search import registry, storage, tracking
 from search.config import Experiment
+from search.faults import kill_driver_if
 from search.importance import study_importances
 from search.plan import (
     DENSE,
@@ -82,26 +84,7 @@ class StudyResult:
     title: str
     outcomes: list[FamilyOutcome]
     experiment_id: str  # its MLflow experiment
-
-
-def join_storage(storage_path: str, name: str) -> str:
-    """`storage_path/name` for a local folder or a URI."""
-    return f"{storage_path.rstrip('/')}/{name}"
-
-
-def _delete(path: str) -> None:
-    """Delete the folder `path` (a local path or a URI); gone already is fine."""
-    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
-    with contextlib.suppress(FileNotFoundError):
-        filesystem.delete_dir(inner)
-
-
-def _has_state(path: str) -> bool:
-    """Whether Tune wrote an experiment state under `path` (a Tuner killed before its first
-    snapshot leaves only `tuner.pkl`, which `Tuner.restore` cannot resume)."""
-    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
-    found = filesystem.get_file_info(pyarrow.fs.FileSelector(inner, allow_not_found=True))
-    return any(info.base_name.startswith("experiment_state-") for info in found)
+    models: list[registry.Handover]  # each family's registered model
 
 
 def _label(experiment: Experiment, config: Mapping) -> str:
@@ -184,7 +167,7 @@ class TrialProgress(tune.Callback):
 
 def tune_path(experiment: Experiment, storage_path: str) -> str:
     """Where the experiment's Tuner keeps its state."""
-    return join_storage(storage_path, experiment.name)
+    return storage.join(storage_path, experiment.name)
 
 
 def check_can_start(experiment: Experiment, storage_path: str, resume: bool) -> None:
@@ -249,7 +232,7 @@ def _fresh_tuner(experiment: Experiment, trainable, storage_path: str,
 
 
 def _trainable(trial_function: Callable, experiment: Experiment, data_ref: ray.ObjectRef,
-               train_storage: str):
+               train_storage: str, model_storage: str):
     """`trial_function` with its arguments and resources: a single-process trial holds its
     CPUs and GPUs; a distributed one is a light Tune driver (a token of memory, since Tune
     wants some request) whose Ray Train workers hold them."""
@@ -262,7 +245,8 @@ def _trainable(trial_function: Callable, experiment: Experiment, data_ref: ray.O
         data = (data_ref,)  # workers fetch it; the tuple keeps Tune from resolving it
     return tune.with_resources(
         tune.with_parameters(trial_function, experiment=experiment, data=data,
-                             train_storage=train_storage), request)
+                             train_storage=train_storage, model_storage=model_storage),
+        request)
 
 
 def _fit(tuner: tune.Tuner, train_storage: str | None) -> list[TrialRecord]:
@@ -275,7 +259,8 @@ def _fit(tuner: tune.Tuner, train_storage: str | None) -> list[TrialRecord]:
     (Not earlier: until Tune's next state snapshot, a restore would still resume a trial
     that has just finished from its checkpoint.)"""
     results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(results):
+    if results.num_terminated + results.num_errors < len(results) or not all(
+            result.config for result in results):  # a trial that never wrote its files
         raise StudyInterrupted(f"{results.experiment_path} stopped before its trials ended")
     records = []
     for result in results:
@@ -284,7 +269,7 @@ def _fit(tuner: tune.Tuner, train_storage: str | None) -> list[TrialRecord]:
                 result.checkpoint.filesystem.delete_dir(result.checkpoint.path)
         trial_id = (result.metrics or {}).get("trial_id")
         if result.error is None and train_storage is not None and trial_id:
-            _delete(join_storage(train_storage, trial_id))
+            storage.delete(storage.join(train_storage, trial_id))
         history = result.metrics_dataframe
         rows = [] if history is None or "epoch" not in history else (
             # A trial retried from a checkpoint has its first attempt's rows too.
@@ -351,7 +336,16 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         write_report(outcomes, Path(folder), title)
         tracking.finish_report_run(client, experiment_id, "comparison", folder, {
             f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()})
-    return StudyResult(name, sparsity, title, outcomes, experiment_id)
+
+    def final_run(family: str, seed: int) -> str:
+        return tracking.find_runs(client, experiment_id, {
+            tracking.ROLE: "final", tracking.FAMILY: family, tracking.SEED: str(seed)}
+        )[0].info.run_id
+
+    models = registry.hand_over(experiment.tracking_uri, name, outcomes, final_run, title,
+                                registered=lambda: kill_driver_if(experiment.faults,
+                                                                  "registering"))
+    return StudyResult(name, sparsity, title, outcomes, experiment_id, models)
 
 
 def load_data(experiment: Experiment, progress: bool = False) -> ImageData:
@@ -374,6 +368,8 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     tests pass a stand-in that sleeps instead of training."""
     check_data(experiment.base_config(), data)
     check_can_start(experiment, storage_path, resume)
+    # MLflow's model logging and registry read the process's tracking URI in places.
+    mlflow.set_tracking_uri(experiment.tracking_uri)
     client = MlflowClient(experiment.tracking_uri)
     experiment_ids = {sparsity: tracking.open_experiment(client,
                                                          experiment.study_name(sparsity))
@@ -385,8 +381,9 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
         for sparsity in experiment.sparsity for family in (*experiment.families, DENSE)}
     path = tune_path(experiment, storage_path)
     distributed = experiment.resources.workers_per_trial > 1
-    train_storage = join_storage(path, "train")
-    trainable = _trainable(trial_function, experiment, ray.put(data), train_storage)
+    train_storage, model_storage = storage.join(path, "train"), storage.join(path, "models")
+    trainable = _trainable(trial_function, experiment, ray.put(data), train_storage,
+                           model_storage)
     slots = concurrent_slots(experiment)
     echo(f"[{experiment.name}] {len(experiment.sparsity)} x {len(experiment.families)} "
          f"searches of {experiment.trials_per_family} trials x {experiment.epochs} epochs, "
@@ -397,18 +394,22 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     # With `num_to_keep=1` Tune snapshots its state at every checkpoint, by design; its
     # warning about frequent snapshots is muted. Tune's automatic loggers are replaced by
     # the JSON and CSV ones: no TensorBoard writer thread per trial (MLflow has the curves).
+    # MLflow's download bars (it copies files as it logs a model) would flood the output.
     with tracking.environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(slots, 1) + 1),
                               TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
-                              TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
-        if resume and _has_state(path):
+                              TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+                              MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        if resume and storage.has_tune_state(path):
             echo(f"[{experiment.name}] resuming from {path}")
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         else:
-            _delete(path)  # nothing to resume from: a Tuner killed before its first state
+            storage.delete(path)  # nothing to resume from: a Tuner killed before its first state
             tuner = _fresh_tuner(experiment, trainable, storage_path, [
-                tracking.trial_logger(experiment, experiment_ids, family_run_ids, data),
+                tracking.trial_logger(experiment, experiment_ids, family_run_ids, data,
+                                      model_storage),
                 TrialProgress(experiment), JsonLoggerCallback(), CSVLoggerCallback()])
         records = _fit(tuner, train_storage if distributed else None)
+    storage.delete(model_storage)  # every final run's model is in MLflow now
     _check_complete(experiment, records)
     outcomes = aggregate(experiment, records)
     studies = [_record_study(client, experiment, sparsity, experiment_ids[sparsity],

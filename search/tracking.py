@@ -14,7 +14,9 @@ and with the source tags MLflow's fluent API sets (`mlflow.source.name`, `mlflow
                      tags oneprune.workers (DDP processes) and, for a run whose loss went
                      NaN/inf, oneprune.status=diverged
     role=final       the seed re-runs of each family's best config and of the dense
-                     reference, children of their family's run, with the dataset input too
+                     reference, children of their family's run, with the dataset input
+                     too, and each with its trained model as a logged model
+                     (`search.registry`)
     role=comparison  the table (comparison.md / .csv) and plots (schedules.png, curves.png,
                      importance.png)
     role=sweep       (an experiment with several sparsities, in the MLflow experiment named
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -47,6 +50,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME
 from ray import tune
 
 from oneprune.data import ImageData
+from search import registry, storage
 from search.config import Experiment
 from search.plan import FINAL, SEARCH, group_of, train_config
 
@@ -221,17 +225,25 @@ class TrialLogger(tune.Callback):
     MLflow experiment id and tags) select the runs this logger owns: when the Tuner ends,
     owned runs that match no trial (a trial the interrupted driver started after Tune's
     last state snapshot) are deleted, so a resumed study keeps exactly one run per trial.
-    The writes run in order on a writer thread, and `on_experiment_end` waits for them (and
-    raises a failed one): the study's own reads after `Tuner.fit` see everything. The
-    callback pickles without its client and thread (Tune stores it for `Tuner.restore`).
+    `log_model(run_id, config, folder)` logs the model a final run left in
+    `models_root/<trial id>` once it has ended, and the files are deleted; when the Tuner
+    ends, so are those of every ended final run whose run has no model yet (after a
+    resume: runs that ended before the interruption). The writes run in order on a writer
+    thread, and `on_experiment_end` waits for them (and raises a failed one): the study's
+    own reads after `Tuner.fit` see everything. The callback pickles without its client and
+    thread (Tune stores it for `Tuner.restore`).
     """
 
     def __init__(self, tracking_uri: str, scopes: Sequence[tuple[str, Mapping[str, str]]],
-                 describe: Callable[[str, Mapping[str, Any]], RunSpec], epochs: int):
+                 describe: Callable[[str, Mapping[str, Any]], RunSpec], epochs: int,
+                 log_model: Callable[[str, Mapping[str, Any], str], Any] | None = None,
+                 models_root: str = ""):
         self.tracking_uri = tracking_uri
         self.scopes = [(experiment_id, dict(tags)) for experiment_id, tags in scopes]
         self.describe = describe
         self.epochs = epochs
+        self.log_model = log_model
+        self.models_root = models_root
         self._client: MlflowClient | None = None
         self._runs: dict[str, tuple[str, int]] = {}  # trial id -> (run id, last step)
         self._writes: queue.Queue | None = None
@@ -304,52 +316,94 @@ class TrialLogger(tune.Callback):
         self._submit(write)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        trial_id, config = trial.trial_id, dict(trial.config)
+        trial_id, config, result = trial.trial_id, dict(trial.config), dict(result)
+        self._submit(lambda: self._log_result(trial_id, config, result))
+
+    def _log_result(self, trial_id: str, config: Mapping[str, Any],
+                    result: Mapping[str, Any]) -> None:
+        """Log one epoch's result, unless its step was (before an interruption)."""
+        run_id, last_step = self._run_of(trial_id, config)
         step = int(result["epoch"])
+        if step <= last_step:
+            return
         metrics = {key: result[key] for key in METRICS
                    if key in result and not math.isnan(float(result[key]))}
-        diverged = bool(result.get("diverged"))
-
-        def write():
-            run_id, last_step = self._run_of(trial_id, config)
-            if step <= last_step:  # already logged before an interruption
-                return
-            self.client.log_batch(run_id, metrics=_metrics(metrics, step))
-            if diverged:
-                self.client.set_tag(run_id, STATUS, DIVERGED)
-            self._runs[trial_id] = (run_id, step)
-        self._submit(write)
+        self.client.log_batch(run_id, metrics=_metrics(metrics, step))
+        if result.get("diverged"):
+            self.client.set_tag(run_id, STATUS, DIVERGED)
+        self._runs[trial_id] = (run_id, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        trial_id, config = trial.trial_id, dict(trial.config)
-        diverged = bool((trial.last_result or {}).get("diverged"))
-
-        def write():
-            run_id, last_step = self._run_of(trial_id, config)
-            if last_step < self.epochs and not diverged:
-                self.client.set_tag(run_id, STOPPED_EARLY, f"after epoch {last_step}")
-            self.client.set_terminated(run_id, "FINISHED")
-        self._submit(write)
+        ended = self._ended(trial)
+        self._submit(lambda: self._close(*ended))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        trial_id, config = trial.trial_id, dict(trial.config)
-        error_file = str(trial.error_file or "see the Tune logs")
+        ended = self._ended(trial)
+        self._submit(lambda: self._close(*ended))
 
-        def write():
-            run_id, _ = self._run_of(trial_id, config)
-            self.client.set_tag(run_id, ERROR, error_file)
+    def _ended(self, trial) -> tuple:
+        """What closing an ended trial's run needs, read in Tune's thread."""
+        error = str(trial.error_file or "see the Tune logs") if trial.status == "ERROR" \
+            else None
+        return (trial.trial_id, dict(trial.config), dict(trial.last_result or {}), error,
+                None if error else self._model_of(trial))
+
+    def _close(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any],
+               error: str | None, model) -> None:
+        """Close a trial's run as Tune ended it: FAILED with the error file, or FINISHED
+        (its last result logged if it was not, tagged if ASHA stopped it early) and, for a
+        final run, its model logged."""
+        run_id, _ = self._run_of(trial_id, config)
+        if error is not None:
+            self.client.set_tag(run_id, ERROR, error)
             self.client.set_terminated(run_id, "FAILED")
-        self._submit(write)
+            return
+        if "epoch" in result:
+            self._log_result(trial_id, config, result)
+        last_step = self._runs[trial_id][1]
+        if last_step < self.epochs and not result.get("diverged"):
+            self.client.set_tag(run_id, STOPPED_EARLY, f"after epoch {last_step}")
+        self.client.set_terminated(run_id, "FINISHED")
+        if model is not None:
+            self._log_model(run_id, config, model)
+
+    def _model_of(self, trial) -> str | None:
+        """Where a final run left its trained model (None for anything else)."""
+        if self.log_model is None or trial.config["part"] != FINAL or (
+                trial.last_result or {}).get("test_acc") is None:
+            return None
+        return storage.join(self.models_root, trial.trial_id)
+
+    def _log_model(self, run_id: str, config: Mapping[str, Any], path: str) -> None:
+        """Log the model at `path` (unless the run has one, or no files are there: a
+        stand-in trial's), then delete the files."""
+        if registry.logged_model_id(self.tracking_uri, run_id) is None and storage.exists(
+                path):
+            with storage.local_copy(path) as folder:
+                self.log_model(run_id, config, folder)
+        storage.delete(path)
 
     def on_experiment_end(self, trials, **info):
         known = [(trial.trial_id, dict(trial.config)) for trial in trials]
+        ended = [self._ended(trial) for trial in trials
+                 if trial.status in ("TERMINATED", "ERROR")]
 
         def reconcile():
             kept = {self._run_of(trial_id, config)[0] for trial_id, config in known}
+            status = {}
             for experiment_id, tags in self.scopes:
                 for run in find_runs(self.client, experiment_id, tags):
                     if run.info.run_id not in kept:
                         self.client.delete_run(run.info.run_id)
+                    status[run.info.run_id] = run.info.status
+            # Trials that ended before an interruption whose run the killed driver had not
+            # closed yet, or whose model it had not logged: closed now, as Tune ended them.
+            for trial_id, config, result, error, model in ended:
+                run_id = self._run_of(trial_id, config)[0]
+                if status.get(run_id) == "RUNNING" or (
+                        model is not None and registry.logged_model_id(
+                            self.tracking_uri, run_id) is None):
+                    self._close(trial_id, config, result, error, model)
         self._submit(reconcile)
         self.flush()
 
@@ -406,20 +460,33 @@ def describe_run(trial_id: str, config: Mapping[str, Any], *, experiment: Experi
                    params=flat_params(train), tags=tags, inputs=(inputs[config["part"]],))
 
 
+def log_final_model(run_id: str, config: Mapping[str, Any], folder: str, *,
+                    experiment: Experiment, example: np.ndarray) -> None:
+    """`registry.log_final_model` for a final run of `experiment` (`TrialLogger.log_model`)."""
+    registry.log_final_model(experiment.tracking_uri, run_id, folder,
+                             name=f"{config['family']}-seed{config['seed']}",
+                             example=example)
+
+
 def trial_logger(experiment: Experiment, experiment_ids: Mapping[float, str],
                  family_run_ids: Mapping[tuple[float, str], str],
-                 data: ImageData) -> TrialLogger:
+                 data: ImageData, models_root: str) -> TrialLogger:
     """The logger of every trial of an experiment's Tuner: search trials and final runs
     of every sparsity (`experiment_ids`: its MLflow experiment per sparsity), which train
-    on `data` (a search trial on its train and val splits, a final run on all three)."""
+    on `data` (a search trial on its train and val splits, a final run on all three); it
+    logs the model each final run leaves under `models_root`, with two test images as the
+    input example."""
     scopes = [(experiment_id, {ROLE: role}) for experiment_id in experiment_ids.values()
               for role in ("trial", "final")]
     trained_on = dataset(data, experiment)
     inputs = {part: DatasetInput(trained_on, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
               for part, context in ((SEARCH, "training"), (FINAL, "training+testing"))}
+    example = (data.test.images[:2].float() / 255.0).numpy()
     return TrialLogger(experiment.tracking_uri, scopes,
                        functools.partial(describe_run, experiment=experiment,
                                          experiment_ids=dict(experiment_ids),
                                          family_run_ids=dict(family_run_ids),
                                          inputs=inputs),
-                       experiment.epochs)
+                       experiment.epochs,
+                       functools.partial(log_final_model, experiment=experiment,
+                                         example=example), models_root)

@@ -14,7 +14,9 @@ reference. Each report carries the epoch's metrics, `train_seconds` (the trainin
 far, from which the service sums its compute), `resumed_from` (the epoch of the checkpoint
 this attempt started from; 0: none), and, space-separated in rank order, the Ray node of
 every rank (`rank_nodes`) and, for a distributed trial, a digest of every rank's pruning
-masks (`rank_masks`; a trial whose ranks disagree fails).
+masks (`rank_masks`; a trial whose ranks disagree fails). A final run writes its trained
+model to the storage path before its last report, for the driver to log
+(`search.registry`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from oneprune.config import TrainConfig
 from oneprune.data import ImageData
 from oneprune.distributed import gather
+from oneprune.export import save_pruned
 from oneprune.state import load_state, save_state
 from oneprune.train import train
+from search import storage
 from search.config import Experiment, Faults
 from search.faults import with_faults
 from search.plan import FINAL, train_config
@@ -59,12 +63,13 @@ def _mask_digest(state: Mapping[str, Any]) -> str:
 
 def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | None,
             test: bool, every: int, faults: Faults | None,
-            report: Callable[[dict, Path | None], None]) -> None:
+            report: Callable[[dict, Path | None], None], model_path: str | None) -> None:
     """Train `cfg` from `start` (a saved state, or None), calling `report(metrics, folder)`
     after every epoch on every rank, with a folder holding rank 0's checkpoint after every
     `every`-th epoch but the last (None otherwise, and on other ranks: a finished run needs
-    none). With `test`, the last report comes after the test split and adds `test_acc` and
-    `test_loss` (so a run whose last epoch was reported has its test too). `faults`: this
+    none). With `test` (a final run), the last report comes after the test split and adds
+    `test_acc` and `test_loss`, and rank 0 first writes the trained model to `model_path`
+    (`save_pruned`'s files, which the driver logs to MLflow). `faults`: this
     trial's test-only injected faults (None, always in a real study: none)."""
     node = ray.get_runtime_context().get_node_id()
     held: dict[str, Any] = {}
@@ -94,7 +99,11 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
     if faults:
         on_epoch = with_faults(on_epoch, faults, resumed=start is not None)
     result = train(cfg, data=data, test=test, checkpoint=on_epoch, resume=start)
-    if test:
+    if test:  # a final run: its model goes to the driver, before the last report
+        if model_path is not None and not (dist.is_initialized() and dist.get_rank() != 0):
+            with tempfile.TemporaryDirectory() as folder:
+                save_pruned(result, folder, dense=False)
+                storage.upload(folder, model_path)
         report({**held, "test_acc": result.test_acc, "test_loss": result.test_loss}, None)
 
 
@@ -103,8 +112,8 @@ def _prepare_process() -> None:
     oversubscribe; and no log line per saved checkpoint (one per trial and epoch)."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
-    for storage in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
-        logging.getLogger(storage).setLevel(logging.WARNING)
+    for logger in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
 
 
 def _tune_report(metrics: dict, folder: Path | None) -> None:
@@ -138,30 +147,34 @@ def _distributed_worker(config: Mapping[str, Any]) -> None:
     _epochs(TrainConfig.from_dict(config["train"]), data,
             start=_start_from(ray.train.get_checkpoint()), test=config["test"],
             every=config["checkpoint_every"], faults=config["faults"],
-            report=_train_report)
+            report=_train_report, model_path=config["model_path"])
 
 
 def run_trial(config: Mapping[str, Any], *, experiment: Experiment, data: TrialData,
-              train_storage: str) -> None:
+              train_storage: str, model_storage: str) -> None:
     """A trial of the experiment's Tuner (`config` as `search.plan` describes it): in this
     process, or as a `TorchTrainer` of `resources.workers_per_trial` DDP workers whose Train
     runs live under `train_storage` (shared storage on a multi-node cluster: a restarted
-    worker may land on another node). A final run's last report adds its test accuracy;
-    a search trial never sees the test split."""
+    worker may land on another node). A final run's last report adds its test accuracy,
+    and its trained model goes to `model_storage/<trial id>` first; a search trial never
+    sees the test split."""
     cfg = train_config(experiment, config)
     test = config["part"] == FINAL
+    model_path = storage.join(model_storage, tune.get_context().get_trial_id()) \
+        if test else None
     faults = experiment.faults and experiment.faults.for_family(config["family"])
     resources = experiment.resources
     if resources.workers_per_trial == 1:
         _prepare_process()
         _epochs(cfg, data, start=_start_from(tune.get_checkpoint()), test=test,
-                every=experiment.checkpoint_every, faults=faults, report=_tune_report)
+                every=experiment.checkpoint_every, faults=faults, report=_tune_report,
+                model_path=model_path)
         return
     trainer = TorchTrainer(
         _distributed_worker,
         train_loop_config={"train": cfg.to_dict(), "data": data, "test": test,
                            "checkpoint_every": experiment.checkpoint_every,
-                           "faults": faults},
+                           "faults": faults, "model_path": model_path},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial, use_gpu=resources.gpus_per_trial > 0,
             resources_per_worker={"CPU": resources.cpus_per_trial,

@@ -23,8 +23,8 @@ EPOCHS, SEEDS = 2, 2
 USER_MODULE = '''
 import json
 import os
-import subprocess
-from pathlib import Path
+import sys
+import time
 from pathlib import Path
 
 import ray
@@ -32,11 +32,12 @@ from torch import nn
 
 
 def build(num_classes, in_channels, marker_dir):
-    """A small ConvNet that leaves a note of where it was imported from, and on which
-    Ray node (None: the driver, before it connects)."""
+    """A small ConvNet that leaves a note of where it was imported from, on which Ray node
+    (None: not connected yet) and whether by the driver (search/run.py: its checks before
+    it connects, and the final runs' models it logs)."""
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    note = {"file": __file__, "node": node}
-    Path(marker_dir, f"{os.getpid()}.json").write_text(json.dumps(note))
+    note = {"file": __file__, "node": node, "driver": sys.argv[0].endswith("run.py")}
+    Path(marker_dir, f"{os.getpid()}-{time.monotonic_ns()}.json").write_text(json.dumps(note))
     return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
@@ -91,12 +92,13 @@ def test_a_study_with_two_workers_per_trial(distributed_study, tune_results):
     # The user's module reached the workers of both nodes from Ray's runtime environment,
     # not from its own folder (which only the driver's PYTHONPATH names).
     notes = [json.loads(p.read_text()) for p in (folder / "markers").glob("*.json")]
-    on_workers = [note for note in notes if note["node"] is not None]
+    on_workers = [note for note in notes if not note["driver"]]
     assert {note["node"] for note in on_workers} == nodes
     assert all("runtime_resources" in note["file"] and str(folder / "usercode")
                not in note["file"] for note in on_workers)
-    assert [note["file"] for note in notes if note["node"] is None] == [
-        str(folder / "usercode" / "ddpnet.py")]  # the driver's check, before it connects
+    driver = [note for note in notes if note["driver"]]
+    assert {note["file"] for note in driver} == {str(folder / "usercode" / "ddpnet.py")}
+    assert any(note["node"] is None for note in driver)  # its check, before it connects
     trials = tune_results(folder / "ray" / "ddp")
     (search_rows,) = [rows for rows in trials.values() if rows[0]["config"]["part"] == "search"]
     finals = [rows for rows in trials.values() if rows[0]["config"]["part"] == "final"]

@@ -4,6 +4,7 @@ MLflow store: the MLflow structure, equal budgets, and resuming an interrupted s
 import contextlib
 import io
 import json
+import os
 import pickle
 import re
 import shutil
@@ -16,13 +17,16 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 import ray
+import torch
 import yaml
 from conftest import runs_by_role, start_search
 from mlflow.exceptions import MlflowException
 
+from oneprune.data import load_dataset
 from oneprune.schedules import FAMILIES, schedule_from_dict
 from search.run import main
 
@@ -85,11 +89,16 @@ def parse(value):
 
 
 def assert_complete_study(uri):
-    """Exactly one run per family, trial, final run and comparison, all finished."""
+    """Exactly one run per family, trial, final run and comparison, all finished; one
+    READY logged model per final run; one registered version per family and dense, and
+    one `@best`."""
     client, by_role = runs_by_role(uri, "tiny")
     assert {role: len(runs) for role, runs in by_role.items()} == {
         "family": 3, "trial": 2 * TRIALS, "final": 3 * SEEDS, "comparison": 1}
-    assert all(run.info.status == "FINISHED" for runs in by_role.values() for run in runs)
+    unfinished = [(run.data.tags["oneprune.role"], run.data.tags["oneprune.family"],
+                   run.info.status) for runs in by_role.values() for run in runs
+                  if run.info.status != "FINISHED"]
+    assert not unfinished
     family_ids = {run.data.tags["oneprune.family"]: run.info.run_id
                   for run in by_role["family"]}
     assert sorted(family_ids) == sorted([*FAMILIES_UNDER_TEST, "dense"])
@@ -98,6 +107,18 @@ def assert_complete_study(uri):
     finals = Counter((r.data.tags["oneprune.family"], r.data.tags["oneprune.seed"])
                      for r in by_role["final"])
     assert set(finals.values()) == {1} and {f for f, _ in finals} == set(family_ids)
+    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+    models = Counter(model.source_run_id for model in client.search_logged_models(
+        [experiment_id]))
+    assert models == Counter(run.info.run_id for run in by_role["final"])
+    assert all(model.status.name == "READY"
+               for model in client.search_logged_models([experiment_id]))
+    registered = {model.name: model for model in client.search_registered_models()}
+    assert set(registered) == {f"tiny.{family}" for family in family_ids}
+    for name in registered:
+        (version,) = client.search_model_versions(f"name = '{name}'")
+        assert version.run_id in {run.info.run_id for run in by_role["final"]}
+    assert sum(bool(model.aliases) for model in registered.values()) == 1
     return client, by_role, family_ids
 
 
@@ -172,7 +193,89 @@ def test_runs_carry_their_dataset_and_code_version_and_the_runs_view_is_printed(
     url = (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}"
            f"?workflowType=machine_learning")
     assert f"mlflow ui --backend-store-uri {finished['uri']}" in finished["printed"]
-    assert finished["printed"].rstrip().endswith(f"{url}   (tiny)")
+    assert f"{url}   (tiny)\n" in finished["printed"]
+
+
+def test_each_familys_model_is_registered_and_the_winner_is_printed_best(finished):
+    client, by_role, _ = assert_complete_study(finished["uri"])
+    finals = {(r.data.tags["oneprune.family"], int(r.data.tags["oneprune.seed"])): r
+              for r in by_role["final"]}
+    means = {family: sum(r.data.metrics["test_acc"] for (f, _), r in finals.items()
+                         if f == family) / SEEDS for family in FAMILIES_UNDER_TEST}
+    winner = max(means, key=means.get)
+    printed = finished["printed"].rstrip().splitlines()
+    models = printed[printed.index("Models (MLflow registry; mlflow.pytorch.load_model(URI) "
+                                   "needs only mlflow and torch):") + 1:]
+    assert [line.split()[0] for line in models] == [
+        f"models:/tiny.{family}@best" if family == winner else f"models:/tiny.{family}/1"
+        for family in (*FAMILIES_UNDER_TEST, "dense")]  # the output ends with them
+    for family in (*FAMILIES_UNDER_TEST, "dense"):
+        (version,) = client.search_model_versions(f"name = 'tiny.{family}'")
+        seed = int(version.tags["oneprune.seed"])
+        # the seed whose final run ended with the best validation accuracy
+        best_val = max(r.data.metrics["val_acc"] for (f, _), r in finals.items()
+                       if f == family)
+        assert finals[(family, seed)].data.metrics["val_acc"] == best_val
+        assert version.run_id == finals[(family, seed)].info.run_id
+        assert float(version.tags["test_acc"]) == pytest.approx(
+            finals[(family, seed)].data.metrics["test_acc"], rel=1e-5)
+    assert str(client.get_model_version_by_alias(f"tiny.{winner}", "best").version) == "1"
+
+
+def test_a_final_runs_logged_model_carries_its_signature_files_and_metrics(finished):
+    client, by_role, _ = assert_complete_study(finished["uri"])
+    run = next(r for r in by_role["final"] if r.data.tags["oneprune.family"] == "agp")
+    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+    (model,) = client.search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    metrics = {m.key: m.value for m in model.metrics}
+    assert metrics["test_acc"] == run.data.metrics["test_acc"]
+    assert metrics["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert 0 < metrics["nonzero_weights"] < 0.2 * metrics["parameters"]
+    assert metrics["parameter_bytes"] == 4 * metrics["parameters"]
+    assert metrics["macs_per_image"] > metrics["nonzero_macs_per_image"] > 0
+    assert model.params["schedule.family"] == "agp"  # the run's config
+    folder = Path(mlflow.artifacts.download_artifacts(
+        f"models:/{model.model_id}", dst_path=str(finished["folder"] / "download"),
+        tracking_uri=finished["uri"]))
+    info = mlflow.models.Model.load(folder)
+    assert info.flavors["pytorch"]["pytorch_version"] and (folder / "data/model.pt2").exists()
+    assert info.signature.inputs.inputs[0].shape == (-1, 1, 8, 8)
+    assert info.signature.outputs.inputs[0].shape == (-1, 10)
+    assert info.metadata["mean"] and info.metadata["std"] and not info.metadata["slim"]
+    assert "ToTensor" in info.metadata["input"]
+    assert {path.name for path in (folder / "extra_files").iterdir()} == {
+        "model_sparse.pt", "config.json", "metrics.json", "layers.csv"}
+    assert (folder / "input_example.json").exists()
+
+
+def test_a_registered_model_loads_and_scores_in_a_process_with_only_mlflow_and_torch(finished):
+    """No Ray, no oneprune, no model code: the test accuracy recomputed from the registry's
+    `@best` equals the one logged with it."""
+    data = load_dataset("digits")
+    torch.save({"images": data.test.images.float() / 255.0, "labels": data.test.labels},
+               finished["folder"] / "test-split.pt")
+    script = (
+        "import sys, json, mlflow, torch\n"
+        f"mlflow.set_tracking_uri({finished['uri']!r})\n"
+        "uri = next(line.split()[0] for line in sys.stdin if '@best' in line)\n"
+        "model = mlflow.pytorch.load_model(uri)\n"
+        f"split = torch.load({str(finished['folder'] / 'test-split.pt')!r})\n"
+        "with torch.no_grad():\n"
+        "    correct = int((model(split['images']).argmax(1) == split['labels']).sum())\n"
+        "name = uri.removeprefix('models:/').split('@')[0]\n"
+        "version = mlflow.MlflowClient().get_model_version_by_alias(name, 'best')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'oneprune', "
+        "'search'))\n"
+        "print(json.dumps({'correct': correct, 'logged': version.tags['test_acc'], "
+        "'total': len(split['labels']), 'loaded': loaded}))\n")
+    done = subprocess.run([sys.executable, "-c", script], input=finished["printed"],
+                          capture_output=True, text=True, cwd=finished["folder"], timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    assert result["correct"] == round(float(result["logged"]) * result["total"])
 
 
 def test_one_tuner_ran_every_trial_on_both_nodes_and_kept_no_checkpoint(finished,
@@ -253,14 +356,29 @@ def kill(log, driver):
     log.close()
 
 
-@pytest.mark.parametrize(("role", "finished"), [
-    (None, 0),              # the Tuner has just started (Tune writes its first state)
-    ("trial", TRIALS + 1),  # mid-search
-    ("final", 1),           # a family's final runs have begun
-], ids=["at-the-start", "mid-search", "mid-final-runs"])
-def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, role, finished):
-    """SIGKILL the driver once `finished` runs of `role` have finished (dense runs aside),
-    then `--resume` in this process."""
+def interrupt(log, driver, study):
+    """Ctrl+C: the driver ends with one line that says how to resume, and no traceback."""
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) == 130
+    log.close()
+    printed = (study["folder"] / "driver.log").read_text()
+    assert "Traceback" not in printed, printed
+    assert printed.rstrip().splitlines()[-1] == (
+        f"interrupted; continue with: python search/run.py {' '.join(study['args'])} "
+        f"--address {study['address']} --resume")
+
+
+@pytest.mark.parametrize(("role", "finished", "stop"), [
+    (None, 0, kill),                  # the Tuner has just started (its first state)
+    ("trial", TRIALS + 1, kill),      # mid-search
+    ("final", 1, kill),               # a family's final runs (and their models) have begun
+    (None, 0, interrupt),             # Ctrl+C as the Tuner starts
+    ("trial", TRIALS + 1, interrupt),  # Ctrl+C mid-search
+], ids=["at-the-start", "mid-search", "mid-final-runs", "ctrl-c-at-the-start",
+        "ctrl-c-mid-search"])
+def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, role, finished, stop):
+    """SIGKILL (or SIGINT) the driver once `finished` runs of `role` have finished (dense
+    runs aside), then `--resume` in this process."""
     log, driver = start_driver(study)
     finished_before = set()
     deadline = time.monotonic() + 240
@@ -283,11 +401,31 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, role, fin
             if len(finished_before) >= finished:
                 break
         time.sleep(0.05)
-    kill(log, driver)
+    if stop is kill:
+        kill(log, driver)
+    else:
+        interrupt(log, driver, study)
 
     assert main([*study["args"], "--resume"]) == 0
     _, by_role, _ = assert_complete_study(study["uri"])
     assert finished_before <= {run.info.run_id for run in by_role.get(role, [])}
+
+
+def test_a_driver_killed_while_registering_the_models_resumes_to_one_version_each(study):
+    """A test-only fault SIGKILLs the driver right after it registered the first family's
+    model (the rest of the verdict unwritten); `--resume` registers the others, once."""
+    path = Path(study["args"][1])
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "faults": {"kill_driver_at": "registering"}}))
+    log, driver = start_driver(study)
+    assert driver.wait(timeout=300) == -signal.SIGKILL, (
+        study["folder"] / "driver.log").read_text()
+    log.close()
+    client, _ = runs_by_role(study["uri"], "tiny")
+    assert len(client.search_registered_models()) == 1
+    path.write_text(yaml.safe_dump(spec))
+    assert main([*study["args"], "--resume"]) == 0
+    assert_complete_study(study["uri"])
 
 
 def test_trials_the_saved_state_lost_are_run_again(study, capsys):
