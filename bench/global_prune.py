@@ -1,12 +1,14 @@
-"""Time one global `Pruner.prune_to` on a model with 25M+ prunable conv weights.
+"""Time one `Pruner.prune_to` on a model with 25M+ prunable conv weights, for the global
+ranking and for the allocations that compute per-layer budgets (ERK, LAMP, uniform).
 
     python bench/global_prune.py [--device cpu|cuda] [--repeats 5] [--json PATH]
 
-Each repeat builds fresh masks (weights re-drawn) and times a prune to 0.5, then from
-there to 0.9 (the second call also ranks the already-pruned weights). Side by side, on
-the same 28M magnitudes, it times the Pruner's exact selection of the k-th smallest
-(a sampled bracket, then `kthvalue` inside it) against a plain `torch.kthvalue`. Prints
-the medians, and writes them as JSON with --json.
+Each repeat re-draws the weights and, for each allocation in turn (the same weights for
+all of them), builds fresh masks and times a prune to 0.5, then from there to 0.9 (the
+second call also ranks the already-pruned weights). Ratios are taken against the global
+prune of the same repeat. Side by side, on the same 28M magnitudes, it times the Pruner's
+exact selection of the k-th smallest (a sampled bracket, then `kthvalue` inside it)
+against a plain `torch.kthvalue`. Prints the medians, and writes them as JSON with --json.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from _common import json_path, machine, write_json
 from torch import nn
 
 from oneprune.cli import OneLineParser
-from oneprune.pruning import Pruner, kth_smallest
+from oneprune.pruning import Pruner
+from oneprune.ranking import kth_smallest
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -34,29 +37,45 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+ALLOCATIONS = ("global", "erk", "lamp", "uniform")
+
+
 def measure(device: torch.device, repeats: int) -> dict:
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Conv2d(1024, 1024, 3, bias=False) for _ in range(3)]).to(device)
     weights = sum(p.numel() for p in model.parameters())
-    first, second, bracketed, plain = [], [], [], []
+    first = {name: [] for name in ALLOCATIONS}
+    second = {name: [] for name in ALLOCATIONS}
+    bracketed, plain = [], []
     k = round(0.9 * weights)
-    for _ in range(repeats):
+    for repeat in range(repeats):
         with torch.no_grad():
             for conv in model:
                 conv.weight.normal_()
+            drawn = [conv.weight.clone() for conv in model]
             magnitudes = torch.cat([conv.weight.abs().flatten() for conv in model])
         bracketed.append(_timed(lambda m=magnitudes: kth_smallest(m, k), device))
         plain.append(_timed(lambda m=magnitudes: torch.kthvalue(m, k), device))
-        pruner = Pruner(model, scope="global")
-        first.append(_timed(lambda p=pruner: p.prune_to(0.5), device))
-        second.append(_timed(lambda p=pruner: p.prune_to(0.9), device))
-        assert pruner.sparsity() == k / weights
-    return {"device": str(device), "prunable_weights": weights, "repeats": repeats,
-            "global_prune_to_0.5_seconds": statistics.median(first),
-            "global_prune_0.5_to_0.9_seconds": statistics.median(second),
-            "kth_smallest_bracketed_seconds": statistics.median(bracketed),
-            "kth_smallest_plain_kthvalue_seconds": statistics.median(plain),
-            "threads": torch.get_num_threads()}
+        shift = repeat % len(ALLOCATIONS)  # the order rotates, so drift hits all alike
+        for name in ALLOCATIONS[shift:] + ALLOCATIONS[:shift]:
+            with torch.no_grad():
+                for conv, weight in zip(model, drawn, strict=True):
+                    conv.weight.copy_(weight)
+            pruner = Pruner(model, allocation=name)
+            first[name].append(_timed(lambda p=pruner: p.prune_to(0.5), device))
+            second[name].append(_timed(lambda p=pruner: p.prune_to(0.9), device))
+            assert pruner.sparsity() == k / weights
+    result = {"device": str(device), "prunable_weights": weights, "repeats": repeats,
+              "kth_smallest_bracketed_seconds": statistics.median(bracketed),
+              "kth_smallest_plain_kthvalue_seconds": statistics.median(plain),
+              "threads": torch.get_num_threads()}
+    for name in ALLOCATIONS:
+        result[f"{name}_prune_to_0.5_seconds"] = statistics.median(first[name])
+        result[f"{name}_prune_0.5_to_0.9_seconds"] = statistics.median(second[name])
+        for label, times in (("to_0.5", first), ("0.5_to_0.9", second)):
+            result[f"{name}_over_global_{label}"] = statistics.median(
+                t / g for t, g in zip(times[name], times["global"], strict=True))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ optimizer step) where torch's two pruning APIs reparametrise the weight in every
 What is timed, per training step (AdamW, lr 1e-3, cross-entropy on random data):
 
 - dense: forward, backward, optimizer step.
-- oneprune: `Pruner(model)` (local scope, unstructured), `prune_to(target)` when the
+- oneprune: `Pruner(model)` (uniform allocation, unstructured), `prune_to(target)` when the
   target moved by more than `--resolution` or reached its final value (the rule of
   `oneprune.train`), then the dense step, then `apply_masks()` every step.
 - torch_prune: `torch.nn.utils.prune.l1_unstructured` on every conv weight at the same
@@ -20,7 +20,7 @@ What is timed, per training step (AdamW, lr 1e-3, cross-entropy on random data):
   (no `prune.remove`).
 - torch_ao: a `torch.ao.pruning.BaseSparsifier` subclass (unstructured magnitude, same
   counts) with its `FakeSparsity` parametrisation; each group's `sparsity_level` is set
-  to the target and `sparsifier.step()` runs at the same steps. (torch 2.14's
+  to the count and `sparsifier.step()` runs at the same steps. (torch 2.14's
   `WeightNormSparsifier` handles 2-D weights only and fails on conv weights.)
 
 All four start from the same initial weights, see the same batches in the same order and
@@ -51,6 +51,7 @@ from _common import cpu_name, json_path, machine, write_json
 from torch import nn
 from torch.ao.pruning import BaseSparsifier
 
+from oneprune import allocation
 from oneprune.cli import OneLineParser
 from oneprune.models import build_model
 from oneprune.pruning import Pruner
@@ -65,22 +66,28 @@ def _convs(model: nn.Module) -> list[nn.Conv2d]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def _layer_count(n: int, target: float) -> int:
-    """Pruned weights of an n-weight layer at `target` (oneprune's local rule)."""
-    return min(round(target * n), n - 1)
+def _layer_counts(units: list[int], target: float) -> list[int]:
+    """Pruned weights per layer at `target`, as oneprune's uniform allocation counts them
+    (exactly round(target * N) in all, largest remainder per layer)."""
+    total = min(round(target * sum(units)), sum(units) - len(units))
+    kept = allocation.kept_targets("uniform", units, [(n,) for n in units],
+                                   sum(units) - total)
+    return allocation.integer_budgets([n - k for n, k in zip(units, kept, strict=True)],
+                                      [0] * len(units), [n - 1 for n in units], total)
 
 
 class MagnitudeSparsifier(BaseSparsifier):
     """Unstructured magnitude pruning in torch.ao.pruning: exactly the oneprune count per
-    layer, lowest |w| of the current (masked) weight first, so pruned weights stay pruned."""
+    layer (`sparsity_level` of a group carries it), lowest |w| of the current (masked)
+    weight first, so pruned weights stay pruned."""
 
     def __init__(self):
-        super().__init__(defaults={"sparsity_level": 0.0})
+        super().__init__(defaults={"sparsity_level": 0})
 
     def update_mask(self, module, tensor_name, sparsity_level, **kwargs):
         mask = getattr(module.parametrizations, tensor_name)[0].mask
         magnitude = getattr(module, tensor_name).abs().flatten()  # mask * original
-        k = _layer_count(magnitude.numel(), sparsity_level)
+        k = sparsity_level
         if k > 0:
             new = torch.ones_like(magnitude)
             new[torch.topk(magnitude, k, largest=False, sorted=False).indices] = 0.0
@@ -105,10 +112,10 @@ class Method:
                 torch_prune.l1_unstructured(conv, "weight", amount=0)
 
             def update(target: float) -> None:
-                for conv in convs:
+                counts = _layer_counts([c.weight_mask.numel() for c in convs], target)
+                for conv, count in zip(convs, counts, strict=True):
                     mask = conv.weight_mask
-                    pruned = mask.numel() - int(torch.count_nonzero(mask))
-                    more = _layer_count(mask.numel(), target) - pruned
+                    more = count - (mask.numel() - int(torch.count_nonzero(mask)))
                     if more > 0:
                         torch_prune.l1_unstructured(conv, "weight", amount=more)
 
@@ -120,8 +127,9 @@ class Method:
             sparsifier.prepare(self.model, [{"tensor_fqn": f"{n}.weight"} for n in names])
 
             def update(target: float) -> None:
-                for group in sparsifier.groups:
-                    group["sparsity_level"] = target
+                counts = _layer_counts([c.weight.numel() for c in convs], target)
+                for group, count in zip(sparsifier.groups, counts, strict=True):
+                    group["sparsity_level"] = count  # a count: see MagnitudeSparsifier
                 sparsifier.step()
 
             self.update = update

@@ -217,12 +217,12 @@ def markdown(rows: list[dict]) -> str:
         head += [f"{runtime} b1 ms (×)", f"{runtime} b64 ms (×)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in rows:
-        cells = [row["network"], row["variant"], f"{row['macs_per_image'] / 1e6:,.1f} M",
-                 f"{row['parameters'] / 1e6:,.2f} M", f"{row['pt2_bytes'] / 1e6:,.1f} MB",
-                 f"{row['sparse_weights_bytes'] / 1e6:,.2f} MB"]
+        cells = [row["network"], row["variant"], f"{row['macs_per_image'] / 1e6:.3g} M",
+                 f"{row['parameters'] / 1e6:.3g} M", f"{row['pt2_bytes'] / 1e6:.3g} MB",
+                 f"{row['sparse_weights_bytes'] / 1e6:.3g} MB"]
         for runtime in runtimes:
             for batch in BATCHES:
-                cells.append(f"{row[f'{runtime}_b{batch}_ms']:,.2f} "
+                cells.append(f"{row[f'{runtime}_b{batch}_ms']:.3g} "
                              f"({row[f'{runtime}_b{batch}_speedup']:.2f}×)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
