@@ -140,8 +140,8 @@ def save_program(ready: Deployable, path: str | os.PathLike) -> Path:
 
 
 def save_onnx(ready: Deployable, path: str | os.PathLike) -> Path:
-    """Write `ready` as an ONNX model (input `images`, output `logits`, dynamic batch), with
-    torch.onnx's exporter (it needs the `onnx` and `onnxscript` packages)."""
+    """Write `ready` as one ONNX file (input `images`, output `logits`, dynamic batch, the
+    weights inside), with torch.onnx's exporter (it needs `onnx` and `onnxscript`)."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -151,7 +151,8 @@ def save_onnx(ready: Deployable, path: str | os.PathLike) -> Path:
     try:
         torch.onnx.export(ready.module, (ready.example(),), path, dynamo=True,
                           input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+                          external_data=False)  # one file, weights inside
     except Exception as error:  # the exporter raises many kinds on a user's forward
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(f"torch.onnx cannot export the model: {type(error).__name__}: "

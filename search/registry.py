@@ -1,11 +1,11 @@
 """What a study hands over: its trained models, in MLflow.
 
 Every final re-run (each family's best config with each final seed, and the dense
-reference) ends with its pruned model in its last checkpoint (`oneprune.export`'s files:
-the sparse weights, the config, the metrics). The driver, the only MLflow writer, logs it
-as a logged model of the run (`log_final_model`): a `oneprune.deploy` module that takes
-images in [0, 1] with the normalisation inside, with its zeroed filters removed for filter
-pruning, in the `pt2` format (torch.export), so that loading it needs neither this
+reference) ends by writing its pruned model to the storage path (`oneprune.export`'s
+files: the sparse weights, the config, the metrics). The driver, the only MLflow writer,
+logs it as a logged model of the run (`log_final_model`): a `oneprune.deploy` module that
+takes images in [0, 1] with the normalisation inside, with its zeroed filters removed for
+filter pruning, in the `pt2` format (torch.export), so that loading it needs neither this
 project, nor the user's model code, nor unpickling; with its signature, an input example,
 its footprint as metrics, and the sparse weights, config and per-layer report as files.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib
 import math
 import os
 import tempfile
@@ -102,7 +103,7 @@ def _code_paths(model_name: str) -> list[str]:
     paths = [str(Path(oneprune.__file__).parent)]
     module = user_module(model_name)
     if module is not None:
-        found = __import__(module.partition(".")[0])
+        found = importlib.import_module(module.partition(".")[0])
         paths.append(next(iter(found.__path__)) if hasattr(found, "__path__")
                      else found.__file__)
     return paths

@@ -334,19 +334,18 @@ class TrialLogger(tune.Callback):
         self._runs[trial_id] = (run_id, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        ended = self._ended(trial)
+        ended = self._ended(trial, failed=False)
         self._submit(lambda: self._close(*ended))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        ended = self._ended(trial)
+        ended = self._ended(trial, failed=True)  # its status is set after this call
         self._submit(lambda: self._close(*ended))
 
-    def _ended(self, trial) -> tuple:
+    def _ended(self, trial, failed: bool) -> tuple:
         """What closing an ended trial's run needs, read in Tune's thread."""
-        error = str(trial.error_file or "see the Tune logs") if trial.status == "ERROR" \
-            else None
+        error = str(trial.error_file or "see the Tune logs") if failed else None
         return (trial.trial_id, dict(trial.config), dict(trial.last_result or {}), error,
-                None if error else self._model_of(trial))
+                None if failed else self._model_of(trial))
 
     def _close(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any],
                error: str | None, model) -> None:
@@ -385,7 +384,7 @@ class TrialLogger(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         known = [(trial.trial_id, dict(trial.config)) for trial in trials]
-        ended = [self._ended(trial) for trial in trials
+        ended = [self._ended(trial, failed=trial.status == "ERROR") for trial in trials
                  if trial.status in ("TERMINATED", "ERROR")]
 
         def reconcile():

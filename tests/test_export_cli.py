@@ -45,6 +45,7 @@ def test_a_saved_folder_exports_slim_pt2_and_onnx_that_predict_alike(saved, tmp_
     predictions = logits.argmax(1)
     assert int((predictions == saved["data"].test.labels).sum()) == round(
         saved["result"].test_acc * len(saved["data"].test))
+    assert not (tmp_path / "out" / "model.onnx.data").exists()  # one file, weights inside
     session = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.onnx"),
                                            providers=["CPUExecutionProvider"])
     onnx_logits = session.run(None, {"images": images(saved["data"]).numpy()})[0]

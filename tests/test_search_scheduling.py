@@ -229,6 +229,51 @@ def test_asha_compares_a_trial_only_with_its_own_family(tmp_path, monkeypatch, r
     assert {trial.state.name for trial in pruned} == {"COMPLETE", "PRUNED"}
 
 
+def allocation_accuracy(config):
+    """Validation accuracy set by the allocation alone: ERK and LAMP far ahead."""
+    return {"uniform": 0.4, "global": 0.5, "erk": 0.9, "lamp": 0.85,
+            "depth": 0.6}[config["params"]["allocation"]]
+
+
+def test_a_searched_allocation_is_recorded_per_trial_and_family_with_its_importance(
+        tmp_path, monkeypatch, ray_cluster):
+    monkeypatch.chdir(tmp_path)
+    trials = 10
+    experiment = experiment_in(tmp_path, sparsity=0.9, families=["agp", "one_cycle"],
+                               trials_per_family=trials,
+                               allocation=["uniform", "global", "erk", "lamp", "depth"])
+    run_experiment(experiment, load_data(experiment), storage_path=str(tmp_path / "ray"),
+                   trial_function=stand_in(
+                       {"agp": 0.0, "one_cycle": 0.0, "dense": 0.0},
+                       {"agp": allocation_accuracy, "one_cycle": allocation_accuracy,
+                        "dense": lambda config: 0.95}))
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    client = MlflowClient(experiment.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("sched").experiment_id])
+    for family in ("agp", "one_cycle"):
+        studied = optuna.load_study(study_name=f"sched/{family}", storage=storage).trials
+        assert len(studied) == trials
+        for trial in studied:  # depth's exponent exactly where depth was drawn
+            assert ("depth_exponent" in trial.params) == (trial.params["allocation"]
+                                                          == "depth")
+        by_number = {trial.number: trial.params for trial in studied}
+        searched = [run for run in runs if run.data.tags["oneprune.role"] == "trial"
+                    and run.data.tags["oneprune.family"] == family]
+        assert len(searched) == trials
+        for run in searched:  # every trial's run records what it trained with
+            assert run.data.params["allocation"] in ("uniform", "global", "erk", "lamp",
+                                                     "depth")
+        assert Counter(run.data.params["allocation"] for run in searched) == Counter(
+            params["allocation"] for params in by_number.values())
+        (parent,) = [run for run in runs if run.data.tags["oneprune.role"] == "family"
+                     and run.data.tags["oneprune.family"] == family]
+        assert parent.data.params["allocation"] in ("erk", "lamp")  # the best config's
+        importance = {key.removeprefix("importance."): value
+                      for key, value in parent.data.metrics.items()
+                      if key.startswith("importance.")}
+        assert max(importance, key=importance.get) == "allocation"
+
+
 class _Tracked:
     """What `GroupScheduler` tells its searcher of (nothing to search here)."""
 
