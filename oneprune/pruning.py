@@ -47,7 +47,6 @@ from oneprune import _validate
 from oneprune import allocation as allocations
 from oneprune.ranking import smallest
 
-SCOPES = tuple(allocations.SCOPE_NAMES)
 GRANULARITIES = ("weight", "filter")
 LAYER_KINDS: dict[str, type[nn.Module]] = {"conv": nn.Conv2d, "linear": nn.Linear}
 

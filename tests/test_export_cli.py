@@ -59,7 +59,8 @@ def test_a_saved_folder_exports_slim_pt2_and_onnx_that_predict_alike(saved, tmp_
     ).st_size
 
 
-def test_a_registered_model_exports_by_its_uri(saved, tmp_path, capsys):
+def test_a_registered_model_exports_by_its_uri(saved, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a sqlite store's artifacts under ./mlruns
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("study")).info.run_id
@@ -84,7 +85,7 @@ def test_a_bad_source_gets_one_line_and_exit_2(tmp_path, source, expected):
     done = subprocess.run(
         [sys.executable, "-m", "search.export", source.format(tmp=tmp_path), "--out",
          str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("oneprune-export: error: ") and expected in done.stderr

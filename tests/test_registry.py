@@ -68,8 +68,10 @@ def digits():
 
 
 @pytest.fixture
-def store(tmp_path):
-    """A fresh sqlite MLflow store with one run (the final run whose model is logged)."""
+def store(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store with one run (the final run whose model is logged), in a
+    temporary working folder (MLflow puts a sqlite store's artifacts under ./mlruns)."""
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("study")
