@@ -395,9 +395,12 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     # warning about frequent snapshots is muted. Tune's automatic loggers are replaced by
     # the JSON and CSV ones: no TensorBoard writer thread per trial (MLflow has the curves).
     # MLflow's download bars (it copies files as it logs a model) would flood the output.
+    # Ctrl+C raises KeyboardInterrupt at once: Tune's own handler would let the Tuner end
+    # "normally" with the trials it stopped marked failed, which read as a finished study.
     with tracking.environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(slots, 1) + 1),
                               TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
                               TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+                              TUNE_DISABLE_SIGINT_HANDLER="1",
                               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
         if resume and storage.has_tune_state(path):
             echo(f"[{experiment.name}] resuming from {path}")

@@ -255,17 +255,23 @@ class TrialLogger(tune.Callback):
 
     # Tune's event loop (which starts the next trial, takes the next report) must not wait
     # for the tracking store: the bench measured ~0.3 s of MLflow calls per trial.
+    # The writer is not a daemon thread: the interpreter's exit (after a Ctrl+C) would kill
+    # a daemon in the middle of a write, and one killed inside torch (logging a model)
+    # aborts the process. It ends after the write in flight once the main thread has ended;
+    # the writes it then drops are made good by the resumed study's reconcile.
 
     def _submit(self, write: Callable[[], None]) -> None:
         if self._writes is None:
             self._writes = queue.Queue()
-            threading.Thread(target=self._write_forever, name="mlflow-writer",
-                             daemon=True).start()
+            threading.Thread(target=self._write_until_exit, name="mlflow-writer").start()
         self._writes.put(write)
 
-    def _write_forever(self) -> None:
-        while True:
-            write = self._writes.get()
+    def _write_until_exit(self) -> None:
+        while threading.main_thread().is_alive():
+            try:
+                write = self._writes.get(timeout=0.2)
+            except queue.Empty:
+                continue
             try:
                 write()
             except Exception as error:  # raised again, with the first, in `flush`
