@@ -70,10 +70,8 @@ def _layer_counts(units: list[int], target: float) -> list[int]:
     """Pruned weights per layer at `target`, as oneprune's uniform allocation counts them
     (exactly round(target * N) in all, largest remainder per layer)."""
     total = min(round(target * sum(units)), sum(units) - len(units))
-    kept = allocation.kept_targets("uniform", units, [(n,) for n in units],
-                                   sum(units) - total)
-    return allocation.integer_budgets([n - k for n, k in zip(units, kept, strict=True)],
-                                      [0] * len(units), [n - 1 for n in units], total)
+    return allocation.layer_budgets("uniform", units, [(n,) for n in units], total,
+                                    [0] * len(units), [n - 1 for n in units])
 
 
 class MagnitudeSparsifier(BaseSparsifier):

@@ -13,6 +13,12 @@ VAL_FRACTION = {"low": 0.0, "high": 0.5, "low_open": True}
 IMAGE_SIZE = {"low": 8, "high": 1024}
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message (its type's name if it has none): how a one-line
+    refusal quotes an exception from torch, MLflow, Optuna or a user's code."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def real(field: str, value, *, low: float = -math.inf, high: float = math.inf,
          low_open: bool = False, high_open: bool = False) -> float:
     """Return `value` as a float if it is a finite real number in the given interval.

@@ -25,7 +25,8 @@ Rules every allocation keeps: the total is exact, round(s * N) of the N units (c
 that every layer keeps at least one unit); a layer's budget never falls below what it has
 pruned already (masks are monotone); budgets are rounded by largest remainder, ties to the
 earlier layer, so every rank of a DDP run computes the same ones. The formulas give a
-continuous number of kept units per layer (`kept_targets`); `integer_budgets` rounds it.
+continuous number of kept units per layer (`kept_targets`); `integer_budgets` rounds it
+(`layer_budgets`: both).
 """
 
 from __future__ import annotations
@@ -139,6 +140,17 @@ def integer_budgets(targets: Sequence[float], low: Sequence[int], high: Sequence
             counts[i] += 1 if missing > 0 else -1
     return counts
 
+
+
+def layer_budgets(allocation: str, units: Sequence[int], shapes: Sequence[Sequence[int]],
+                  total: int, pruned: Sequence[int], most: Sequence[int],
+                  depth_exponent: float = 0.0) -> list[int]:
+    """Units each layer prunes, `total` in all, for an allocation with a density formula
+    (not `global` or `lamp`, whose budgets follow from one ranking): `kept_targets` rounded
+    by `integer_budgets`, between what a layer has pruned and the most it may."""
+    kept = kept_targets(allocation, units, shapes, sum(units) - total, depth_exponent)
+    return integer_budgets([n - k for n, k in zip(units, kept, strict=True)], pruned, most,
+                           total)
 
 # -- LAMP -----------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ network's own code.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from oneprune._validate import first_line
 from oneprune.structured import LAYERS, evaluated, layer_rows
 from oneprune.structured import slim as remove_filters
 
 INPUT = ("float32 images in [0, 1] as torchvision's ToTensor gives them, N x C x H x W; "
          "the model normalises them itself")
+LAYERS_FILE = "layers.csv"  # `save_layers`'s name for it beside a model
 LAYER_COLUMNS = ("layer", "shape", "weights", "sparsity", "filters", "filters_masked",
                  "filters_removed", "slim_shape")
 
@@ -127,9 +130,19 @@ def export_program(ready: Deployable) -> torch.export.ExportedProgram:
         return torch.export.export(ready.module, (ready.example(),),
                                    dynamic_shapes=({0: torch.export.Dim.AUTO},))
     except Exception as error:  # torch.export raises many kinds on a user's forward
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise ValueError(f"torch.export cannot export the model: {type(error).__name__}: "
                          f"{reason}") from None
+
+
+def save_layers(ready: Deployable, path: str | os.PathLike) -> Path:
+    """Write `ready`'s per-layer report as CSV (`LAYER_COLUMNS`, a row per conv / linear
+    layer: shape, sparsity, filters masked and removed)."""
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=LAYER_COLUMNS)
+        writer.writeheader()
+        writer.writerows(ready.layers)
+    return Path(path)
 
 
 def save_program(ready: Deployable, path: str | os.PathLike) -> Path:
@@ -154,7 +167,7 @@ def save_onnx(ready: Deployable, path: str | os.PathLike) -> Path:
                           dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
                           external_data=False)  # one file, weights inside
     except Exception as error:  # the exporter raises many kinds on a user's forward
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise ValueError(f"torch.onnx cannot export the model: {type(error).__name__}: "
                          f"{reason}") from None
     return Path(path)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from oneprune._files import write_atomically
+from oneprune._validate import first_line
 from oneprune.deploy import Deployable, deployable
 from oneprune.models import build_model
 
@@ -122,7 +123,7 @@ def load_pruned(folder: str | os.PathLike, *, sparse: bool = True,
     try:
         model.load_state_dict(state)
     except RuntimeError as error:  # weights of another architecture
-        reason = str(error).splitlines()[0]
+        reason = first_line(error)
         raise ValueError(f"{str(folder)!r}: its weights do not fit {config['model']['name']!r}:"
                          f" {reason}") from None
     return PrunedModel(model.to(map_location).eval(), config, metrics)

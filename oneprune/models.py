@@ -154,6 +154,20 @@ def user_module(name: str) -> str | None:
     return path[0] if path else None
 
 
+def user_code_path(name: str) -> str | None:
+    """The file (a module) or folder (a package, regular or namespace) of the top-level
+    module a `package.module:callable` model comes from: what must travel with the model's
+    code (to Ray's nodes, into a pickled model). None for a built-in or timm model. Call
+    after the model was imported."""
+    module = user_module(name)
+    if module is None:
+        return None
+    found = importlib.import_module(module.partition(".")[0])
+    if hasattr(found, "__path__"):
+        return str(next(iter(found.__path__)))
+    return found.__file__
+
+
 def check_model_args(key: str, value) -> dict[str, Any]:
     """A copy of `value` if it is a mapping of argument names to JSON values (numbers,
     strings, booleans, null, lists and mappings of them): it is recorded with the run."""

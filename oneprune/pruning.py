@@ -297,11 +297,9 @@ class Pruner:
                 for i, layer_selected in enumerate(selected):
                     self._set_alive(i, ~layer_selected)
             else:
-                kept = allocations.kept_targets(
-                    self.allocation, units, [m.weight.shape for _, m in self._layers],
-                    sum(units) - total, self.depth_exponent)
-                counts = allocations.integer_budgets(
-                    [n - k for n, k in zip(units, kept, strict=True)], pruned, most, total)
+                counts = allocations.layer_budgets(
+                    self.allocation, units, [m.weight.shape for _, m in self._layers], total,
+                    pruned, most, self.depth_exponent)
                 for i, (count, before) in enumerate(zip(counts, pruned, strict=True)):
                     if count > before:
                         self._set_alive(i, ~smallest(scores[i], count))

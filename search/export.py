@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import os
 import sys
 import tempfile
@@ -30,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from oneprune._validate import first_line
 from oneprune.cli import OneLineParser
-from oneprune.deploy import LAYER_COLUMNS, Deployable, save_onnx, save_program
+from oneprune.deploy import LAYERS_FILE, Deployable, save_layers, save_onnx, save_program
 from oneprune.export import deployable_of, load_pruned
 from search.config import DEFAULT_TRACKING_URI
 
@@ -65,20 +65,13 @@ def _saved_folder(source: str, tracking_uri: str) -> Iterator[Path]:
             folder = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch,
                                                          tracking_uri=tracking_uri)
         except Exception as error:  # MLflow raises many kinds: not found, store, network
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            reason = first_line(error)
             raise ValueError(f"cannot read {source} from {tracking_uri}: {reason}") from None
         files = Path(folder) / "extra_files"
         if not files.is_dir():
             raise ValueError(f"{source} is not a model a oneprune study logged (it has no "
                              f"extra_files/config.json)")
         yield files
-
-
-def _write_layers(ready: Deployable, path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=LAYER_COLUMNS)
-        writer.writeheader()
-        writer.writerows(ready.layers)
 
 
 def _onnx_agreement(ready: Deployable, path: Path) -> str:
@@ -109,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         written = [save_program(ready, args.out / "model.pt2")]
         if args.onnx:
             written.append(save_onnx(ready, args.out / "model.onnx"))
-        _write_layers(ready, args.out / "layers.csv")
+        save_layers(ready, args.out / LAYERS_FILE)
     except (ValueError, OSError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     counts = ready.footprint

@@ -21,8 +21,6 @@ the same run), so a resumed study never logs or registers a model twice.
 from __future__ import annotations
 
 import contextlib
-import csv
-import importlib
 import math
 import os
 import tempfile
@@ -39,14 +37,14 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from oneprune.deploy import INPUT, LAYER_COLUMNS, Deployable
+from oneprune._validate import first_line
+from oneprune.deploy import INPUT, LAYERS_FILE, Deployable, save_layers
 from oneprune.export import CONFIG_FILE, METRICS_FILE, SPARSE_FILE, deployable_of, load_pruned
-from oneprune.models import user_module
+from oneprune.models import user_code_path
 from search.plan import DENSE
 from search.report import FamilyOutcome
 
 BEST = "best"
-LAYERS_FILE = "layers.csv"
 MODEL_METRICS = ("parameters", "parameter_bytes", "nonzero_weights", "macs_per_image",
                  "nonzero_macs_per_image")
 # Loading a pickled model (the fallback below) needs this set: MLflow refuses pickles.
@@ -97,16 +95,11 @@ def _signature(ready: Deployable, classes: int) -> ModelSignature:
 
 def _code_paths(model_name: str) -> list[str]:
     """What a pickled model needs to unpickle: this library (its wrapper class) and the
-    user's model module, if any."""
+    user's model code, if any."""
     import oneprune
 
-    paths = [str(Path(oneprune.__file__).parent)]
-    module = user_module(model_name)
-    if module is not None:
-        found = importlib.import_module(module.partition(".")[0])
-        paths.append(next(iter(found.__path__)) if hasattr(found, "__path__")
-                     else found.__file__)
-    return paths
+    user_code = user_code_path(model_name)
+    return [str(Path(oneprune.__file__).parent), *([user_code] if user_code else [])]
 
 
 def log_final_model(tracking_uri: str, run_id: str, folder: str | os.PathLike, *,
@@ -139,11 +132,7 @@ def log_final_model(tracking_uri: str, run_id: str, folder: str | os.PathLike, *
                 "classes": classes, "slim": ready.slim, "granularity": train["granularity"],
                 "allocation": train["allocation"], "seed": train["seed"]}
     with tempfile.TemporaryDirectory() as scratch:
-        layers = Path(scratch) / LAYERS_FILE
-        with open(layers, "w", newline="", encoding="utf-8") as out:
-            writer = csv.DictWriter(out, fieldnames=LAYER_COLUMNS)
-            writer.writeheader()
-            writer.writerows(ready.layers)
+        layers = save_layers(ready, Path(scratch) / LAYERS_FILE)
         files = [str(Path(folder) / f) for f in (SPARSE_FILE, CONFIG_FILE, METRICS_FILE)]
         options = {"run_id": run_id, "signature": _signature(ready, classes),
                    "input_example": example, "metadata": metadata,
@@ -168,7 +157,7 @@ def log_final_model(tracking_uri: str, run_id: str, folder: str | os.PathLike, *
         except Exception as error:  # torch.export fails in many ways on a user's forward
             if not type(error).__module__.startswith("torch"):
                 raise  # not torch.export's: MLflow's, the store's
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            reason = first_line(error)
             echo(f"[{name}] torch.export cannot export {train['model']!r} ({reason}); "
                  f"logged in MLflow's pickle format with its code instead (loading it "
                  f"needs {PICKLE_SWITCH})")
@@ -252,7 +241,8 @@ def hand_over(tracking_uri: str, study: str, outcomes: Sequence[FamilyOutcome],
             echo(f"[{study}] {outcome.family}: seed {seed}'s run has no logged model; "
                  f"nothing registered")
             continue
-        measured = {m.key: m.value for m in client.get_logged_model(model_id).metrics or []}
+        model = client.get_logged_model(model_id)
+        measured = {m.key: m.value for m in model.metrics or []}
         tags = {"oneprune.family": outcome.family, "oneprune.seed": str(seed),
                 **{key: f"{measured[key]:.6g}" for key in ("test_acc", "val_acc", "sparsity")
                    if key in measured}}
@@ -260,8 +250,8 @@ def hand_over(tracking_uri: str, study: str, outcomes: Sequence[FamilyOutcome],
             tracking_uri, study, outcome.family, run_id, tags=tags, description=(
                 f"{title}. Family {outcome.family}: a version per study; its final run with "
                 f"the best validation accuracy. {INPUT}; mlflow.pytorch.load_model(URI)."))
-        chosen.append((outcome.family, seed, measured, client.get_logged_model(
-            model_id).tags.get("oneprune.slim") == "True"))
+        chosen.append((outcome.family, seed, measured,
+                       model.tags.get("oneprune.slim") == "True"))
         registered()
     mark_best(tracking_uri, study, versions, best.family if best else None)
     return [Handover(family, f"models:/{registered_name(study, family)}"

@@ -22,7 +22,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from oneprune.cli import OneLineParser
-from oneprune.models import user_module
+from oneprune.models import user_code_path, user_module
 from search.config import DEFAULT_EXPERIMENT, ConfigError, Experiment, load_experiment
 from search.registry import handover_lines
 from search.report import (
@@ -76,16 +76,11 @@ def code_to_ship(experiment: Experiment) -> list[str]:
     .py file) of a `package.module:callable` model, unless an installed distribution
     provides it (then the nodes install it like any dependency). Call after the model was
     imported (`load_data` checks it)."""
-    module = user_module(experiment.model)
-    if module is None:
+    path = user_code_path(experiment.model)
+    if path is None or user_module(experiment.model).partition(".")[0] in (
+            importlib.metadata.packages_distributions()):
         return []
-    top = module.partition(".")[0]
-    if top in importlib.metadata.packages_distributions():
-        return []
-    found = importlib.import_module(top)
-    if hasattr(found, "__path__"):  # a package, regular or namespace (no __init__.py)
-        return [str(Path(next(iter(found.__path__))))]
-    return [found.__file__]
+    return [path]
 
 
 def connect(address: str, num_cpus: int | None, py_modules: list[str]) -> None:

@@ -42,6 +42,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from oneprune._validate import first_line
 from search.config import Experiment
 from search.plan import (
     DENSE,
@@ -72,7 +73,7 @@ def check_optuna_storage(url: str) -> None:
     try:
         optuna.storages.RDBStorage(url)
     except Exception as error:  # SQLAlchemy raises many kinds: driver, connection, schema
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise ValueError(f"optuna_storage {url} cannot be opened: {reason}") from None
 
 

@@ -49,6 +49,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME
 from ray import tune
 
+from oneprune._validate import first_line
 from oneprune.data import ImageData
 from search import registry, storage
 from search.config import Experiment
@@ -121,7 +122,7 @@ def check_tracking_uri(uri: str) -> None:
                           MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # MLflow raises many kinds: connection, schema, OS, parse
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise ValueError(f"tracking URI {uri} does not answer: {reason}") from None
 
 
@@ -380,10 +381,9 @@ class TrialLogger(tune.Callback):
         return storage.join(self.models_root, trial.trial_id)
 
     def _log_model(self, run_id: str, config: Mapping[str, Any], path: str) -> None:
-        """Log the model at `path` (unless the run has one, or no files are there: a
-        stand-in trial's), then delete the files."""
-        if registry.logged_model_id(self.tracking_uri, run_id) is None and storage.exists(
-                path):
+        """Log the model at `path` (`log_model` keeps a run's model if it has one; no files
+        are there for a stand-in trial), then delete the files."""
+        if storage.exists(path):
             with storage.local_copy(path) as folder:
                 self.log_model(run_id, config, folder)
         storage.delete(path)

@@ -38,7 +38,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from oneprune.config import TrainConfig
 from oneprune.data import ImageData
-from oneprune.distributed import gather
+from oneprune.distributed import gather, rank_and_world_size
 from oneprune.export import save_pruned
 from oneprune.state import load_state, save_state
 from oneprune.train import train
@@ -100,7 +100,7 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
         on_epoch = with_faults(on_epoch, faults, resumed=start is not None)
     result = train(cfg, data=data, test=test, checkpoint=on_epoch, resume=start)
     if test:  # a final run: its model goes to the driver, before the last report
-        if model_path is not None and not (dist.is_initialized() and dist.get_rank() != 0):
+        if model_path is not None and rank_and_world_size()[0] == 0:
             with tempfile.TemporaryDirectory() as folder:
                 save_pruned(result, folder, dense=False)
                 storage.upload(folder, model_path)

@@ -159,6 +159,27 @@ def cifar100_dir(tmp_path):
     return write_cifar(tmp_path / "data", "cifar100")
 
 
+# -- a user's own model code, importable as if on PYTHONPATH -----------------------------
+
+
+@pytest.fixture
+def user_code_folder(tmp_path, monkeypatch):
+    """`user_code_folder(name, source)`: write the module `name` into a folder of its own
+    on sys.path and return the folder; the module is forgotten after the test."""
+    folder = tmp_path / "usercode"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    written = []
+
+    def write(name, source):
+        (folder / f"{name}.py").write_text(source)
+        written.append(name)
+        return folder
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
 # -- a real two-node Ray cluster on this machine, shared by the search service's tests -----
 
 

@@ -80,12 +80,8 @@ def store(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def user_code(tmp_path, monkeypatch):
-    folder = tmp_path / "usercode"
-    folder.mkdir()
-    (folder / "registrynets.py").write_text(USER_MODULE)
-    monkeypatch.syspath_prepend(str(folder))
-    return folder
+def user_code(user_code_folder):
+    return user_code_folder("registrynets", USER_MODULE)
 
 
 def saved_run(digits, folder, **settings):

@@ -108,11 +108,10 @@ def assert_complete_study(uri):
                      for r in by_role["final"])
     assert set(finals.values()) == {1} and {f for f, _ in finals} == set(family_ids)
     experiment_id = client.get_experiment_by_name("tiny").experiment_id
-    models = Counter(model.source_run_id for model in client.search_logged_models(
-        [experiment_id]))
-    assert models == Counter(run.info.run_id for run in by_role["final"])
-    assert all(model.status.name == "READY"
-               for model in client.search_logged_models([experiment_id]))
+    logged = client.search_logged_models([experiment_id])
+    assert Counter(model.source_run_id for model in logged) == Counter(
+        run.info.run_id for run in by_role["final"])
+    assert all(model.status.name == "READY" for model in logged)
     registered = {model.name: model for model in client.search_registered_models()}
     assert set(registered) == {f"tiny.{family}" for family in family_ids}
     for name in registered:

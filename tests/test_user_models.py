@@ -54,14 +54,9 @@ class Fixed32(nn.Module):
 
 
 @pytest.fixture
-def user_code(tmp_path, monkeypatch):
+def user_code(user_code_folder):
     """`usernet.py` in a folder of its own, importable like a user's code on PYTHONPATH."""
-    folder = tmp_path / "usercode"
-    folder.mkdir()
-    (folder / "usernet.py").write_text(USER_MODULE)
-    monkeypatch.syspath_prepend(str(folder))
-    yield folder
-    sys.modules.pop("usernet", None)
+    return user_code_folder("usernet", USER_MODULE)
 
 
 @pytest.fixture(scope="module")
