@@ -60,10 +60,13 @@ def _saved_folder(source: str, tracking_uri: str) -> Iterator[Path]:
         return
     import mlflow
 
+    from search.tracking import environment  # imports Ray: only for a models:/ source
+
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            folder = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch,
-                                                         tracking_uri=tracking_uri)
+            with environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # no bar per file
+                folder = mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=scratch, tracking_uri=tracking_uri)
         except Exception as error:  # MLflow raises many kinds: not found, store, network
             reason = first_line(error)
             raise ValueError(f"cannot read {source} from {tracking_uri}: {reason}") from None

@@ -59,7 +59,7 @@ def test_a_saved_folder_exports_slim_pt2_and_onnx_that_predict_alike(saved, tmp_
     ).st_size
 
 
-def test_a_registered_model_exports_by_its_uri(saved, tmp_path, monkeypatch):
+def test_a_registered_model_exports_by_its_uri(saved, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # MLflow puts a sqlite store's artifacts under ./mlruns
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
@@ -67,8 +67,10 @@ def test_a_registered_model_exports_by_its_uri(saved, tmp_path, monkeypatch):
     log_final_model(uri, run, saved["folder"], name="agp-seed1",
                     example=images(saved["data"])[:2].numpy())
     register_family(uri, "study", "agp", run, description="d", tags={})
+    capsys.readouterr()
     assert main(["models:/study.agp/1", "--out", str(tmp_path / "out"), "--slim",
                  "--tracking-uri", uri]) == 0
+    assert capsys.readouterr().err == ""  # no download bar: the output is the summary
     program = torch.export.load(tmp_path / "out" / "model.pt2").module()
     with torch.no_grad():
         predictions = program(images(saved["data"])).argmax(1)
