@@ -8,7 +8,8 @@
     prune: {layers: [conv], exclude: ["features.0"]}   # what gets pruned (default: every Conv2d)
     allocation: [uniform, erk, lamp, depth]  # or one of them; scope: local | global, the
                                  # older name of uniform | global; depth_exponent: [-4, 4]
-    sparsity: 0.9                # or a list: one study per value
+    sparsity: 0.9                # or a list: one study per value; or a range searched
+                                 # with accuracy: {min: 0.8, max: 0.99, max_drop: 1.0}
     epochs: 10
     families: [one_cycle, one_shot, iterative, agp]
     trials_per_family: 8
@@ -30,6 +31,11 @@ given, the exponent is searched over `DEPTH_SEARCH` (a conditional parameter).
 `load_experiment(path)` returns an `Experiment` or raises `ConfigError` with one line that
 names the offending key; a `TrainConfig` is built for both ends of every tuned range, so a
 file that loads can run.
+
+A sparsity range (`SparsityRange`) makes the final sparsity a searched parameter of every
+family (`final_sparsity`) and a second objective: one study, whose trials maximise
+validation accuracy and sparsity, feasible when their validation accuracy is at most
+`max_drop` points below the dense reference's (`search.plan.accuracy_floor`).
 """
 
 from __future__ import annotations
@@ -62,6 +68,17 @@ DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "quic
 
 class ConfigError(ValueError):
     """An experiment file that cannot run; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class SparsityRange:
+    """`sparsity: {min, max, max_drop}`: the final sparsity is searched in [min, max], and a
+    trial counts only if its validation accuracy is within `max_drop` points (of 100) of
+    the dense reference's."""
+
+    min: float
+    max: float
+    max_drop: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,11 +150,14 @@ class Experiment:
 
     `train` holds the fixed training settings the file gives (the rest keep their
     `TrainConfig` defaults), `tuned` the searched ones: a (low, high) range or a tuple of
-    choices per setting, in file order (the order Optuna suggests them in).
+    choices per setting, in file order (the order Optuna suggests them in). With a
+    `sparsity_range`, `sparsity` is its upper end alone: the one study's key (each trial's
+    own sparsity is its `final_sparsity` parameter).
     """
 
     name: str
     sparsity: tuple[float, ...] = (0.9,)
+    sparsity_range: SparsityRange | None = None
     families: tuple[str, ...] = DEFAULT_FAMILIES
     trials_per_family: int = 8
     final_seeds: int = 3
@@ -159,6 +179,14 @@ class Experiment:
     def allocations(self) -> tuple[str, ...]:
         """The allocations the trials may use: the searched ones, or the one fixed."""
         return self.tuned.get("allocation", (self.dense_config.allocation,))
+
+    @property
+    def trained_sparsities(self) -> tuple[float, ...]:
+        """The final sparsities a run may train to, at their extremes: every listed one, or
+        both ends of the range."""
+        if self.sparsity_range is None:
+            return self.sparsity
+        return (self.sparsity_range.min, self.sparsity_range.max)
 
     @property
     def dataset(self) -> str:
@@ -258,12 +286,31 @@ def _choices(allowed: Sequence[str]) -> Callable[[str, Any], tuple[str, ...]]:
     return parse
 
 
-def _sparsities(key: str, value) -> tuple[float, ...]:
+_SPARSITY = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
+_RANGE = {"min": _checked(_validate.real, **_SPARSITY),
+          "max": _checked(_validate.real, **_SPARSITY),
+          "max_drop": _checked(_validate.real, low=0.0, high=100.0)}
+
+
+def _sparsities(key: str, value) -> tuple[float, ...] | SparsityRange:
+    """A number, a list of numbers (one study each), or a range `{min, max, max_drop}`."""
+    if isinstance(value, Mapping):
+        bounds = _section(value, key, _RANGE)
+        missing = [name for name in ("min", "max") if name not in bounds]
+        if missing:
+            raise ConfigError(f"{key}.{missing[0]} is missing: a sparsity range needs min "
+                              f"and max (and optionally max_drop, in points of accuracy)")
+        if bounds["min"] >= bounds["max"]:
+            raise ConfigError(f"{key} must have min < max, got min={bounds['min']:g}, "
+                              f"max={bounds['max']:g}")
+        return SparsityRange(**bounds)
     values = value if isinstance(value, list) else [value]
     if not values:
         raise ConfigError(f"{key} must be a number in (0, 1) or a non-empty list of them")
-    parsed = tuple(_validate.real(key, v, low=0.0, high=1.0, low_open=True, high_open=True)
-                   for v in values)
+    if any(isinstance(v, Mapping) for v in values):
+        raise ConfigError(f"{key}: a sparsity range cannot be combined with a list; give "
+                          f"either {{min, max, max_drop}} or a list of numbers")
+    parsed = tuple(_validate.real(key, v, **_SPARSITY) for v in values)
     if len(set(parsed)) != len(parsed):
         raise ConfigError(f"{key} lists a value twice: {value!r}")
     return parsed
@@ -378,6 +425,9 @@ def parse_experiment(raw: Any) -> Experiment:
         if "name" not in values:
             raise ConfigError("missing key 'name' (the study's MLflow experiment name)")
         values.update(values.pop("tracking", {}))
+        if isinstance(values.get("sparsity"), SparsityRange):
+            values["sparsity_range"] = values["sparsity"]
+            values["sparsity"] = (values["sparsity_range"].max,)
         if "scope" in values:  # the older name of two allocations
             if "allocation" in values:
                 raise ConfigError("scope and allocation are two names of one setting: "
@@ -414,6 +464,11 @@ def _check_neutral_asha(experiment: Experiment) -> None:
     search = experiment.search
     if not search.asha:
         return
+    if experiment.sparsity_range is not None:
+        raise ConfigError(
+            "search.asha cannot be used with a sparsity range: the trials of a rung end at "
+            "different sparsities, so their validation accuracies do not compare; set "
+            "asha: false")
     rung, family, latest = first_neutral_rung(experiment)
     knob = FAMILIES[family].ENDS_AT
     if rung >= experiment.epochs:
@@ -440,7 +495,7 @@ def _check_runnable(experiment: Experiment) -> None:
             raise ConfigError(f"faults.{name} must be at most epochs={experiment.epochs}, "
                               f"got {epoch}")
     ends = [[(name, end) for end in space] for name, space in experiment.tuned.items()]
-    for sparsity in experiment.sparsity:
+    for sparsity in experiment.trained_sparsities:
         for family in experiment.families:
             base = experiment.base_config(family, sparsity)
             for combination in itertools.product(*ends):

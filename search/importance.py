@@ -44,12 +44,14 @@ def _enclosing(distributions: list[BaseDistribution]) -> BaseDistribution:
 
 
 def _completed(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values]
 
 
 def param_importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importance of each parameter every completed trial of `study` has, largest
-    first; {} with fewer than `MIN_TRIALS` completed trials or no such parameter."""
+    """fANOVA importance of each parameter every completed trial of `study` has for its
+    first objective (validation accuracy; under a sparsity range the second, sparsity, is
+    the sampled `final_sparsity` itself), largest first; {} with fewer than `MIN_TRIALS`
+    completed trials or no such parameter."""
     trials = _completed(study.get_trials(deepcopy=False))
     if len(trials) < MIN_TRIALS:
         return {}
@@ -57,11 +59,16 @@ def param_importances(study: optuna.Study) -> dict[str, float]:
     if not names:
         return {}
     spaces = {n: _enclosing([t.distributions[n] for t in trials]) for n in names}
-    boxed = optuna.create_study(direction=study.direction)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line per family
+    try:
+        boxed = optuna.create_study(direction=study.directions[0])
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     boxed.add_trials([optuna.trial.create_trial(
-        params={n: t.params[n] for n in names}, distributions=spaces, value=t.value)
+        params={n: t.params[n] for n in names}, distributions=spaces, value=t.values[0])
         for t in trials])
-    if len({t.value for t in trials}) == 1:  # nothing to explain
+    if len({t.values[0] for t in trials}) == 1:  # nothing to explain
         return dict.fromkeys(names, 0.0)
     importances = optuna.importance.get_param_importances(
         boxed, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=SEED))

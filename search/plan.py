@@ -11,25 +11,31 @@ A search trial is trial `number` of its (sparsity, family) Optuna study and `par
 the values it sampled; a final re-run trains its family's best `params` with a fresh
 `seed`; the dense reference trains without pruning. `aggregate` turns the finished
 trials into each study's per-family outcomes: a pure function, no Ray or MLflow.
+
+With a sparsity range, `params` holds the sampled `final_sparsity` (the group's sparsity is
+the range's upper end, a key only), every search trial has two objectives (`objectives`),
+and a family's "best" trial is its sparsest within `max_drop` of dense (`select_best` with
+the `accuracy_floor` the dense references set).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from oneprune.config import TrainConfig
-from search.report import FamilyOutcome
+from search.front import FrontPoint, hypervolume, pareto_front
+from search.report import DENSE, FamilyOutcome
 from search.space import trial_config
 
 if TYPE_CHECKING:
     from search.config import Experiment
 
 SEARCH, FINAL = "search", "final"
-DENSE = "dense"
 METRIC = "val_acc"
 
 Group = tuple[float, str]  # (sparsity, family): one Optuna study, one ASHA bracket
@@ -55,8 +61,10 @@ def is_dense(config: Mapping[str, Any]) -> bool:
 
 
 def target_sparsity(config: Mapping[str, Any]) -> float:
-    """The sparsity a trial's training ends at: 0 for the dense reference."""
-    return 0.0 if is_dense(config) else config["sparsity"]
+    """The sparsity a trial's training ends at: 0 for the dense reference, else its sampled
+    `final_sparsity` (a sparsity range) or its study's sparsity."""
+    return 0.0 if is_dense(config) else config["params"].get("final_sparsity",
+                                                              config["sparsity"])
 
 
 def final_seeds(experiment: Experiment) -> list[int]:
@@ -91,27 +99,70 @@ def completed(record: TrialRecord, epochs: int) -> bool:
             and result.get("epoch") == epochs and METRIC in result)
 
 
-def select_best(records: Iterable[TrialRecord], epochs: int) -> TrialRecord | None:
-    """The search trial with the highest validation accuracy among those that completed
-    the budget; a tie goes to the lower Optuna trial number (deterministic, whatever the
-    order the trials finished in)."""
-    candidates = [r for r in records if r.config["part"] == SEARCH and completed(r, epochs)]
-    if not candidates:
+def objectives(record: TrialRecord) -> tuple[float, float]:
+    """A search trial's two objectives under a sparsity range, both maximised: its
+    validation accuracy at the end and its final sparsity (the sampled target, which the
+    pruner's exact budgets meet to within one weight per layer)."""
+    return record.result[METRIC], target_sparsity(record.config)
+
+
+def accuracy_floor(experiment: Experiment, dense_finals: Iterable[TrialRecord]) -> float | None:
+    """The validation accuracy a trial must reach under a sparsity range: the mean over the
+    dense reference's final runs that completed, minus `max_drop` points (inf when none
+    did: nothing can be shown to be within the drop). `dense_finals`: those that have
+    ended; None until all have (or without a range)."""
+    ended = list(dense_finals)
+    if experiment.sparsity_range is None or len(
+            {r.config["seed"] for r in ended}) < experiment.final_seeds:
         return None
-    return max(candidates, key=lambda r: (r.result[METRIC], -r.config["number"]))
+    values = [r.result[METRIC] for r in ended if completed(r, experiment.epochs)]
+    if not values:
+        return math.inf
+    return statistics.fmean(values) - experiment.sparsity_range.max_drop / 100
+
+
+def select_best(records: Iterable[TrialRecord], epochs: int,
+                floor: float | None = None) -> TrialRecord | None:
+    """The search trial a family's final runs re-run, among those that completed the
+    budget: the highest validation accuracy; or with a `floor` (a sparsity range) the
+    sparsest trial whose validation accuracy reaches it (then the more accurate), the
+    sparsest point of the feasible Pareto front. A tie goes to the lower Optuna trial
+    number (deterministic, whatever the order the trials finished in)."""
+    candidates = [r for r in records if r.config["part"] == SEARCH and completed(r, epochs)]
+    if floor is None:
+        return max(candidates, key=lambda r: (r.result[METRIC], -r.config["number"]),
+                   default=None)
+    feasible = [r for r in candidates if r.result[METRIC] >= floor]
+    return max(feasible, key=lambda r: (*reversed(objectives(r)), -r.config["number"]),
+               default=None)
+
+
+def front_points(records: Iterable[TrialRecord], epochs: int,
+                 floor: float) -> list[FrontPoint]:
+    """Every search trial that completed the budget as a point of the accuracy-sparsity
+    plane, in trial order."""
+    points = []
+    for record in records:
+        if record.config["part"] == SEARCH and completed(record, epochs):
+            accuracy, sparsity = objectives(record)
+            points.append(FrontPoint(record.config["number"], sparsity, accuracy,
+                                     accuracy >= floor))
+    return sorted(points, key=lambda point: point.number)
 
 
 def aggregate(experiment: Experiment,
               records: Iterable[TrialRecord]) -> dict[float, list[FamilyOutcome]]:
     """Per sparsity, the outcome of every family (in the experiment's order) and of the
     dense reference (last): search statistics, best config and the final runs' test
-    accuracies, in seed order."""
+    accuracies, in seed order; with a sparsity range, also each family's trials in the
+    accuracy-sparsity plane and the hypervolume of its feasible front."""
     by_group: dict[tuple[str, Group], list[TrialRecord]] = {}
     for record in records:
         by_group.setdefault((record.config["part"], group_of(record.config)), []).append(record)
     studies = {}
     for sparsity in experiment.sparsity:
         outcomes = []
+        floor = accuracy_floor(experiment, by_group.get((FINAL, (sparsity, DENSE)), []))
         for family in (*experiment.families, DENSE):
             group = (sparsity, family)
             searched = by_group.get((SEARCH, group), [])
@@ -123,12 +174,18 @@ def aggregate(experiment: Experiment,
                     outcome.trials_diverged += 1
                 elif completed(record, experiment.epochs):
                     outcome.trials_completed += 1
-            best = select_best(searched, experiment.epochs)
+            best = select_best(searched, experiment.epochs, floor)
+            if floor is not None and family != DENSE:
+                span = experiment.sparsity_range
+                outcome.points = front_points(searched, experiment.epochs, floor)
+                outcome.hypervolume = hypervolume(pareto_front(outcome.points),
+                                                  (span.min, floor), (span.max, 1.0))
             if best is not None:
                 cfg = train_config(experiment, best.config)
                 outcome.schedule, outcome.lr_policy = cfg.schedule, cfg.lr_policy()
                 outcome.best_params = dict(best.config["params"])
                 outcome.best_val_acc = best.result[METRIC]
+                outcome.best_number = best.config["number"]
             elif family == DENSE:
                 outcome.lr_policy = experiment.base_config().lr_policy()
             finals = sorted(by_group.get((FINAL, group), []), key=lambda r: r.config["seed"])

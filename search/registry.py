@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -218,17 +219,22 @@ def mark_best(tracking_uri: str, study: str, versions: Mapping[str, str], best: 
                 client.delete_registered_model_alias(name, BEST)
 
 
+def _mean_test_acc(outcome: FamilyOutcome) -> float:
+    return sum(outcome.test_accs) / len(outcome.test_accs)
+
+
 def hand_over(tracking_uri: str, study: str, outcomes: Sequence[FamilyOutcome],
               final_run: Callable[[str, int], str], title: str,
               echo: Callable[[str], None] = print,
-              registered: Callable[[], None] = lambda: None) -> list[Handover]:
+              registered: Callable[[], None] = lambda: None,
+              rank: Callable[[FamilyOutcome], Any] | None = None) -> list[Handover]:
     """Register each family's model (and dense's) of a study whose verdict is `outcomes`,
     from the final run `final_run(family, seed)` of the seed `choose_seed` picks, and put
-    the alias `best` on the family with the highest mean test accuracy (dense aside).
-    `registered()` is called after each family (the test-only faults' hook)."""
+    the alias `best` on the family the verdict ranks first (dense aside): by `rank`
+    (largest first; default: the mean test accuracy). `registered()` is called after each
+    family (the test-only faults' hook)."""
     ranked = [o for o in outcomes if o.family != DENSE and o.test_accs]
-    best = max(ranked, key=lambda o: sum(o.test_accs) / len(o.test_accs),
-               default=None)
+    best = max(ranked, key=rank or _mean_test_acc, default=None)
     client = MlflowClient(tracking_uri)
     versions, chosen = {}, []
     for outcome in outcomes:

@@ -27,6 +27,7 @@ from oneprune.plots import plot_schedules
 from oneprune.schedules import PARAMETERS, Schedule
 
 REFERENCE = "one_cycle"
+DENSE = "dense"  # the family name of the dense reference
 COLUMNS = ("family", "best_params", "test_acc_mean", "test_acc_std", "ci95_low", "ci95_high",
            "seeds", "diff_to_one_cycle", "diff_ci95_low", "diff_ci95_high", "diff_method",
            "wins_over_one_cycle", "paired_seeds", "welch_ci95_low", "welch_ci95_high",
@@ -42,6 +43,7 @@ class FamilyOutcome:
     lr_policy: CoupledLR | None
     best_params: dict = field(default_factory=dict)
     best_val_acc: float = math.nan
+    best_number: int | None = None  # the Optuna trial of `best_params`
     trials: int = 0
     trials_completed: int = 0
     trials_diverged: int = 0  # ended by a non-finite loss (not completed)
@@ -52,6 +54,10 @@ class FamilyOutcome:
     final_seconds: float = 0.0
     histories: list[list[dict]] = field(default_factory=list)
     importances: dict[str, float] = field(default_factory=dict)  # fANOVA, of the search
+    # A sparsity range: every completed search trial (`search.front.FrontPoint`) and the
+    # share of the feasible box its front dominates.
+    points: list = field(default_factory=list)
+    hypervolume: float = math.nan
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
@@ -145,7 +151,7 @@ def comparison_rows(outcomes: Sequence[FamilyOutcome]) -> list[dict]:
     return rows
 
 
-def _pct(value: float, signed: bool = False) -> str:
+def percent(value: float, signed: bool = False) -> str:
     if math.isnan(value):
         return "–"
     return f"{value * 100:+.2f}" if signed else f"{value * 100:.2f}"
@@ -159,15 +165,16 @@ def markdown_table(rows: Sequence[dict]) -> str:
     for row in rows:
         diff, wins = "–", "–"
         if row["family"] != REFERENCE and not math.isnan(row["diff_to_one_cycle"]):
-            diff = (f"{_pct(row['diff_to_one_cycle'], True)} "
-                    f"[{_pct(row['diff_ci95_low'], True)}, {_pct(row['diff_ci95_high'], True)}]"
+            diff = (f"{percent(row['diff_to_one_cycle'], True)} "
+                    f"[{percent(row['diff_ci95_low'], True)}, "
+                    f"{percent(row['diff_ci95_high'], True)}]"
                     f"{' (Welch)' if row['diff_method'] == 'welch' else ''}")
             wins = f"{row['wins_over_one_cycle']}/{row['paired_seeds']}"
         trials = f"{row['trials_completed']}/{row['trials']}" if row["trials"] else "–"
         lines.append(
-            f"| {row['family']} | {_pct(row['test_acc_mean'])} ± {_pct(row['test_acc_std'])} "
-            f"(n={row['seeds']}) | [{_pct(row['ci95_low'])}, {_pct(row['ci95_high'])}] | "
-            f"{diff} | {wins} | {_pct(row['best_val_acc'])} | {trials} | "
+            f"| {row['family']} | {percent(row['test_acc_mean'])} ± {percent(row['test_acc_std'])} "
+            f"(n={row['seeds']}) | [{percent(row['ci95_low'])}, {percent(row['ci95_high'])}] | "
+            f"{diff} | {wins} | {percent(row['best_val_acc'])} | {trials} | "
             f"{row['compute_seconds']:.0f} | {row['best_params'] or '–'} |")
     return "\n".join(lines)
 
@@ -219,7 +226,7 @@ def importance_table(outcomes: Sequence[FamilyOutcome]) -> str:
              "| --- |" + " --- |" * len(names)]
     for outcome in outcomes:
         if outcome.importances:
-            cells = [_pct(outcome.importances.get(name, math.nan)) for name in names]
+            cells = [percent(outcome.importances.get(name, math.nan)) for name in names]
             lines.append(f"| {outcome.family} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -245,12 +252,17 @@ def plot_importance(outcomes: Sequence[FamilyOutcome], path: Path, title: str) -
     return path
 
 
-def write_report(outcomes: Sequence[FamilyOutcome], folder: Path, title: str) -> str:
+def write_report(outcomes: Sequence[FamilyOutcome], folder: Path, title: str, *,
+                 rows: Sequence[dict] | None = None, table: str | None = None,
+                 columns: Sequence[str] = COLUMNS, note: str = "") -> str:
     """Write comparison.md/.csv, schedules.png, curves.png and (when the searches have
-    any) importance.png into `folder`; returns the Markdown table."""
-    rows = comparison_rows(outcomes)
-    table = markdown_table(rows)
-    text = f"# {title}\n\n{table}\n"
+    any) importance.png into `folder`; returns the Markdown table. The comparison is
+    `comparison_rows` / `markdown_table` unless `rows` (in `columns`) and `table` are given
+    (a sparsity range's, `search.front`), with `note` below the table."""
+    if rows is None:
+        rows = comparison_rows(outcomes)
+        table = markdown_table(rows)
+    text = f"# {title}\n\n{table}\n" + (f"\n{note}\n" if note else "")
     importance = importance_table(outcomes)
     if importance:
         text += ("\n## Which searched parameters mattered\n\nfANOVA importance of each "
@@ -259,7 +271,7 @@ def write_report(outcomes: Sequence[FamilyOutcome], folder: Path, title: str) ->
         plot_importance(outcomes, folder / "importance.png",
                         "parameter importance per family (fANOVA)")
     (folder / "comparison.md").write_text(text, encoding="utf-8")
-    write_csv(rows, folder / "comparison.csv")
+    write_csv(rows, folder / "comparison.csv", columns)
     pruned = [o for o in outcomes if o.schedule is not None]
     if pruned:
         plot_schedules({o.family: o.schedule for o in pruned}, folder / "schedules.png",
@@ -297,8 +309,8 @@ def sweep_table(rows: Sequence[dict]) -> str:
         for family in families:
             row = cells.get((sparsity, family))
             values.append("–" if row is None or math.isnan(row["test_acc_mean"]) else
-                          f"{_pct(row['test_acc_mean'])} [{_pct(row['ci95_low'])}, "
-                          f"{_pct(row['ci95_high'])}]")
+                          f"{percent(row['test_acc_mean'])} [{percent(row['ci95_low'])}, "
+                          f"{percent(row['ci95_high'])}]")
         lines.append(f"| {sparsity:.0%} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
@@ -312,7 +324,7 @@ def plot_sweep(rows: Sequence[dict], path: Path, title: str) -> Path:
         mine = [row for row in rows if row["family"] == family]
         x = [row["sparsity"] for row in mine]
         line, = ax.plot(x, [row["test_acc_mean"] for row in mine], marker="o",
-                        linestyle="--" if family == "dense" else "-", label=family)
+                        linestyle="--" if family == DENSE else "-", label=family)
         ax.fill_between(x, [row["ci95_low"] for row in mine],
                         [row["ci95_high"] for row in mine], color=line.get_color(), alpha=0.15)
     ax.set(xlabel="sparsity", ylabel="test accuracy (mean, 95% interval)")

@@ -25,13 +25,7 @@ from oneprune.cli import OneLineParser
 from oneprune.models import user_code_path, user_module
 from search.config import DEFAULT_EXPERIMENT, ConfigError, Experiment, load_experiment
 from search.registry import handover_lines
-from search.report import (
-    comparison_rows,
-    importance_table,
-    markdown_table,
-    sweep_rows,
-    sweep_table,
-)
+from search.report import importance_table, sweep_rows, sweep_table
 from search.searcher import check_optuna_storage
 from search.storage import writable as writable_storage
 from search.study import (
@@ -150,7 +144,7 @@ def _print_verdict(studies: list, experiment: Experiment) -> None:
     """Each study's table and importances, accuracy against sparsity (several studies),
     where to browse MLflow, and last the registered models to load."""
     for study in studies:
-        print(f"\n{study.title}\n\n{markdown_table(comparison_rows(study.outcomes))}")
+        print(f"\n{study.title}\n\n{study.table}")
         importance = importance_table(study.outcomes)
         if importance:
             print(f"\nparameter importance (fANOVA, % of explained variance of val_acc):"

@@ -16,6 +16,14 @@ a slot that frees). No more trials are live than the cluster has slots, plus one
 (so a freed slot is filled at once, and an autoscaler sees demand). One family's results
 only reach its own study.
 
+With a sparsity range each study has two objectives, validation accuracy and sparsity (both
+maximised), and one constraint: a trial is feasible when its validation accuracy reaches
+the floor the dense references set (`plan.accuracy_floor`), set on each trial with
+`Trial.set_constraint` before it is told: Optuna's samplers rank infeasible trials below
+feasible ones, and `study.best_trials` is the feasible front. A search trial that ends
+before every dense reference has is told to Optuna once they have; until then Optuna
+counts it as running. A family's final runs re-run its sparsest feasible trial.
+
 `GroupScheduler` (a Ray Tune `TrialScheduler`) gives each (sparsity, family) its own ASHA
 bracket, so a trial is only ever compared with trials of its own family; final runs are
 never stopped. Its first rung is the grace period, which the experiment schema only
@@ -33,7 +41,6 @@ import math
 import pickle
 import time
 from collections import Counter
-from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -51,15 +58,18 @@ from search.plan import (
     SEARCH,
     Group,
     TrialRecord,
+    accuracy_floor,
     final_config,
     final_seeds,
     group_of,
+    objectives,
     search_config,
     select_best,
 )
 from search.space import define_by_run
 
 SLOTS_REFRESH_SECONDS = 5.0
+FLOOR_GAP = "floor_gap"  # Optuna constraint: the floor minus val_acc (<= 0: feasible)
 
 
 def optuna_study_name(experiment: Experiment, group: Group) -> str:
@@ -79,13 +89,22 @@ def check_optuna_storage(url: str) -> None:
 
 def make_sampler(experiment: Experiment) -> optuna.samplers.BaseSampler:
     """Seeded TPE (a quarter of the trials random first; constant liar for concurrent
-    trials) or seeded random sampling."""
+    trials; multi-objective under a sparsity range) or seeded random sampling."""
     seed = experiment.search.seed
     if experiment.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(
         seed=seed, n_startup_trials=max(2, experiment.trials_per_family // 4),
         constant_liar=True)
+
+
+def _set_constraint(study: optuna.Study, number: int, key: str, value: float) -> None:
+    """`Trial.set_constraint` on trial `number` of `study` unless it is told already (a
+    resumed study); ask/tell hands out numbers, and an `optuna.Trial` is made from the
+    trial's storage id."""
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if not frozen.state.is_finished():
+        optuna.Trial(study, frozen._trial_id).set_constraint(key, value)
 
 
 def concurrent_slots(experiment: Experiment) -> int:
@@ -125,27 +144,49 @@ class ExperimentSearcher(Searcher):
 
     def study(self, group: Group) -> optuna.Study:
         if group not in self._studies:
+            objectives = 1 if self.experiment.sparsity_range is None else 2
             self._studies[group] = optuna.create_study(
                 storage=self.optuna_storage,
                 study_name=optuna_study_name(self.experiment, group),
-                sampler=self._samplers[group], direction="maximize", load_if_exists=True)
+                sampler=self._samplers[group], directions=["maximize"] * objectives,
+                load_if_exists=True)
         return self._studies[group]
 
-    def _tell(self, config: Mapping[str, Any], result: Mapping[str, Any], error: bool):
+    def _tell(self, entry: dict[str, Any], floor: float | None) -> None:
         """Tell a search trial's Optuna trial how it ended: its validation accuracy at the
         end of the budget (COMPLETE, also for a diverged trial, so TPE learns to avoid its
-        region), PRUNED when early stopping ended it, FAIL on an error."""
+        region), PRUNED when early stopping ended it, FAIL on an error. Under a sparsity
+        range, a completed trial is told its two objectives and how far it is below the
+        `floor`, and waits (untold) while the floor is unknown."""
+        config, result = entry["config"], entry["result"]
         study = self.study(group_of(config))
         value = result.get(METRIC)
         finite = isinstance(value, int | float) and math.isfinite(value)
-        if error or not finite:
+        ranged = self.experiment.sparsity_range is not None
+        if entry["error"] or not finite:
             study.tell(config["number"], state=optuna.trial.TrialState.FAIL,
                        skip_if_finished=True)
         elif result.get("epoch", 0) < self.experiment.epochs and not result.get("diverged"):
             study.tell(config["number"], state=optuna.trial.TrialState.PRUNED,
                        skip_if_finished=True)
-        else:
+        elif not ranged:
             study.tell(config["number"], value, skip_if_finished=True)
+        elif floor is not None:
+            accuracy, sparsity = objectives(TrialRecord(config, result))
+            _set_constraint(study, config["number"], FLOOR_GAP, floor - accuracy)
+            study.tell(config["number"], [accuracy, sparsity], skip_if_finished=True)
+        else:
+            return
+        entry["told"] = True
+
+    def _tell_ended(self) -> None:
+        """Tell Optuna every ended search trial not yet told (under a sparsity range they
+        wait for the floor)."""
+        floor = self._floor()
+        for entry in self._trials.values():
+            if entry["config"]["part"] == SEARCH and not entry["live"] \
+                    and not entry.get("told"):
+                self._tell(entry, floor)
 
     # -- what Tune calls ---------------------------------------------------------------
 
@@ -168,8 +209,7 @@ class ExperimentSearcher(Searcher):
             return
         entry.update(live=False, result=dict(result or {}), error=error)
         self._wanted = None
-        if entry["config"]["part"] == SEARCH:
-            self._tell(entry["config"], entry["result"], error)
+        self._tell_ended()
 
     def track(self, trial: Trial) -> None:
         """Note a trial Tune has added (by `GroupScheduler.on_trial_add`): new, or brought
@@ -212,6 +252,7 @@ class ExperimentSearcher(Searcher):
                     entry["config"]["number"], state=optuna.trial.TrialState.FAIL,
                     skip_if_finished=True)
         self._confirmed, self._wanted = None, None
+        self._tell_ended()  # those whose floor became known just before the interruption
 
     def _max_live(self) -> int:
         if time.monotonic() - self._slots[1] > SLOTS_REFRESH_SECONDS:
@@ -223,10 +264,20 @@ class ExperimentSearcher(Searcher):
                 for entry in self._trials.values()
                 if entry["config"]["part"] == part and group_of(entry["config"]) == group]
 
+    def _floor(self, sparsity: float | None = None) -> float | None:
+        """The accuracy floor of a sparsity range once every dense reference has ended
+        (None: no range, or not yet known)."""
+        group = (self.experiment.sparsity[0] if sparsity is None else sparsity, DENSE)
+        return accuracy_floor(self.experiment, [
+            TrialRecord(e["config"], e["result"], e["error"]) for e in self._trials.values()
+            if e["config"]["part"] == FINAL and group_of(e["config"]) == group
+            and not e["live"]])
+
     def _finals_wanted(self) -> tuple[list[dict], bool]:
         """Every final run that can be handed out now (dense references, and each ended
-        search's best config with every final seed), and whether every search has ended.
-        Cached until a trial ends or is added: Tune asks for trials far more often."""
+        search's best config with every final seed; under a sparsity range, once the
+        floor is known), and whether every search has ended. Cached until a trial ends or
+        is added: Tune asks for trials far more often."""
         if self._wanted is None:
             live, handed_out = set(), Counter()
             for entry in self._trials.values():
@@ -238,9 +289,13 @@ class ExperimentSearcher(Searcher):
                      and handed_out[group] == self.experiment.trials_per_family]
             seeds = final_seeds(self.experiment)
             # Families' final runs before the dense references: they wait on nothing else.
-            wanted = []
+            wanted, ranged = [], self.experiment.sparsity_range is not None
             for group in ended:
-                best = select_best(self._records(SEARCH, group), self.experiment.epochs)
+                floor = self._floor(group[0])
+                if ranged and floor is None:
+                    continue
+                best = select_best(self._records(SEARCH, group), self.experiment.epochs,
+                                   floor)
                 if best is not None:
                     wanted += [final_config(group, seed, best.config["params"])
                                for seed in seeds]
@@ -271,8 +326,10 @@ class ExperimentSearcher(Searcher):
             return None
         group = min(open_groups, key=lambda g: load[g])
         sparsity, family = group
+        span = self.experiment.sparsity_range
         trial = self.study(group).ask()
-        define_by_run(trial, family=family, sparsity=sparsity,
+        define_by_run(trial, family=family,
+                      sparsity=sparsity if span is None else (span.min, span.max),
                       bounds=self.experiment.search.space.get(family),
                       tuned=self.experiment.tuned, fixed=self.experiment.train)
         return search_config(group, trial.number, trial.params)

@@ -1,9 +1,10 @@
 """Define-by-run search spaces: a family's schedule plus the shared training space.
 
 `define_by_run` is what `ExperimentSearcher` calls with each new Optuna trial; the
-parameters it suggests (`start`, `end`, `alpha`, ..., `lr_max`, `coupling`,
-`recovery_gain`, `allocation`, `depth_exponent`) become the `params` of the Tune trial's
-config, and `trial_config` turns them into the `TrainConfig` the trial trains.
+parameters it suggests (`final_sparsity` where a sparsity range is searched, `start`, `end`,
+`alpha`, ..., `lr_max`, `coupling`, `recovery_gain`, `allocation`, `depth_exponent`)
+become the `params` of the Tune trial's config, and `trial_config` turns them into the
+`TrainConfig` the trial trains.
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ def suggest_training(trial, tuned: Mapping[str, tuple],
             values[name] = trial.suggest_float(name, *space, log=tune == "log")
 
 
-def define_by_run(trial, *, family: str, sparsity: float,
+def define_by_run(trial, *, family: str, sparsity: float | tuple[float, float],
                   bounds: Mapping[str, Any] | None, tuned: Mapping[str, tuple],
                   fixed: Mapping[str, Any] | None = None) -> None:
-    """One sample of `family` at `sparsity` and of the shared training space (`fixed`:
-    the experiment's fixed settings, which conditional parameters may depend on)."""
+    """One sample of `family` at `sparsity` (a (min, max) pair: the final sparsity is
+    sampled first, uniformly, as `final_sparsity`) and of the shared training space
+    (`fixed`: the experiment's fixed settings, which conditional parameters may depend
+    on)."""
+    if isinstance(sparsity, tuple):
+        sparsity = trial.suggest_float("final_sparsity", *sparsity)
     FAMILIES[family].suggest(trial, sparsity, bounds)
     suggest_training(trial, tuned, fixed)
 
@@ -51,18 +56,19 @@ def define_by_run(trial, *, family: str, sparsity: float,
 def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
     """The run of a trial: `base` with the sampled schedule and training parameters.
 
-    `base.schedule` fixes the family and final sparsity; every other schedule field comes
-    from `params` (or the family's default).
+    `base.schedule` fixes the family, and the final sparsity unless `params` has a sampled
+    `final_sparsity`; every other schedule field comes from `params` (or the family's
+    default).
     """
     family = type(base.schedule)
-    fields = {f.name for f in dataclasses.fields(family)} - {"final_sparsity"}
+    fields = {f.name for f in dataclasses.fields(family)}
     tunable = {name for name, spec in SETTINGS.items() if spec.metadata["tune"]}
     unknown = set(params) - fields - tunable
     if unknown:
         raise ValueError(f"trial parameters {sorted(unknown)} belong to no field of "
                          f"{family.family} or the training space")
-    schedule = family(final_sparsity=base.schedule.final_sparsity,
-                      **{k: v for k, v in params.items() if k in fields})
+    schedule = family(**{"final_sparsity": base.schedule.final_sparsity,
+                         **{k: v for k, v in params.items() if k in fields}})
     training = {k: v for k, v in params.items() if k in tunable}
     return dataclasses.replace(base, schedule=schedule, **training)
 

@@ -17,12 +17,15 @@ When the Tuner is done, `plan.aggregate` (pure) turns its trials into per-family
 and each study's family runs (with the importances of their searched parameters) and
 comparison are written to MLflow, and each family's model is registered
 (`search.registry`: the final runs' models were logged as they ended); an experiment with
-several sparsities also gets a `sweep` run, accuracy against sparsity.
+several sparsities also gets a `sweep` run, accuracy against sparsity. Under a sparsity
+range the comparison is `search.front`'s: each family's front (`pareto.csv`, `pareto.png`)
+and hypervolume, and how sparse its re-run point got within `max_drop` of dense.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ from oneprune.train import check_data, check_model
 from search import registry, storage, tracking
 from search.config import Experiment
 from search.faults import kill_driver_if
+from search.front import pareto_front, sparsest_then_most_accurate, write_front_report
 from search.importance import study_importances
 from search.plan import (
     DENSE,
@@ -47,6 +51,7 @@ from search.plan import (
     METRIC,
     SEARCH,
     TrialRecord,
+    accuracy_floor,
     aggregate,
     final_config,
     final_seeds,
@@ -77,11 +82,13 @@ class StudyInterrupted(Exception):
 
 @dataclass(frozen=True)
 class StudyResult:
-    """One study's verdict: its sparsity, title and each family's outcome (dense last)."""
+    """One study's verdict: its sparsity, title, comparison table (Markdown) and each
+    family's outcome (dense last)."""
 
     name: str
     sparsity: float
     title: str
+    table: str
     outcomes: list[FamilyOutcome]
     experiment_id: str  # its MLflow experiment
     models: list[registry.Handover]  # each family's registered model
@@ -104,6 +111,14 @@ def _records(trials, config: Mapping, part: str) -> list[TrialRecord]:
             if t.config["part"] == part and group_of(t.config) == group_of(config)]
 
 
+def _floor(experiment: Experiment, records: list[TrialRecord], sparsity: float
+           ) -> float | None:
+    """The accuracy floor of a sparsity range from `records` (None: no range, or not every
+    dense reference among them)."""
+    return accuracy_floor(experiment, [r for r in records if r.config["part"] == FINAL
+                                       and group_of(r.config) == (sparsity, DENSE)])
+
+
 class TrialProgress(tune.Callback):
     """One line per finished, retried or failed trial on stdout, and each family's best
     config once its search has ended (Tune's own tables are switched off: hundreds of lines
@@ -119,8 +134,11 @@ class TrialProgress(tune.Callback):
         # Dense, and every family of this sparsity but those whose search found nothing.
         searches = [_records(trials, {**config, "family": family}, SEARCH)
                     for family in exp.families]
-        failed = sum(len(ended) == exp.trials_per_family
-                     and select_best(ended, exp.epochs) is None for ended in searches)
+        floor = _floor(exp, _records(trials, {**config, "family": DENSE}, FINAL),
+                       config["sparsity"])
+        unknown = exp.sparsity_range is not None and floor is None
+        failed = sum(len(ended) == exp.trials_per_family and not unknown
+                     and select_best(ended, exp.epochs, floor) is None for ended in searches)
         return (len(exp.families) + 1 - failed) * exp.final_seeds
 
     def _line(self, trials, trial, what: str) -> None:
@@ -145,12 +163,29 @@ class TrialProgress(tune.Callback):
         ended = _records(_ended(trials, trial), config, SEARCH)
         if len(ended) < self.experiment.trials_per_family:
             return
-        study, family = self.experiment.study_name(config["sparsity"]), config["family"]
-        best = select_best(ended, self.experiment.epochs)
-        if best is None:
-            print(f"[{study}] {family}: no trial completed the budget", flush=True)
+        exp = self.experiment
+        study, family = exp.study_name(config["sparsity"]), config["family"]
+        span = exp.sparsity_range
+        if span is None:
+            best = select_best(ended, exp.epochs)
+            if best is None:
+                print(f"[{study}] {family}: no trial completed the budget", flush=True)
+            else:
+                print(f"[{study}] {family}: best val_acc {best.result[METRIC]:.4f} with "
+                      f"{format_params(best.config['params'])}", flush=True)
+            return
+        floor = _floor(exp, _records(_ended(trials, trial), {**config, "family": DENSE},
+                                     FINAL), config["sparsity"])
+        best = None if floor is None else select_best(ended, exp.epochs, floor)
+        if floor is None:
+            print(f"[{study}] {family}: search done; its point waits for the dense "
+                  f"reference's floor", flush=True)
+        elif best is None:
+            print(f"[{study}] {family}: no trial within {span.max_drop:g} point(s) of dense "
+                  f"(val_acc >= {floor:.4f})", flush=True)
         else:
-            print(f"[{study}] {family}: best val_acc {best.result[METRIC]:.4f} with "
+            print(f"[{study}] {family}: sparsest within {span.max_drop:g} point(s) of dense "
+                  f"(val_acc >= {floor:.4f}): val_acc {best.result[METRIC]:.4f} with "
                   f"{format_params(best.config['params'])}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -286,6 +321,7 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
     of its trials finished, yet short)."""
     seeds = set(final_seeds(experiment))
     for sparsity in experiment.sparsity:
+        floor = _floor(experiment, records, sparsity)
         for family in (*experiment.families, DENSE):
             group = (sparsity, family)
             searched = [r for r in records
@@ -293,7 +329,7 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
             finals = {r.config["seed"] for r in records
                       if r.config["part"] == FINAL and group_of(r.config) == group}
             short = family != DENSE and len(searched) < experiment.trials_per_family
-            wants_finals = family == DENSE or select_best(searched, experiment.epochs)
+            wants_finals = family == DENSE or select_best(searched, experiment.epochs, floor)
             if short or (wants_finals and finals != seeds):
                 raise StudyInterrupted(f"the search or final runs of {family} at "
                                        f"{sparsity:g} did not all run")
@@ -301,11 +337,12 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
 
 def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
                   experiment_id: str, family_run_ids: Mapping[tuple[float, str], str],
-                  outcomes: list[FamilyOutcome]) -> StudyResult:
+                  outcomes: list[FamilyOutcome], floor: float | None) -> StudyResult:
     """Close each family run with its search metrics and best config (the dense
     reference's with its config and mean test accuracy), and log the comparison of the
-    study at `sparsity`."""
+    study at `sparsity` (`floor`: a sparsity range's accuracy floor, else None)."""
     name = experiment.study_name(sparsity)
+    span = experiment.sparsity_range
     test_acc_means = {o.family: sum(o.test_accs) / len(o.test_accs)
                       for o in outcomes if o.test_accs}
     for outcome in outcomes:
@@ -321,21 +358,43 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         metrics = {"trials": outcome.trials, "trials_completed": outcome.trials_completed,
                    "trials_diverged": outcome.trials_diverged,
                    "search_seconds": outcome.search_seconds}
+        if span is not None:
+            metrics.update(hypervolume=outcome.hypervolume,
+                           trials_feasible=sum(p.feasible for p in outcome.points),
+                           front_points=len(pareto_front(outcome.points)))
         if outcome.schedule is None:
-            tracking.fail_family(client, run_id, metrics)
+            if span is not None and outcome.trials_completed:  # none within the drop
+                tracking.finish_family(client, run_id, {}, metrics)
+            else:
+                tracking.fail_family(client, run_id, metrics)
             continue
         best = train_config(experiment, final_config((sparsity, outcome.family),
                                                      experiment.search.seed,
                                                      outcome.best_params))
+        if span is not None:
+            metrics["sparsity_reached"] = best.schedule.final_sparsity
         tracking.finish_family(client, run_id, best.to_dict(), {
             "best_val_acc": outcome.best_val_acc, **metrics,
             **{f"importance.{param}": value for param, value in outcome.importances.items()}})
-    title = (f"{name}: {experiment.model} on {experiment.dataset} at "
-             f"{sparsity:.0%} sparsity, {experiment.epochs} epochs")
+    headline = {f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()}
     with tempfile.TemporaryDirectory() as folder:
-        write_report(outcomes, Path(folder), title)
-        tracking.finish_report_run(client, experiment_id, "comparison", folder, {
-            f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()})
+        if span is None:
+            title = (f"{name}: {experiment.model} on {experiment.dataset} at "
+                     f"{sparsity:.0%} sparsity, {experiment.epochs} epochs")
+            table = write_report(outcomes, Path(folder), title)
+        else:
+            title = (f"{name}: {experiment.model} on {experiment.dataset}, how sparse within "
+                     f"{span.max_drop:g} point(s) of dense (sparsity searched in "
+                     f"[{span.min:.0%}, {span.max:.0%}]), {experiment.epochs} epochs")
+            table = write_front_report(outcomes, Path(folder), title, floor=floor,
+                                       max_drop=span.max_drop)
+            headline.update({f"hypervolume.{o.family}": o.hypervolume for o in outcomes
+                             if o.family != DENSE})
+            headline.update({f"sparsity_reached.{o.family}": o.schedule.final_sparsity
+                             for o in outcomes if o.schedule is not None})
+            if math.isfinite(floor):
+                headline["accuracy_floor"] = floor
+        tracking.finish_report_run(client, experiment_id, "comparison", folder, headline)
 
     def final_run(family: str, seed: int) -> str:
         return tracking.find_runs(client, experiment_id, {
@@ -343,9 +402,10 @@ def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         )[0].info.run_id
 
     models = registry.hand_over(experiment.tracking_uri, name, outcomes, final_run, title,
+                                rank=None if span is None else sparsest_then_most_accurate,
                                 registered=lambda: kill_driver_if(experiment.faults,
                                                                   "registering"))
-    return StudyResult(name, sparsity, title, outcomes, experiment_id, models)
+    return StudyResult(name, sparsity, title, table, outcomes, experiment_id, models)
 
 
 def load_data(experiment: Experiment, progress: bool = False) -> ImageData:
@@ -355,7 +415,7 @@ def load_data(experiment: Experiment, progress: bool = False) -> ImageData:
     `progress`: a bar while an image folder is first decoded."""
     data = experiment.dense_config.load_data(progress=progress)
     check_model(experiment.base_config(experiment.families[0], experiment.sparsity[0]), data,
-                sparsities=experiment.sparsity, allocations=experiment.allocations)
+                sparsities=experiment.trained_sparsities, allocations=experiment.allocations)
     return data
 
 
@@ -385,10 +445,14 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     trainable = _trainable(trial_function, experiment, ray.put(data), train_storage,
                            model_storage)
     slots = concurrent_slots(experiment)
+    span = experiment.sparsity_range
+    over, chosen = ("", "each best config") if span is None else (
+        f" over sparsity [{span.min:.0%}, {span.max:.0%}]",
+        f"each family's sparsest point within {span.max_drop:g} point(s) of dense,")
     echo(f"[{experiment.name}] {len(experiment.sparsity)} x {len(experiment.families)} "
-         f"searches of {experiment.trials_per_family} trials x {experiment.epochs} epochs, "
-         f"then {experiment.final_seeds} seeds of each best config and of dense; one Tuner, "
-         f"{slots} slots")
+         f"searches of {experiment.trials_per_family} trials x {experiment.epochs} epochs"
+         f"{over}, then {experiment.final_seeds} seeds of {chosen} and of dense; one "
+         f"Tuner, {slots} slots")
     # Tune asks a custom searcher for one trial at a time unless told otherwise: let it
     # keep a trial waiting for every slot, so a freed slot starts its next trial at once.
     # With `num_to_keep=1` Tune snapshots its state at every checkpoint, by design; its
@@ -416,7 +480,8 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     _check_complete(experiment, records)
     outcomes = aggregate(experiment, records)
     studies = [_record_study(client, experiment, sparsity, experiment_ids[sparsity],
-                             family_run_ids, outcomes[sparsity])
+                             family_run_ids, outcomes[sparsity],
+                             _floor(experiment, records, sparsity))
                for sparsity in experiment.sparsity]
     if len(studies) > 1:
         with tempfile.TemporaryDirectory() as folder:

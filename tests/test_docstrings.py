@@ -1,13 +1,14 @@
-"""The examples in the library's docstrings run and print what they say."""
+"""The examples in the docstrings run and print what they say."""
 
 import doctest
 
 import pytest
 
 from oneprune import config, deploy, lr, pruning, schedules
+from search import front
 
 
-@pytest.mark.parametrize("module", [schedules, pruning, lr, config, deploy],
+@pytest.mark.parametrize("module", [schedules, pruning, lr, config, deploy, front],
                          ids=lambda module: module.__name__)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)

@@ -3,8 +3,9 @@
 stderr, never a traceback, and nothing is written to MLflow or the storage path.
 
 Each example starts from a valid experiment and breaks it one way: a wrong type, an
-unknown key, an out-of-range number, an empty list, a start >= end, a sparsity >= 1,
-broken YAML, a root that is not a mapping, or data files that are missing. The test
+unknown key, an out-of-range number, an empty list, a start >= end, a sparsity >= 1, a
+bad sparsity range, broken YAML, a root that is not a mapping, or data files that are
+missing. The test
 counts the cases it ran per kind (printed with `pytest -s`).
 """
 
@@ -72,7 +73,8 @@ def broken_experiments(draw):
     """(kind, file text, extra CLI args) of an experiment that must be refused."""
     raw = copy.deepcopy(BASE)
     kind = draw(st.sampled_from(["wrong type", "unknown key", "out of range", "empty list",
-                                 "start >= end", "sparsity >= 1", "broken YAML",
+                                 "start >= end", "sparsity >= 1", "bad sparsity range",
+                                 "broken YAML",
                                  "non-mapping root", "missing data"]))
     if kind == "wrong type":
         value = draw(NOT_A_NUMBER)
@@ -106,6 +108,24 @@ def broken_experiments(draw):
         put(raw, "sparsity", draw(st.floats(min_value=1.0, max_value=1e9)
                                   | st.lists(st.floats(min_value=1.0, max_value=2.0),
                                              min_size=1, max_size=3)))
+    elif kind == "bad sparsity range":
+        inside = st.floats(min_value=0.01, max_value=0.99)
+        low, high = sorted([draw(inside), draw(inside)])
+        span = {"min": low, "max": high if high > low else min(low + 0.001, 0.999)}
+        broken = draw(st.sampled_from(["outside", "min >= max", "max_drop", "in a list",
+                                       "asha"]))
+        if broken == "outside":
+            span[draw(st.sampled_from(["min", "max"]))] = draw(
+                st.floats(max_value=0.0) | st.floats(min_value=1.0))
+        elif broken == "min >= max":
+            span = {"min": span["max"], "max": draw(st.floats(min_value=0.0,
+                                                              max_value=span["max"]))}
+        elif broken == "max_drop":
+            span["max_drop"] = draw(st.floats(max_value=0.0, exclude_max=True)
+                                    | st.floats(min_value=100.0, exclude_min=True))
+        elif broken == "asha":
+            raw["search"]["asha"] = True
+        put(raw, "sparsity", [span, draw(inside)] if broken == "in a list" else span)
     elif kind == "missing data":
         raw["dataset"] = draw(st.sampled_from(["cifar10", "cifar100", "caltech101"]))
         raw["model"] = draw(st.sampled_from(["resnet18", "vgg16", "convnet"]))
@@ -153,4 +173,4 @@ def test_malformed_experiments_exit_2_with_one_line(tmp_path_factory, capsys):
 
     refused()
     print(f"\nmalformed experiments tried: {sum(tried.values())} {dict(tried)}")
-    assert sum(tried.values()) >= 400 and len(tried) == 9, tried
+    assert sum(tried.values()) >= 400 and len(tried) == 10, tried

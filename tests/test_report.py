@@ -1,11 +1,17 @@
-"""The verdict's statistics: intervals, and differences to One-Cycle paired by seed."""
+"""The verdict's statistics: intervals, and differences to One-Cycle paired by seed; and a
+sparsity range's verdict: how sparse each family got within the drop from dense."""
 
+import csv
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from oneprune.lr import CoupledLR
+from oneprune.schedules import AGP as AGP_SCHEDULE
+from oneprune.schedules import OneCycle
+from search.front import FrontPoint, front_rows, write_front_report
 from search.report import (
     FamilyOutcome,
     comparison_rows,
@@ -95,3 +101,41 @@ def test_the_importance_table_puts_schedule_parameters_first(tmp_path):
     write_report(outcomes, tmp_path, "t")
     assert (tmp_path / "importance.png").exists()
     assert "## Which searched parameters mattered" in (tmp_path / "comparison.md").read_text()
+
+
+def test_a_range_verdict_gives_each_familys_sparsity_drop_and_seeds_within_it(tmp_path):
+    """agp reached 90% and stayed within 1 point of dense on 4 of 5 seeds; one_cycle
+    reached 95%; iterative found no trial within the drop. Drops are dense minus family,
+    paired by seed; files and figure are written."""
+    dense_accs = ONE_CYCLE + 0.01
+    points = [FrontPoint(0, 0.9, 0.95, True), FrontPoint(1, 0.8, 0.97, True),
+              FrontPoint(2, 0.85, 0.94, True), FrontPoint(3, 0.97, 0.5, False)]
+    outcomes = [
+        FamilyOutcome("one_cycle", OneCycle(0.95), CoupledLR(OneCycle(0.95), 1e-3, 0.25, "none"),
+                      test_accs=list(ONE_CYCLE),
+                      seeds=SEEDS, points=[FrontPoint(0, 0.95, 0.96, True)],
+                      hypervolume=0.5, best_number=0, best_val_acc=0.96),
+        FamilyOutcome("agp", AGP_SCHEDULE(0.9), CoupledLR(AGP_SCHEDULE(0.9), 1e-3, 0.25, "none"),
+                      test_accs=list(dense_accs - [0.005, 0.005, 0.005, 0.02, 0.0]),
+                      seeds=SEEDS, points=points, hypervolume=0.25, best_number=0,
+                      best_val_acc=0.95),
+        FamilyOutcome("iterative", None, None, points=[FrontPoint(0, 0.9, 0.5, False)],
+                      hypervolume=0.0),
+        FamilyOutcome("dense", None, None, test_accs=list(dense_accs), seeds=SEEDS)]
+    rows = {row["family"]: row for row in front_rows(outcomes, max_drop=1.0)}
+    assert rows["agp"]["drop_from_dense"] == pytest.approx(0.007)
+    assert rows["agp"]["drop_method"] == "paired"
+    assert (rows["agp"]["seeds_within_drop"], rows["agp"]["paired_seeds"]) == (4, 5)
+    assert rows["agp"]["sparsity_vs_one_cycle"] == pytest.approx(-0.05)
+    assert rows["agp"]["front_points"] == 2 and rows["agp"]["trials_feasible"] == 3
+    assert rows["one_cycle"]["drop_from_dense"] == pytest.approx(0.01)
+    table = write_front_report(outcomes, tmp_path, "range", floor=0.93, max_drop=1.0)
+    one_cycle, agp, iterative, dense = table.splitlines()[2:]
+    assert agp.startswith("| agp | 90.00 |") and "| 4/5 |" in agp and "| -5.00 |" in agp
+    assert iterative.startswith("| iterative | none within 1 pt |")
+    assert dense.startswith("| dense | 0.00 |")
+    assert [row["trial"] for row in csv.DictReader((tmp_path / "pareto.csv").open())
+            if row["family"] == "agp"] == ["0", "1"]  # sparsest first; 2 is dominated
+    assert "not on accuracy at one sparsity" in (tmp_path / "comparison.md").read_text()
+    assert {"pareto.png", "comparison.csv", "schedules.png", "curves.png"} <= {
+        path.name for path in tmp_path.iterdir()}

@@ -14,7 +14,13 @@ from oneprune.allocation import DEPTH_SEARCH
 from oneprune.cli import _parser as train_parser
 from oneprune.config import TrainConfig
 from oneprune.schedules import OneCycle
-from search.config import ConfigError, Faults, load_experiment, parse_experiment
+from search.config import (
+    ConfigError,
+    Faults,
+    SparsityRange,
+    load_experiment,
+    parse_experiment,
+)
 from search.space import define_by_run, midpoint_schedule, trial_config
 from search.study import load_data
 
@@ -413,3 +419,49 @@ def test_an_allocation_that_cannot_reach_a_sparsity_is_refused_with_the_model():
         load_data(experiment)
     load_data(parse_experiment({**VALID, "allocation": ["uniform", "uniform_plus"],
                                 "sparsity": 0.8}))
+
+
+RANGE = {**VALID, "search": {**VALID["search"], "asha": False},
+         "sparsity": {"min": 0.8, "max": 0.99, "max_drop": 0.5}}
+
+
+def test_a_sparsity_range_is_one_study_whose_trials_sample_their_sparsity():
+    experiment = parse_experiment(RANGE)
+    assert experiment.sparsity_range == SparsityRange(0.8, 0.99, 0.5)
+    assert experiment.sparsity == (0.99,) and experiment.study_name(0.99) == "t"
+    assert experiment.trained_sparsities == (0.8, 0.99)
+    assert parse_experiment({**RANGE, "sparsity": {"min": 0.8, "max": 0.9}}
+                            ).sparsity_range.max_drop == 1.0
+    study = optuna.create_study(directions=["maximize", "maximize"],
+                                sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = study.ask()
+        define_by_run(trial, family="agp", sparsity=(0.8, 0.99), bounds=None,
+                      tuned=experiment.tuned)
+        assert next(iter(trial.params)) == "final_sparsity"  # sampled first
+        assert 0.8 <= trial.params["final_sparsity"] <= 0.99
+        cfg = trial_config(experiment.base_config("agp", 0.99), trial.params)
+        assert cfg.schedule.final_sparsity == trial.params["final_sparsity"]
+
+
+@pytest.mark.parametrize(("sparsity", "message"), [
+    ({"min": 0.0, "max": 0.9}, "sparsity.min must be in (0, 1), got 0.0"),
+    ({"min": 0.8, "max": 1.0}, "sparsity.max must be in (0, 1), got 1.0"),
+    ({"min": 0.9, "max": 0.9}, "sparsity must have min < max, got min=0.9, max=0.9"),
+    ({"min": 0.95, "max": 0.9}, "sparsity must have min < max"),
+    ({"min": 0.8, "max": 0.9, "max_drop": -0.5}, "sparsity.max_drop must be in [0, 100]"),
+    ({"max": 0.9}, "sparsity.min is missing"),
+    ({"min": "0.8", "max": 0.9}, "sparsity.min must be a real number"),
+    ({"min": 0.8, "max": 0.9, "step": 0.01}, "unknown key 'sparsity.step'"),
+    ([0.8, {"min": 0.8, "max": 0.9}], "a sparsity range cannot be combined with a list"),
+])
+def test_a_bad_sparsity_range_is_refused_in_one_line(sparsity, message):
+    with pytest.raises(ConfigError) as error:
+        parse_experiment({**RANGE, "sparsity": sparsity})
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_asha_is_refused_with_a_sparsity_range():
+    """A rung would compare trials that end at different sparsities."""
+    with pytest.raises(ConfigError, match="search.asha cannot be used with a sparsity range"):
+        parse_experiment({**RANGE, "search": VALID["search"]})

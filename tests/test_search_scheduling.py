@@ -5,6 +5,7 @@ exact budgets, ASHA comparing a trial only with its own family, and Optuna studi
 Optuna's tools read; and the searcher alone, handing out a family's final runs as soon as
 its own search has ended."""
 
+import csv
 import dataclasses
 import math
 import sys
@@ -21,6 +22,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from search.config import ConfigError, first_neutral_rung, parse_experiment
+from search.front import FrontPoint, hypervolume
 from search.plan import target_sparsity
 from search.searcher import ExperimentSearcher, GroupScheduler
 from search.study import load_data, run_experiment
@@ -326,3 +328,136 @@ def test_asha_never_prefers_a_late_pruning_trial_that_ends_worse(tmp_path):
         experiment_in(tmp_path, sparsity=0.9, families=["agp"], epochs=10,
                       search={"asha": True, "grace_period": 1,
                               "space": {"agp": {"end": [0.5, 0.8]}}})
+
+
+# Under a sparsity range: validation accuracy falls with sparsity past a knee (later for
+# one_cycle than for agp) and with lr_max's distance from 1e-2; dense scores 0.98, so with
+# max_drop 1 point the floor is 0.97.
+KNEE = {"one_cycle": 0.75, "agp": 0.65}
+DENSE_VAL, MAX_DROP = 0.98, 1.0
+
+
+def range_accuracy(config):
+    family, params = config["family"], config["params"]
+    sparsity = params["final_sparsity"]
+    return (0.99 - 0.5 * max(0.0, sparsity - KNEE[family])
+            - 0.03 * abs(math.log10(params["lr_max"] / 1e-2)))
+
+
+def front_of(trials, floor):
+    """Brute force: the numbers of the feasible (sparsity, accuracy) points that no
+    feasible point matches in both and beats in one."""
+    feasible = [t for t in trials if t[2] >= floor]
+    return {n for n, s, v in feasible
+            if not any(s2 >= s and v2 >= v and (s2, v2) != (s, v) for _, s2, v2 in feasible)}
+
+
+def test_a_sparsity_range_finds_each_familys_front_and_re_runs_its_sparsest_point_within_the_drop(
+        tmp_path, monkeypatch, ray_cluster, tune_results, capsys):
+    """Two objectives through the real `run_experiment` with stand-in trials whose accuracy
+    is `range_accuracy`: the front Optuna, MLflow and the verdict hold is the front that
+    function defines; the floor is a constraint; the finals re-ran the sparsest feasible
+    point; every budget is exact."""
+    monkeypatch.chdir(tmp_path)
+    trials = 10
+    experiment = experiment_in(tmp_path, families=["agp", "one_cycle"],
+                               trials_per_family=trials,
+                               sparsity={"min": 0.5, "max": 0.95, "max_drop": MAX_DROP})
+    (study,) = run_experiment(
+        experiment, load_data(experiment), storage_path=str(tmp_path / "ray"),
+        trial_function=stand_in({"agp": 0.02, "one_cycle": 0.02, "dense": 0.02},
+                                {"agp": range_accuracy, "one_cycle": range_accuracy,
+                                 "dense": lambda config: DENSE_VAL}))
+    floor = DENSE_VAL - MAX_DROP / 100
+    printed = capsys.readouterr().out
+    rows = by_part(tune_results(tmp_path / "ray" / "sched"))
+    client = MlflowClient(experiment.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("sched").experiment_id])
+    (comparison,) = [run for run in runs if run.data.tags["oneprune.role"] == "comparison"]
+    pareto = list(csv.DictReader(Path(client.download_artifacts(
+        comparison.info.run_id, "pareto.csv", str(tmp_path))).open()))
+    outcomes = {outcome.family: outcome for outcome in study.outcomes}
+    for family in ("agp", "one_cycle"):
+        # Exact budgets: every search trial and final run, once.
+        assert len(rows["search", 0.95, family]) == trials
+        assert len(rows["final", 0.95, family]) == 2
+        # Optuna: two objectives, each trial told its accuracy and sparsity and how far it
+        # is below the floor; the constrained front is the function's.
+        optuna_study = optuna.load_study(study_name=f"sched/{family}",
+                                         storage=f"sqlite:///{tmp_path}/optuna.db")
+        told = optuna_study.trials
+        assert len(told) == trials and {t.state.name for t in told} == {"COMPLETE"}
+        points = []
+        for trial in told:
+            accuracy = range_accuracy({"family": family, "params": trial.params})
+            assert trial.values == pytest.approx([accuracy, trial.params["final_sparsity"]])
+            assert trial.constraints["floor_gap"] == pytest.approx(floor - accuracy)
+            assert 0.5 <= trial.params["final_sparsity"] <= 0.95
+            points.append((trial.number, trial.params["final_sparsity"], accuracy))
+        expected = front_of(points, floor)
+        assert any(v < floor for _, _, v in points)  # the constraint had work to do
+        assert {t.number for t in optuna_study.best_trials} == expected
+        mine = [row for row in pareto if row["family"] == family]
+        assert {int(row["trial"]) for row in mine} == expected
+        # The finals re-ran the sparsest feasible trial, with the final seeds.
+        sparsest = max((s, v, -n) for n, s, v in points if v >= floor)
+        (chosen,) = [row for row in mine if row["chosen"] == "True"]
+        assert int(chosen["trial"]) == -sparsest[2]
+        chosen_params = next(t.params for t in told if t.number == -sparsest[2])
+        for final in rows["final", 0.95, family]:
+            assert final[0]["config"]["params"] == chosen_params
+        assert outcomes[family].schedule.final_sparsity == sparsest[0]
+        assert outcomes[family].test_accs == pytest.approx([sparsest[1]] * 2)
+        # Feasible means at most 4 points of sparsity past the family's knee.
+        assert sparsest[0] <= KNEE[family] + 0.04 + 1e-9
+        # The family run holds its hypervolume over the same box as every family's.
+        (family_run,) = [run for run in runs if run.data.tags["oneprune.role"] == "family"
+                         and run.data.tags["oneprune.family"] == family]
+        front = [FrontPoint(n, s, v, True) for n, s, v in points if n in expected]
+        assert family_run.data.metrics["hypervolume"] == pytest.approx(
+            hypervolume(front, (0.5, floor), (0.95, 1.0)))
+        assert family_run.data.metrics["sparsity_reached"] == pytest.approx(sparsest[0])
+        assert f"[sched] {family}: sparsest within 1 point(s) of dense (val_acc >= " \
+               f"{floor:.4f})" in printed
+    assert len(rows["final", 0.95, "dense"]) == 2 and len(rows) == 5
+    assert "not on accuracy at one sparsity" in study.table + Path(client.download_artifacts(
+        comparison.info.run_id, "comparison.md", str(tmp_path))).read_text()
+    assert {"pareto.csv", "pareto.png", "comparison.md", "comparison.csv"} <= {
+        a.path for a in client.list_artifacts(comparison.info.run_id)}
+    assert comparison.data.metrics["accuracy_floor"] == pytest.approx(floor)
+    assert [h.uri for h in study.models if h.uri.endswith("@best")] == []  # no models here
+
+
+def test_under_a_range_a_trial_that_ends_before_the_dense_reference_is_told_once_it_has(
+        tmp_path, ray_cluster):
+    """The floor comes from the dense references: a search trial that ends first stays
+    RUNNING in Optuna, and is told (with its constraint) when the last dense run ends; the
+    family's final runs wait for the floor too."""
+    experiment = experiment_in(tmp_path, families=["agp"], trials_per_family=2,
+                               sparsity={"min": 0.5, "max": 0.9, "max_drop": 1.0})
+    searcher = ExperimentSearcher(experiment, f"sqlite:///{tmp_path}/optuna.db")
+    handed = {}
+    while (config := searcher.suggest(f"t{len(handed)}")) not in (None, Searcher.FINISHED):
+        handed[f"t{len(handed)}"] = config
+    dense = [t for t, c in handed.items() if c["family"] == "dense"]
+    search = [t for t, c in handed.items() if c["part"] == "search"]
+    assert len(dense) == 2 and search  # the dense references first, then the search
+    ended = {"epoch": experiment.epochs, "diverged": False}
+    searcher.on_trial_complete(search[0], {**ended, "val_acc": 0.5})
+    searcher.on_trial_complete(dense[0], {**ended, "val_acc": 0.9, "test_acc": 0.9})
+    study = searcher.study((0.9, "agp"))
+    assert study.trials[0].state.name == "RUNNING"
+    searcher.on_trial_complete(dense[1], {**ended, "val_acc": 0.8, "test_acc": 0.8})
+    told = study.trials[0]
+    assert told.state.name == "COMPLETE" and told.values[0] == 0.5
+    assert told.constraints == {"floor_gap": pytest.approx(0.85 - 0.01 - 0.5)}
+    while (config := searcher.suggest(f"t{len(handed)}")) not in (None, Searcher.FINISHED):
+        handed[f"t{len(handed)}"] = config
+    for trial_id in [t for t, c in handed.items() if c["part"] == "search" and t != search[0]]:
+        searcher.on_trial_complete(trial_id, {**ended, "val_acc": 0.95})
+    finals = []
+    while (config := searcher.suggest(f"t{len(handed)}")) not in (None, Searcher.FINISHED):
+        handed[f"t{len(handed)}"] = config
+        finals.append(config)
+    assert [c["family"] for c in finals] == ["agp", "agp"]  # the feasible trial's re-runs
+    assert finals[0]["params"]["final_sparsity"] == study.trials[1].params["final_sparsity"]

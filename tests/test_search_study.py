@@ -2,6 +2,7 @@
 MLflow store: the MLflow structure, equal budgets, and resuming an interrupted study."""
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -36,10 +37,10 @@ FAMILIES_UNDER_TEST = ["one_cycle", "agp"]
 TRIALS, EPOCHS, SEEDS = 2, 2, 2
 
 
-def write_study(folder, address):
-    """A tiny study (2 families x 2 trials x 2 epochs, 2 final seeds, ASHA from epoch 1)
-    in `folder`, on the session's cluster at `address`: its CLI arguments and where its
-    results go."""
+def write_study(folder, address, **changes):
+    """A tiny study (2 families x 2 trials x 2 epochs, 2 final seeds, ASHA from epoch 1;
+    `changes`: keys replaced) in `folder`, on the session's cluster at `address`: its CLI
+    arguments and where its results go."""
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump({
         "name": "tiny", "dataset": "digits", "sparsity": 0.9, "epochs": EPOCHS,
@@ -49,7 +50,7 @@ def write_study(folder, address):
             family: {"start": [0.0, 0.3], "end": [0.4, 0.5]} for family in FAMILIES_UNDER_TEST}},
         "checkpoint_every": 1,
         "training": {"lr_max": [3e-3, 3e-2], "coupling": ["none", "align"]},
-        "tracking": {"tracking_uri": f"sqlite:///{folder}/mlflow.db"}}))
+        "tracking": {"tracking_uri": f"sqlite:///{folder}/mlflow.db"}, **changes}))
     args = ["--experiment", str(path), "--storage-path", str(folder / "ray")]
     return {"args": args, "uri": f"sqlite:///{folder}/mlflow.db", "folder": folder,
             "address": address}
@@ -410,6 +411,55 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, role, fin
     assert main([*study["args"], "--resume"]) == 0
     _, by_role, _ = assert_complete_study(study["uri"])
     assert finished_before <= {run.info.run_id for run in by_role.get(role, [])}
+
+
+def wait_for_finished_runs(study, log, driver, role, count):
+    """Poll MLflow (once the Tuner has started) until `count` runs of `role` finished."""
+    deadline = time.monotonic() + 240
+    while True:
+        assert driver.poll() is None, (study["folder"] / "driver.log").read_text()
+        assert time.monotonic() < deadline, "the driver did not get there in time"
+        if (study["folder"] / "ray" / "tiny" / "tuner.pkl").exists():
+            with contextlib.suppress(MlflowException):  # the driver holds sqlite's lock
+                _, by_role = runs_by_role(study["uri"], "tiny")
+                if sum(run.info.status == "FINISHED" for run in by_role.get(role, [])) \
+                        >= count:
+                    return
+        time.sleep(0.05)
+
+
+def test_a_killed_range_study_resumes_with_the_front_of_all_its_trials(tmp_path, monkeypatch,
+                                                                       ray_cluster):
+    """A sparsity range (max_drop 100 points: every trial is feasible, so every family
+    has final runs) killed mid-search: after `--resume`, each family's Optuna study has its
+    budget of completed trials, and the front in MLflow is the front of all of them, the
+    trials before the kill included."""
+    monkeypatch.chdir(tmp_path)
+    study = write_study(tmp_path, ray_cluster,
+                        sparsity={"min": 0.5, "max": 0.9, "max_drop": 100.0},
+                        search={"seed": 0, "asha": False})
+    log, driver = start_driver(study)
+    wait_for_finished_runs(study, log, driver, "trial", 2)
+    kill(log, driver)
+    assert main([*study["args"], "--resume"]) == 0
+    client, by_role, _ = assert_complete_study(study["uri"])
+    (comparison,) = by_role["comparison"]
+    pareto = list(csv.DictReader(Path(client.download_artifacts(
+        comparison.info.run_id, "pareto.csv", str(tmp_path))).open()))
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    for family in FAMILIES_UNDER_TEST:
+        optuna_study = optuna.load_study(study_name=f"tiny/{family}", storage=storage)
+        complete = [t for t in optuna_study.trials if t.state.name == "COMPLETE"]
+        assert len(complete) == TRIALS
+        assert {t.state.name for t in optuna_study.trials} <= {"COMPLETE", "FAIL"}
+        # Each completed Optuna trial is a finished MLflow trial run of the same sparsity
+        # and accuracy: none was lost or counted twice by the resume.
+        runs = sorted((float(run.data.params["schedule.final_sparsity"]),
+                       run.data.metrics["val_acc"]) for run in by_role["trial"]
+                      if run.data.tags["oneprune.family"] == family)
+        assert runs == sorted((t.params["final_sparsity"], t.values[0]) for t in complete)
+        assert {int(row["trial"]) for row in pareto if row["family"] == family} == {
+            t.number for t in optuna_study.best_trials}
 
 
 def test_a_driver_killed_while_registering_the_models_resumes_to_one_version_each(study):
