@@ -5,8 +5,7 @@ stderr, never a traceback, and nothing is written to MLflow or the storage path.
 Each example starts from a valid experiment and breaks it one way: a wrong type, an
 unknown key, an out-of-range number, an empty list, a start >= end, a sparsity >= 1, a
 bad sparsity range, broken YAML, a root that is not a mapping, or data files that are
-missing. The test
-counts the cases it ran per kind (printed with `pytest -s`).
+missing. The test counts the cases it ran per kind (printed with `pytest -s`).
 """
 
 import copy

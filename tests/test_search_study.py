@@ -413,7 +413,7 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_runs(study, role, fin
     assert finished_before <= {run.info.run_id for run in by_role.get(role, [])}
 
 
-def wait_for_finished_runs(study, log, driver, role, count):
+def wait_for_finished_runs(study, driver, role, count):
     """Poll MLflow (once the Tuner has started) until `count` runs of `role` finished."""
     deadline = time.monotonic() + 240
     while True:
@@ -439,7 +439,7 @@ def test_a_killed_range_study_resumes_with_the_front_of_all_its_trials(tmp_path,
                         sparsity={"min": 0.5, "max": 0.9, "max_drop": 100.0},
                         search={"seed": 0, "asha": False})
     log, driver = start_driver(study)
-    wait_for_finished_runs(study, log, driver, "trial", 2)
+    wait_for_finished_runs(study, driver, "trial", 2)
     kill(log, driver)
     assert main([*study["args"], "--resume"]) == 0
     client, by_role, _ = assert_complete_study(study["uri"])
