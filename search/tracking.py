@@ -298,20 +298,18 @@ class TrialLogger(tune.Callback):
         if trial_id not in self._runs:
             spec = self.describe(trial_id, config)
             found = find_runs(self.client, spec.experiment_id, spec.identity)
-            if found:
-                run_id = found[0].info.run_id
-                history = self.client.get_metric_history(run_id, "val_acc")
-                last_step = max((m.step for m in history), default=0)
-            else:
-                run_id = self.client.create_run(
-                    spec.experiment_id, tags={**source_tags(), **spec.identity, **spec.tags},
-                    run_name=spec.run_name).info.run_id
-                self.client.log_batch(run_id, params=[Param(k, v)
-                                                      for k, v in spec.params.items()])
-                if spec.inputs:
-                    self.client.log_inputs(run_id, datasets=list(spec.inputs))
-                last_step = 0
-            self._runs[trial_id] = (run_id, last_step)
+            run = found[0] if found else self.client.create_run(
+                spec.experiment_id, tags={**source_tags(), **spec.identity, **spec.tags},
+                run_name=spec.run_name)
+            # A found run may lack them: a driver killed between creating it and this.
+            missing = [Param(k, v) for k, v in spec.params.items() if k not in run.data.params]
+            if missing:
+                self.client.log_batch(run.info.run_id, params=missing)
+            if spec.inputs and not run.inputs.dataset_inputs:
+                self.client.log_inputs(run.info.run_id, datasets=list(spec.inputs))
+            history = self.client.get_metric_history(run.info.run_id, "val_acc") if found \
+                else []
+            self._runs[trial_id] = (run.info.run_id, max((m.step for m in history), default=0))
         return self._runs[trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
