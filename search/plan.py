@@ -106,14 +106,18 @@ def objectives(record: TrialRecord) -> tuple[float, float]:
     return record.result[METRIC], target_sparsity(record.config)
 
 
-def accuracy_floor(experiment: Experiment, dense_finals: Iterable[TrialRecord]) -> float | None:
-    """The validation accuracy a trial must reach under a sparsity range: the mean over the
-    dense reference's final runs that completed, minus `max_drop` points (inf when none
-    did: nothing can be shown to be within the drop). `dense_finals`: those that have
-    ended; None until all have (or without a range)."""
-    ended = list(dense_finals)
-    if experiment.sparsity_range is None or len(
-            {r.config["seed"] for r in ended}) < experiment.final_seeds:
+def accuracy_floor(experiment: Experiment, records: Iterable[TrialRecord],
+                   sparsity: float) -> float | None:
+    """The validation accuracy a trial of the study at `sparsity` must reach under a
+    sparsity range: the mean over the dense reference's final runs that completed, minus
+    `max_drop` points (inf when none did: nothing can be shown to be within the drop).
+    `records`: those that have ended (any part and group); None until every dense final
+    run is among them (or without a range)."""
+    if experiment.sparsity_range is None:
+        return None
+    ended = [r for r in records
+             if r.config["part"] == FINAL and group_of(r.config) == (sparsity, DENSE)]
+    if len({r.config["seed"] for r in ended}) < experiment.final_seeds:
         return None
     values = [r.result[METRIC] for r in ended if completed(r, experiment.epochs)]
     if not values:
@@ -162,7 +166,8 @@ def aggregate(experiment: Experiment,
     studies = {}
     for sparsity in experiment.sparsity:
         outcomes = []
-        floor = accuracy_floor(experiment, by_group.get((FINAL, (sparsity, DENSE)), []))
+        floor = accuracy_floor(experiment, by_group.get((FINAL, (sparsity, DENSE)), []),
+                               sparsity)
         for family in (*experiment.families, DENSE):
             group = (sparsity, family)
             searched = by_group.get((SEARCH, group), [])

@@ -267,11 +267,11 @@ class ExperimentSearcher(Searcher):
     def _floor(self, sparsity: float | None = None) -> float | None:
         """The accuracy floor of a sparsity range once every dense reference has ended
         (None: no range, or not yet known)."""
-        group = (self.experiment.sparsity[0] if sparsity is None else sparsity, DENSE)
+        if self.experiment.sparsity_range is None:
+            return None  # (the list below is built on every trial's end)
         return accuracy_floor(self.experiment, [
             TrialRecord(e["config"], e["result"], e["error"]) for e in self._trials.values()
-            if e["config"]["part"] == FINAL and group_of(e["config"]) == group
-            and not e["live"]])
+            if not e["live"]], self.experiment.sparsity[0] if sparsity is None else sparsity)
 
     def _finals_wanted(self) -> tuple[list[dict], bool]:
         """Every final run that can be handed out now (dense references, and each ended

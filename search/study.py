@@ -111,14 +111,6 @@ def _records(trials, config: Mapping, part: str) -> list[TrialRecord]:
             if t.config["part"] == part and group_of(t.config) == group_of(config)]
 
 
-def _floor(experiment: Experiment, records: list[TrialRecord], sparsity: float
-           ) -> float | None:
-    """The accuracy floor of a sparsity range from `records` (None: no range, or not every
-    dense reference among them)."""
-    return accuracy_floor(experiment, [r for r in records if r.config["part"] == FINAL
-                                       and group_of(r.config) == (sparsity, DENSE)])
-
-
 class TrialProgress(tune.Callback):
     """One line per finished, retried or failed trial on stdout, and each family's best
     config once its search has ended (Tune's own tables are switched off: hundreds of lines
@@ -134,8 +126,8 @@ class TrialProgress(tune.Callback):
         # Dense, and every family of this sparsity but those whose search found nothing.
         searches = [_records(trials, {**config, "family": family}, SEARCH)
                     for family in exp.families]
-        floor = _floor(exp, _records(trials, {**config, "family": DENSE}, FINAL),
-                       config["sparsity"])
+        floor = accuracy_floor(exp, _records(trials, {**config, "family": DENSE}, FINAL),
+                               config["sparsity"])
         unknown = exp.sparsity_range is not None and floor is None
         failed = sum(len(ended) == exp.trials_per_family and not unknown
                      and select_best(ended, exp.epochs, floor) is None for ended in searches)
@@ -174,8 +166,8 @@ class TrialProgress(tune.Callback):
                 print(f"[{study}] {family}: best val_acc {best.result[METRIC]:.4f} with "
                       f"{format_params(best.config['params'])}", flush=True)
             return
-        floor = _floor(exp, _records(_ended(trials, trial), {**config, "family": DENSE},
-                                     FINAL), config["sparsity"])
+        dense = _records(_ended(trials, trial), {**config, "family": DENSE}, FINAL)
+        floor = accuracy_floor(exp, dense, config["sparsity"])
         best = None if floor is None else select_best(ended, exp.epochs, floor)
         if floor is None:
             print(f"[{study}] {family}: search done; its point waits for the dense "
@@ -321,7 +313,7 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
     of its trials finished, yet short)."""
     seeds = set(final_seeds(experiment))
     for sparsity in experiment.sparsity:
-        floor = _floor(experiment, records, sparsity)
+        floor = accuracy_floor(experiment, records, sparsity)
         for family in (*experiment.families, DENSE):
             group = (sparsity, family)
             searched = [r for r in records
@@ -481,7 +473,7 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     outcomes = aggregate(experiment, records)
     studies = [_record_study(client, experiment, sparsity, experiment_ids[sparsity],
                              family_run_ids, outcomes[sparsity],
-                             _floor(experiment, records, sparsity))
+                             accuracy_floor(experiment, records, sparsity))
                for sparsity in experiment.sparsity]
     if len(studies) > 1:
         with tempfile.TemporaryDirectory() as folder:

@@ -141,15 +141,15 @@ def dense_final(seed, val_acc, error=False):
 
 
 def test_the_floor_is_the_dense_mean_minus_max_drop_once_every_dense_run_ended(ranged):
-    assert accuracy_floor(ranged, [dense_final(1, 0.96)]) is None  # one of two seeds
-    assert accuracy_floor(ranged, [dense_final(1, 0.96), dense_final(2, 0.98)]) \
+    assert accuracy_floor(ranged, [dense_final(1, 0.96)], 0.95) is None  # one of two seeds
+    assert accuracy_floor(ranged, [dense_final(1, 0.96), dense_final(2, 0.98)], 0.95) \
         == pytest.approx(0.97 - 0.02)
-    assert accuracy_floor(ranged, [dense_final(1, 0.96), dense_final(2, 0, error=True)]) \
+    assert accuracy_floor(ranged, [dense_final(1, 0.96), dense_final(2, 0, error=True)], 0.95) \
         == pytest.approx(0.94)
-    assert accuracy_floor(ranged, [dense_final(1, 0, True), dense_final(2, 0, True)]) \
+    assert accuracy_floor(ranged, [dense_final(1, 0, True), dense_final(2, 0, True)], 0.95) \
         == math.inf  # no dense accuracy: nothing is within the drop
     single = parse_experiment({"name": "one", "dataset": "digits", "epochs": EPOCHS})
-    assert accuracy_floor(single, [dense_final(1, 0.96)]) is None
+    assert accuracy_floor(single, [dense_final(1, 0.96)], 0.95) is None
 
 
 def test_under_a_floor_the_sparsest_feasible_trial_is_re_run():
