@@ -240,17 +240,24 @@ class ExperimentSearcher(Searcher):
 
     def _forget_lost_trials(self) -> None:
         """Drop the trials this searcher handed out that the restored Tune state lacks;
-        they are handed out again (a lost search trial's Optuna trial is marked FAIL)."""
+        they are handed out again. Every Optuna trial still RUNNING that no remaining trial
+        holds is marked FAIL: a lost one, or one asked after the searcher's saved state
+        (Optuna's storage is written at once, the saved state only at Tune's snapshots)."""
         lost = set(self._trials) - self._confirmed
         if lost:
             print(f"[{self.experiment.name}] {len(lost)} trial(s) missing from the saved Tune "
                   f"state are handed out again", flush=True)
         for trial_id in lost:
-            entry = self._trials.pop(trial_id)
-            if entry["config"]["part"] == SEARCH:
-                self.study(group_of(entry["config"])).tell(
-                    entry["config"]["number"], state=optuna.trial.TrialState.FAIL,
-                    skip_if_finished=True)
+            del self._trials[trial_id]
+        held = {(group_of(e["config"]), e["config"]["number"]) for e in self._trials.values()
+                if e["config"]["part"] == SEARCH}
+        for group in self.groups:
+            study = self.study(group)
+            for trial in study.get_trials(deepcopy=False,
+                                          states=(optuna.trial.TrialState.RUNNING,)):
+                if (group, trial.number) not in held:
+                    study.tell(trial.number, state=optuna.trial.TrialState.FAIL,
+                               skip_if_finished=True)
         self._confirmed, self._wanted = None, None
         self._tell_ended()  # those whose floor became known just before the interruption
 
