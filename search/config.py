@@ -236,8 +236,17 @@ class Experiment:
 # -- parsing --------------------------------------------------------------------------------
 
 
-def _section(raw: Any, key: str, parsers: Mapping[str, Callable[[str, Any], Any]]) -> dict:
-    """Parse the mapping `raw` at `key` with one parser per allowed sub-key."""
+@dataclass(frozen=True)
+class Key:
+    """One key of an experiment file, declared once: how its value is parsed and checked
+    (`parse(dotted_key, value)`), and what it means (`help`, for the key reference)."""
+
+    parse: Callable[[str, Any], Any]
+    help: str
+
+
+def _section(raw: Any, key: str, parsers: Mapping[str, Key]) -> dict:
+    """Parse the mapping `raw` at `key` with one `Key` per allowed sub-key."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -251,7 +260,8 @@ def _section(raw: Any, key: str, parsers: Mapping[str, Callable[[str, Any], Any]
                     None: f" ('{name}' is set by the service for each trial)"}.get(where, "")
             raise ConfigError(f"unknown key '{prefix}{name}'{hint}; allowed: "
                               f"{', '.join(parsers)}")
-    return {name: parsers[name](f"{prefix}{name}", value) for name, value in raw.items()}
+    return {name: parsers[name].parse(f"{prefix}{name}", value)
+            for name, value in raw.items()}
 
 
 def _checked(check: Callable, **limits) -> Callable[[str, Any], Any]:
@@ -287,9 +297,15 @@ def _choices(allowed: Sequence[str]) -> Callable[[str, Any], tuple[str, ...]]:
 
 
 _SPARSITY = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
-_RANGE = {"min": _checked(_validate.real, **_SPARSITY),
-          "max": _checked(_validate.real, **_SPARSITY),
-          "max_drop": _checked(_validate.real, low=0.0, high=100.0)}
+_RANGE = {
+    "min": Key(_checked(_validate.real, **_SPARSITY),
+               "Lowest final sparsity a trial may sample, in (0, 1)."),
+    "max": Key(_checked(_validate.real, **_SPARSITY),
+               "Highest final sparsity a trial may sample, in (0, 1), above min."),
+    "max_drop": Key(_checked(_validate.real, low=0.0, high=100.0),
+                    "Points of validation accuracy (of 100) a trial may lose to the dense "
+                    "reference and still count, in [0, 100]; default 1.0."),
+}
 
 
 def _sparsities(key: str, value) -> tuple[float, ...] | SparsityRange:
@@ -332,7 +348,7 @@ def _storage_url(key: str, value) -> str:
 
 def _space(key: str, value) -> dict[str, dict[str, Any]]:
     """Per-family overrides of the default search bounds, checked by the family itself."""
-    raw = _section(value, key, {family: lambda _, v: v for family in FAMILIES})
+    raw = _section(value, key, {family: Key(lambda _, v: v, "") for family in FAMILIES})
     space = {}
     for family, bounds in raw.items():
         try:
@@ -344,12 +360,22 @@ def _space(key: str, value) -> dict[str, dict[str, Any]]:
 
 
 _SEARCH = {
-    "sampler": lambda key, value: _validate.choice(key, value, SAMPLERS),
-    "seed": _checked(_validate.integer, **_validate.SEED),
-    "asha": _boolean,
-    "grace_period": _checked(_validate.integer, low=1, high=10_000),
-    "space": _space,
+    "sampler": Key(lambda key, value: _validate.choice(key, value, SAMPLERS),
+                   "Optuna sampler of every family's study: tpe (seeded, multivariate, "
+                   "constant liar) or random."),
+    "seed": Key(_checked(_validate.integer, **_validate.SEED),
+                "Seed of the samplers and of every search trial's training; the final "
+                "re-runs use seed + 1, seed + 2, ..."),
+    "asha": Key(_boolean, "Stop poor trials early with ASHA, one bracket per family; "
+                "refused unless neutral to when a schedule prunes."),
+    "grace_period": Key(_checked(_validate.integer, low=1, high=10_000),
+                        "Epochs before ASHA may stop a trial; at least the first epoch "
+                        "by which every trial has reached its final sparsity."),
+    "space": Key(_space, "Per-family search bounds of the schedule's parameters, e.g. "
+                 "{agp: {power: [1, 4]}}; each family checks its own."),
 }
+
+
 @dataclass(frozen=True)
 class Tuned:
     """A searched setting while parsing: its (low, high) range or its choices."""
@@ -381,39 +407,83 @@ def _tuned_or_fixed(name: str) -> Callable[[str, Any], Any]:
     return parse
 
 
-_TRAINING = {name: _tuned_or_fixed(name) for name, spec in SETTINGS.items()
+def _setting_key(name: str) -> Key:
+    """The experiment key of a `TrainConfig` setting: its own check and help."""
+    meta = SETTINGS[name].metadata
+    ranged = {"log": " A [low, high] pair searches it on a log scale.",
+              "linear": " A [low, high] pair searches it.",
+              "choice": " A list of values searches among them."}.get(meta["tune"], "")
+    return Key(_tuned_or_fixed(name), meta["help"].rstrip(".") + "." + ranged)
+
+
+_TRAINING = {name: _setting_key(name) for name, spec in SETTINGS.items()
              if spec.metadata["where"] == "training"}
 _RESOURCES = {
-    "cpus_per_trial": _checked(_validate.real, low=0.0, high=1024.0, low_open=True),
-    "gpus_per_trial": _checked(_validate.real, low=0.0, high=64.0),
-    "workers_per_trial": _checked(_validate.integer, low=1, high=1024),
+    "cpus_per_trial": Key(_checked(_validate.real, low=0.0, high=1024.0, low_open=True),
+                          "CPUs each worker of a trial holds."),
+    "gpus_per_trial": Key(_checked(_validate.real, low=0.0, high=64.0),
+                          "GPUs each worker of a trial holds (fractions share a GPU)."),
+    "workers_per_trial": Key(_checked(_validate.integer, low=1, high=1024),
+                             "Processes per trial; more than one trains it with "
+                             "DistributedDataParallel (Ray Train)."),
 }
-_TRACKING = {"tracking_uri": _tracking_uri, "optuna_storage": _storage_url}
+_TRACKING = {
+    "tracking_uri": Key(_tracking_uri, "MLflow tracking URI; default sqlite:///mlflow.db "
+                        "in the working folder."),
+    "optuna_storage": Key(_storage_url, "Optuna RDB storage URL; default optuna.db beside "
+                          "a sqlite MLflow store."),
+}
 _FAULTS = {  # the epochs' upper bound is checked against `epochs` in `_check_runnable`
-    "raise_at_epoch": _checked(_validate.integer, low=1, high=10_000),
-    "raise_families": _choices((*FAMILIES, "dense")),
-    "nan_at_epoch": _checked(_validate.integer, low=2, high=10_000),
-    "nan_families": _choices((*FAMILIES, "dense")),
-    "kill_driver_at": lambda key, value: _validate.choice(key, value, KILL_POINTS),
+    "raise_at_epoch": Key(_checked(_validate.integer, low=1, high=10_000),
+                          "Test only: a trial raises at the end of this epoch."),
+    "raise_families": Key(_choices((*FAMILIES, "dense")),
+                          "Test only: the families that raise (default: all)."),
+    "nan_at_epoch": Key(_checked(_validate.integer, low=2, high=10_000),
+                        "Test only: a trial's weights turn NaN in this epoch."),
+    "nan_families": Key(_choices((*FAMILIES, "dense")),
+                        "Test only: the families whose weights turn NaN (default: all)."),
+    "kill_driver_at": Key(lambda key, value: _validate.choice(key, value, KILL_POINTS),
+                          "Test only: the driver kills itself at this point (registering)."),
 }
 
 
 _TOP = {
-    "name": _name,
-    **{name: _tuned_or_fixed(name) for name, spec in SETTINGS.items()
+    "name": Key(_name, "The study's name: its MLflow experiment (with -s<percent> per "
+                "sparsity when several) and registered-model prefix. Required."),
+    **{name: _setting_key(name) for name, spec in SETTINGS.items()
        if spec.metadata["where"] == "top"},
-    "scope": lambda key, value: from_scope(_validate.choice(key, value, tuple(SCOPE_NAMES))),
-    "sparsity": _sparsities,
-    "families": _choices(tuple(FAMILIES)),
-    "trials_per_family": _checked(_validate.integer, low=1, high=100_000),
-    "final_seeds": _checked(_validate.integer, low=2, high=1_000),
-    "checkpoint_every": _checked(_validate.integer, low=1, high=10_000),
-    "search": lambda key, value: SearchSettings(**_section(value, key, _SEARCH)),
-    "training": lambda key, value: _section(value, key, _TRAINING),
-    "resources": lambda key, value: Resources(**_section(value, key, _RESOURCES)),
-    "tracking": lambda key, value: _section(value, key, _TRACKING),
-    "faults": lambda key, value: Faults(**_section(value, key, _FAULTS)),
+    "scope": Key(lambda key, value: from_scope(_validate.choice(key, value,
+                                                                tuple(SCOPE_NAMES))),
+                 "Older name of allocation: local is uniform, global is global."),
+    "sparsity": Key(_sparsities, "Final sparsity in (0, 1); a list of them (one study "
+                    "each); or a range {min, max, max_drop} searched as a second "
+                    "objective. Default 0.9."),
+    "families": Key(_choices(tuple(FAMILIES)), "Schedule families compared, each searched "
+                    "alike. Default: one_cycle, one_shot, iterative, agp."),
+    "trials_per_family": Key(_checked(_validate.integer, low=1, high=100_000),
+                             "Search trials per family (the equal budget). Default 8."),
+    "final_seeds": Key(_checked(_validate.integer, low=2, high=1_000),
+                       "Fresh seeds each family's best config is re-run with (at least 2: "
+                       "an interval needs two). Default 3."),
+    "checkpoint_every": Key(_checked(_validate.integer, low=1, high=10_000),
+                            "Epochs between a trial's checkpoints (only the newest is "
+                            "kept). Default 5."),
+    "search": Key(lambda key, value: SearchSettings(**_section(value, key, _SEARCH)),
+                  "How each family's study samples (section)."),
+    "training": Key(lambda key, value: _section(value, key, _TRAINING),
+                    "Training settings, fixed or searched (section)."),
+    "resources": Key(lambda key, value: Resources(**_section(value, key, _RESOURCES)),
+                     "What one trial holds on the cluster (section)."),
+    "tracking": Key(lambda key, value: _section(value, key, _TRACKING),
+                    "Where results are stored (section)."),
+    "faults": Key(lambda key, value: Faults(**_section(value, key, _FAULTS)),
+                  "Test-only fault injection (section)."),
 }
+SECTIONS: Mapping[str, Mapping[str, Key]] = {
+    "": _TOP, "sparsity": _RANGE, "search": _SEARCH, "training": _TRAINING,
+    "resources": _RESOURCES, "tracking": _TRACKING, "faults": _FAULTS}
+"""Every key an experiment file accepts, by section ("": the top level; "sparsity": the
+keys of a sparsity range): the one declaration the parser and the key reference read."""
 
 
 def parse_experiment(raw: Any) -> Experiment:
