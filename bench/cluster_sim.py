@@ -48,7 +48,7 @@ from _common import json_path, machine, write_json
 
 from oneprune.cli import OneLineParser
 from search.config import load_experiment
-from search.plan import target_sparsity
+from search.plan.trials import target_sparsity
 from search.study import load_data, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

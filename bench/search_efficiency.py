@@ -27,7 +27,8 @@ from _common import json_path, machine, write_json
 
 from oneprune.cli import OneLineParser
 from oneprune.data import ImageData
-from search.config import DEFAULT_EXPERIMENT, SAMPLERS, Experiment, load_experiment
+from search.config import DEFAULT_EXPERIMENT, load_experiment
+from search.experiment import SAMPLERS, Experiment
 from search.study import load_data, run_experiment
 
 

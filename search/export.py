@@ -33,7 +33,8 @@ from oneprune._validate import first_line
 from oneprune.cli import OneLineParser
 from oneprune.deploy import LAYERS_FILE, Deployable, save_layers, save_onnx, save_program
 from oneprune.export import deployable_of, load_pruned
-from search.config import DEFAULT_TRACKING_URI
+from search.environment import environment
+from search.experiment import DEFAULT_TRACKING_URI
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,9 +59,7 @@ def _saved_folder(source: str, tracking_uri: str) -> Iterator[Path]:
     if not source.startswith("models:/"):
         yield Path(source)
         return
-    import mlflow
-
-    from search.tracking import environment  # imports Ray: only for a models:/ source
+    import mlflow  # slow to import: only for a models:/ source
 
     with tempfile.TemporaryDirectory() as scratch:
         try:

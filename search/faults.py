@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from search.config import Faults
+from search.experiment import Faults
 
 EpochCallback = Callable[[dict, dict], None]  # (metrics, state), `train`'s `checkpoint`
 

@@ -42,8 +42,8 @@ from oneprune._validate import first_line
 from oneprune.deploy import INPUT, LAYERS_FILE, Deployable, save_layers
 from oneprune.export import CONFIG_FILE, METRICS_FILE, SPARSE_FILE, deployable_of, load_pruned
 from oneprune.models import user_code_path
-from search.plan import DENSE
-from search.report import FamilyOutcome
+from search.plan.outcomes import FamilyOutcome
+from search.plan.trials import DENSE
 
 BEST = "best"
 MODEL_METRICS = ("parameters", "parameter_bytes", "nonzero_weights", "macs_per_image",

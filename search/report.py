@@ -1,12 +1,10 @@
-"""The verdict of a study: test accuracy per family (mean, std, 95% interval), the
-difference to One-Cycle, and the figures.
+"""The verdict of a study, rendered: test accuracy per family (mean, std, 95% interval),
+the difference to One-Cycle, the importances, the sweep over sparsities, and the figures.
 
-Intervals are Student-t intervals over the final seeds. Final seed s gives every family
-the same initial weights and batch order, so the difference to One-Cycle is paired by
-seed: the Student-t interval of the mean of the per-seed differences, with the number of
-seeds on which the family beat One-Cycle. Only when the two families do not have the same
-seeds (a final run failed) is it a Welch interval (unequal variances) over what there is.
-"One-Cycle wins" is only read off when the interval excludes 0.
+Intervals come from `search.stats`: Student-t over the final seeds, the difference to
+One-Cycle paired by seed (with the number of seeds on which the family beat One-Cycle), or
+Welch's where the seeds differ. "One-Cycle wins" is only read off when the interval
+excludes 0.
 """
 
 from __future__ import annotations
@@ -14,110 +12,22 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy import stats
 
-from oneprune.lr import CoupledLR
 from oneprune.plots import plot_schedules
-from oneprune.schedules import PARAMETERS, Schedule
+from oneprune.schedules import PARAMETERS
+from search.plan.outcomes import FamilyOutcome
+from search.plan.trials import DENSE
+from search.stats import Difference, difference_interval, mean_interval, paired_difference
 
 REFERENCE = "one_cycle"
-DENSE = "dense"  # the family name of the dense reference
 COLUMNS = ("family", "best_params", "test_acc_mean", "test_acc_std", "ci95_low", "ci95_high",
            "seeds", "diff_to_one_cycle", "diff_ci95_low", "diff_ci95_high", "diff_method",
            "wins_over_one_cycle", "paired_seeds", "welch_ci95_low", "welch_ci95_high",
            "best_val_acc", "trials_completed", "trials_diverged", "trials", "compute_seconds")
-
-
-@dataclass
-class FamilyOutcome:
-    """What a family's search and final re-runs produced (`schedule=None`: dense)."""
-
-    family: str
-    schedule: Schedule | None
-    lr_policy: CoupledLR | None
-    best_params: dict = field(default_factory=dict)
-    best_val_acc: float = math.nan
-    best_number: int | None = None  # the Optuna trial of `best_params`
-    trials: int = 0
-    trials_completed: int = 0
-    trials_diverged: int = 0  # ended by a non-finite loss (not completed)
-    search_seconds: float = 0.0
-    test_accs: list[float] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)  # of `test_accs`, in the same order
-    val_accs: list[float] = field(default_factory=list)  # each final run's, at its end
-    final_seconds: float = 0.0
-    histories: list[list[dict]] = field(default_factory=list)
-    importances: dict[str, float] = field(default_factory=dict)  # fANOVA, of the search
-    # A sparsity range: every completed search trial (`search.front.FrontPoint`) and the
-    # share of the feasible box its front dominates.
-    points: list = field(default_factory=list)
-    hypervolume: float = math.nan
-
-
-def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
-    """Mean, sample std, and the 95% Student-t interval of the mean, clipped to [0, 1]
-    (accuracies); NaN when undefined."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return (math.nan,) * 4
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan, math.nan, math.nan
-    std = float(values.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
-    return mean, std, max(mean - half, 0.0), min(mean + half, 1.0)
-
-
-def difference_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
-    """mean(a) - mean(b) and its 95% Welch interval (NaN when undefined)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        diff = a.mean() - b.mean() if len(a) and len(b) else math.nan
-        return float(diff), math.nan, math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    diff = float(a.mean() - b.mean())
-    if va + vb == 0:
-        return diff, diff, diff
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.975, dof)) * math.sqrt(va + vb)
-    return diff, diff - half, diff + half
-
-
-class Difference(NamedTuple):
-    """A family's test accuracy minus One-Cycle's: the mean difference and its 95% interval
-    (`method` "paired" or "welch"), the seeds both have (`paired_seeds`) and on how many
-    of them the family was ahead (`wins`)."""
-
-    diff: float
-    low: float
-    high: float
-    method: str
-    wins: int
-    paired_seeds: int
-
-
-def paired_difference(a: Sequence[float], a_seeds: Sequence[int], b: Sequence[float],
-                      b_seeds: Sequence[int]) -> Difference:
-    """mean(a) - mean(b), paired by seed when both have the same seeds (the Student-t
-    interval of the per-seed differences), else Welch's interval (`difference_interval`).
-    NaN where undefined (fewer than two values)."""
-    a_by_seed, b_by_seed = dict(zip(a_seeds, a, strict=True)), dict(zip(b_seeds, b,
-                                                                          strict=True))
-    common = sorted(set(a_by_seed) & set(b_by_seed))
-    diffs = np.array([a_by_seed[s] - b_by_seed[s] for s in common], dtype=float)
-    wins = int((diffs > 0).sum())
-    if set(a_by_seed) != set(b_by_seed) or len(common) < 2:
-        return Difference(*difference_interval(a, b), "welch", wins, len(common))
-    mean = float(diffs.mean())
-    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * float(diffs.std(ddof=1)) \
-        / math.sqrt(len(diffs))
-    return Difference(mean, mean - half, mean + half, "paired", wins, len(common))
 
 
 def format_params(params: dict) -> str:

@@ -23,19 +23,16 @@ from mlflow.tracking import MlflowClient
 
 from oneprune.cli import OneLineParser
 from oneprune.models import user_code_path, user_module
-from search.config import DEFAULT_EXPERIMENT, ConfigError, Experiment, load_experiment
+from search.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+from search.experiment import Experiment
+from search.plan.trials import base_config
 from search.registry import handover_lines
 from search.report import importance_table, sweep_rows, sweep_table
 from search.searcher import check_optuna_storage
 from search.storage import writable as writable_storage
-from search.study import (
-    StudyInterrupted,
-    StudyRefused,
-    load_data,
-    run_experiment,
-    sweep_title,
-)
+from search.study import StudyInterrupted, StudyRefused, load_data, run_experiment
 from search.tracking import browse_lines, check_tracking_uri
+from search.verdict import sweep_title
 
 DEFAULT_STORAGE = "ray_results"  # in the working folder, like ./mlflow.db
 
@@ -70,8 +67,9 @@ def code_to_ship(experiment: Experiment) -> list[str]:
     .py file) of a `package.module:callable` model, unless an installed distribution
     provides it (then the nodes install it like any dependency). Call after the model was
     imported (`load_data` checks it)."""
-    path = user_code_path(experiment.model)
-    if path is None or user_module(experiment.model).partition(".")[0] in (
+    model = base_config(experiment).model
+    path = user_code_path(model)
+    if path is None or user_module(model).partition(".")[0] in (
             importlib.metadata.packages_distributions()):
         return []
     return [path]

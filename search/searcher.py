@@ -1,5 +1,4 @@
-"""One Tuner for a whole experiment: the searcher that decides what each free slot runs,
-and the scheduler that keeps early stopping inside each (sparsity, family).
+"""One Tuner for a whole experiment: the searcher that decides what each free slot runs.
 
 `ExperimentSearcher` (a Ray Tune `Searcher`) owns one Optuna study per (sparsity, family),
 in Optuna's RDB storage, driven by ask/tell with the family's define-by-run space. It hands
@@ -18,20 +17,15 @@ only reach its own study.
 
 With a sparsity range each study has two objectives, validation accuracy and sparsity (both
 maximised), and one constraint: a trial is feasible when its validation accuracy reaches
-the floor the dense references set (`plan.accuracy_floor`), set on each trial with
+the floor the dense references set (`search.plan.outcomes.accuracy_floor`), set on each trial with
 `Trial.set_constraint` before it is told: Optuna's samplers rank infeasible trials below
 feasible ones, and `study.best_trials` is the feasible front. A search trial that ends
 before every dense reference has is told to Optuna once they have; until then Optuna
 counts it as running. A family's final runs re-run its sparsest feasible trial.
 
-`GroupScheduler` (a Ray Tune `TrialScheduler`) gives each (sparsity, family) its own ASHA
-bracket, so a trial is only ever compared with trials of its own family; final runs are
-never stopped. Its first rung is the grace period, which the experiment schema only
-accepts once every family's trials have reached their final sparsity
-(`search.config.first_neutral_rung`): a rung never compares a still-dense trial with a
-pruned one. It also tells the searcher of every trial Tune adds, including the trials
-`Tuner.restore` brings back: the searcher then forgets the trials the restored state lost
-(Tune's snapshot and the searcher's can be a moment apart when a driver is killed) and
+The searcher learns of every trial Tune adds, including the trials `Tuner.restore` brings
+back, from `search.scheduler.GroupScheduler`: it then forgets the trials the restored state
+lost (Tune's snapshot and the searcher's can be a moment apart when a driver is killed) and
 hands them out again, so budgets stay exact across a resume.
 """
 
@@ -46,25 +40,20 @@ from typing import Any
 import optuna
 import ray
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from oneprune._validate import first_line
-from search.config import Experiment
-from search.plan import (
+from search.experiment import Experiment
+from search.plan.outcomes import METRIC, TrialRecord, accuracy_floor, objectives, select_best
+from search.plan.trials import (
     DENSE,
     FINAL,
-    METRIC,
     SEARCH,
     Group,
-    TrialRecord,
-    accuracy_floor,
     final_config,
     final_seeds,
     group_of,
-    objectives,
     search_config,
-    select_best,
 )
 from search.space import define_by_run
 
@@ -343,59 +332,3 @@ class ExperimentSearcher(Searcher):
 
     def _all_handed_out(self) -> bool:
         return self._finals_wanted()[1] and self._next_final() is None
-
-
-class GroupScheduler(TrialScheduler):
-    """ASHA per (sparsity, family) when the experiment asks for it, FIFO otherwise; final
-    runs are never stopped. Tells `searcher` of every trial Tune adds."""
-
-    def __init__(self, searcher: ExperimentSearcher, experiment: Experiment):
-        super().__init__()
-        self.searcher = searcher
-        self.experiment = experiment
-        self._metric = METRIC
-        self._brackets: dict[Any, TrialScheduler] = {}
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        return metric in (None, METRIC) and mode in (None, "max")
-
-    def _bracket(self, trial: Trial) -> TrialScheduler:
-        config = trial.config
-        key = group_of(config) if config["part"] == SEARCH and self.experiment.search.asha \
-            else FINAL
-        if key not in self._brackets:
-            if key == FINAL:
-                self._brackets[key] = FIFOScheduler()
-            else:
-                epochs = self.experiment.epochs
-                self._brackets[key] = ASHAScheduler(
-                    time_attr="epoch", metric=METRIC, mode="max", max_t=epochs,
-                    grace_period=min(self.experiment.search.grace_period, epochs))
-        return self._brackets[key]
-
-    def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        self.searcher.track(trial)
-        self._bracket(trial).on_trial_add(tune_controller, trial)
-
-    def on_trial_error(self, tune_controller, trial: Trial) -> None:
-        self._bracket(trial).on_trial_error(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        return self._bracket(trial).on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        self._bracket(trial).on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
-        self._bracket(trial).on_trial_remove(tune_controller, trial)
-
-    def choose_trial_to_run(self, tune_controller) -> Trial | None:
-        for status in (Trial.PENDING, Trial.PAUSED):
-            for trial in tune_controller.get_trials():
-                if trial.status == status:
-                    return trial
-        return None
-
-    def debug_string(self) -> str:
-        return f"one {'ASHA bracket' if self.experiment.search.asha else 'FIFO queue'} " \
-               f"per (sparsity, family); final runs FIFO"

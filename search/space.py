@@ -3,19 +3,17 @@
 `define_by_run` is what `ExperimentSearcher` calls with each new Optuna trial; the
 parameters it suggests (`final_sparsity` where a sparsity range is searched, `start`, `end`,
 `alpha`, ..., `lr_max`, `coupling`, `recovery_gain`, `allocation`, `depth_exponent`)
-become the `params` of the Tune trial's config, and `trial_config` turns them into the
-`TrainConfig` the trial trains.
+become the `params` of the Tune trial's config, and `search.plan.trials.trial_config` turns
+them into the `TrainConfig` the trial trains.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from oneprune.config import TrainConfig
-from oneprune.schedules import FAMILIES, Schedule
+from oneprune.schedules import FAMILIES
 
 SETTINGS = TrainConfig.settings()
 
@@ -51,43 +49,3 @@ def define_by_run(trial, *, family: str, sparsity: float | tuple[float, float],
         sparsity = trial.suggest_float("final_sparsity", *sparsity)
     FAMILIES[family].suggest(trial, sparsity, bounds)
     suggest_training(trial, tuned, fixed)
-
-
-def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
-    """The run of a trial: `base` with the sampled schedule and training parameters.
-
-    `base.schedule` fixes the family, and the final sparsity unless `params` has a sampled
-    `final_sparsity`; every other schedule field comes from `params` (or the family's
-    default).
-    """
-    family = type(base.schedule)
-    fields = {f.name for f in dataclasses.fields(family)}
-    tunable = {name for name, spec in SETTINGS.items() if spec.metadata["tune"]}
-    unknown = set(params) - fields - tunable
-    if unknown:
-        raise ValueError(f"trial parameters {sorted(unknown)} belong to no field of "
-                         f"{family.family} or the training space")
-    schedule = family(**{"final_sparsity": base.schedule.final_sparsity,
-                         **{k: v for k, v in params.items() if k in fields}})
-    training = {k: v for k, v in params.items() if k in tunable}
-    return dataclasses.replace(base, schedule=schedule, **training)
-
-
-class _MiddleTrial:
-    """Answers every `suggest_*` with the middle of its range (geometric for log=True)."""
-
-    def suggest_float(self, name, low, high, *, log=False, step=None):
-        return math.sqrt(low * high) if log else (low + high) / 2
-
-    def suggest_int(self, name, low, high, *, log=False, step=1):
-        return (low + high) // 2
-
-    def suggest_categorical(self, name, choices):
-        return choices[0]
-
-
-def midpoint_schedule(family: str, sparsity: float,
-                      bounds: Mapping[str, Any] | None = None) -> Schedule:
-    """`family` at the middle of its search bounds, drawn through its own `suggest` (so
-    dependent bounds, such as end >= start + min_length, hold)."""
-    return FAMILIES[family].suggest(_MiddleTrial(), sparsity, bounds)

@@ -18,12 +18,17 @@ from pathlib import Path
 import pyarrow
 import pyarrow.fs
 
-from search.config import ConfigError
+from search.experiment import ConfigError
 
 
 def join(storage_path: str, *names: str) -> str:
     """`storage_path/name/...` for a local folder or a URI."""
     return "/".join([storage_path.rstrip("/"), *names])
+
+
+def tune_path(storage_path: str, experiment_name: str) -> str:
+    """Where an experiment's Tuner keeps its state."""
+    return join(storage_path, experiment_name)
 
 
 def delete(path: str) -> None:

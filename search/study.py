@@ -13,23 +13,16 @@ deleted (a finished trial is never run again). `resume=True` continues an interr
 trial's Ray Train run lives in `<that folder>/train/<trial id>`. The storage path is a
 local folder or a URI (s3://...: shared storage for a multi-node cluster).
 
-When the Tuner is done, `plan.aggregate` (pure) turns its trials into per-family outcomes,
-and each study's family runs (with the importances of their searched parameters) and
-comparison are written to MLflow, and each family's model is registered
-(`search.registry`: the final runs' models were logged as they ended); an experiment with
-several sparsities also gets a `sweep` run, accuracy against sparsity. Under a sparsity
-range the comparison is `search.front`'s: each family's front (`pareto.csv`, `pareto.png`)
-and hypervolume, and how sparse its re-run point got within `max_drop` of dense.
+It reads start -> fit -> verdict: `check_can_start` refuses what cannot start (before
+anything runs), `_fresh_tuner` or `Tuner.restore` and `_fit` run the trials, then
+`search.plan.outcomes.aggregate` (pure) turns them into per-family outcomes and
+`search.verdict` writes each study's verdict to MLflow and registers its models.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import mlflow
 import optuna
@@ -40,33 +33,29 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from oneprune.data import ImageData
 from oneprune.train import check_data, check_model
-from search import registry, storage, tracking
-from search.config import Experiment
-from search.faults import kill_driver_if
-from search.front import pareto_front, sparsest_then_most_accurate, write_front_report
-from search.importance import study_importances
-from search.plan import (
-    DENSE,
-    FINAL,
-    METRIC,
-    SEARCH,
+from search import storage, tracking
+from search.environment import environment
+from search.experiment import Experiment
+from search.plan.outcomes import (
     TrialRecord,
     accuracy_floor,
     aggregate,
-    final_config,
+    select_best,
+)
+from search.plan.trials import (
+    DENSE,
+    FINAL,
+    SEARCH,
+    base_config,
     final_seeds,
     group_of,
-    select_best,
-    train_config,
 )
-from search.report import FamilyOutcome, format_params, write_report, write_sweep
-from search.searcher import (
-    ExperimentSearcher,
-    GroupScheduler,
-    concurrent_slots,
-    optuna_study_name,
-)
+from search.progress import TrialProgress
+from search.scheduler import GroupScheduler
+from search.searcher import ExperimentSearcher, concurrent_slots, optuna_study_name
 from search.trainable import run_trial
+from search.trial_logger import trial_logger
+from search.verdict import StudyResult, record_study, record_sweep
 
 MAX_FAILURES = 2  # a failed trial is retried this often before it counts as failed
 
@@ -78,123 +67,6 @@ class StudyRefused(ValueError):
 
 class StudyInterrupted(Exception):
     """Tune stopped before every trial ended (Ctrl+C); its state is saved for --resume."""
-
-
-@dataclass(frozen=True)
-class StudyResult:
-    """One study's verdict: its sparsity, title, comparison table (Markdown) and each
-    family's outcome (dense last)."""
-
-    name: str
-    sparsity: float
-    title: str
-    table: str
-    outcomes: list[FamilyOutcome]
-    experiment_id: str  # its MLflow experiment
-    models: list[registry.Handover]  # each family's registered model
-
-
-def _label(experiment: Experiment, config: Mapping) -> str:
-    study = experiment.study_name(config["sparsity"])
-    return f"{study} {config['family'] if config['part'] == SEARCH else FINAL}"
-
-
-def _ended(trials, trial) -> list:
-    """The trials that have ended, `trial` among them (a callback learns of a trial's end
-    before Tune sets its status)."""
-    return [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is trial]
-
-
-def _records(trials, config: Mapping, part: str) -> list[TrialRecord]:
-    """`trials` of `config`'s (sparsity, family) and `part`, as records."""
-    return [TrialRecord(t.config, t.last_result or {}, t.status == "ERROR") for t in trials
-            if t.config["part"] == part and group_of(t.config) == group_of(config)]
-
-
-class TrialProgress(tune.Callback):
-    """One line per finished, retried or failed trial on stdout, and each family's best
-    config once its search has ended (Tune's own tables are switched off: hundreds of lines
-    for a quick study)."""
-
-    def __init__(self, experiment: Experiment):
-        self.experiment = experiment
-
-    def _total(self, trials, config: Mapping) -> int:
-        exp = self.experiment
-        if config["part"] == SEARCH:
-            return exp.trials_per_family
-        # Dense, and every family of this sparsity but those whose search found nothing.
-        searches = [_records(trials, {**config, "family": family}, SEARCH)
-                    for family in exp.families]
-        floor = accuracy_floor(exp, _records(trials, {**config, "family": DENSE}, FINAL),
-                               config["sparsity"])
-        unknown = exp.sparsity_range is not None and floor is None
-        failed = sum(len(ended) == exp.trials_per_family and not unknown
-                     and select_best(ended, exp.epochs, floor) is None for ended in searches)
-        return (len(exp.families) + 1 - failed) * exp.final_seeds
-
-    def _line(self, trials, trial, what: str) -> None:
-        label = _label(self.experiment, trial.config)
-        ended = sum(_label(self.experiment, t.config) == label for t in _ended(trials, trial))
-        result = trial.last_result or {}
-        metrics = (f"val_acc {result[METRIC]:.4f} at epoch {result['epoch']}, "
-                   f"{result['train_seconds']:.1f} s" if METRIC in result else "no result")
-        if "test_acc" in result:
-            metrics = f"test_acc {result['test_acc']:.4f}, " + metrics
-        if result.get("diverged"):
-            what = f"{what} (diverged: non-finite loss)"
-        total = self._total(_ended(trials, trial), trial.config)
-        print(f"[{label}] {ended}/{total} {trial.trial_id} "
-              f"{what}: {metrics}", flush=True)
-
-    def _search_summary(self, trials, trial) -> None:
-        """Once the last search trial of a family has ended: its best config."""
-        config = trial.config
-        if config["part"] != SEARCH:
-            return
-        ended = _records(_ended(trials, trial), config, SEARCH)
-        if len(ended) < self.experiment.trials_per_family:
-            return
-        exp = self.experiment
-        study, family = exp.study_name(config["sparsity"]), config["family"]
-        span = exp.sparsity_range
-        if span is None:
-            best = select_best(ended, exp.epochs)
-            if best is None:
-                print(f"[{study}] {family}: no trial completed the budget", flush=True)
-            else:
-                print(f"[{study}] {family}: best val_acc {best.result[METRIC]:.4f} with "
-                      f"{format_params(best.config['params'])}", flush=True)
-            return
-        dense = _records(_ended(trials, trial), {**config, "family": DENSE}, FINAL)
-        floor = accuracy_floor(exp, dense, config["sparsity"])
-        best = None if floor is None else select_best(ended, exp.epochs, floor)
-        if floor is None:
-            print(f"[{study}] {family}: search done; its point waits for the dense "
-                  f"reference's floor", flush=True)
-        elif best is None:
-            print(f"[{study}] {family}: no trial within {span.max_drop:g} point(s) of dense "
-                  f"(val_acc >= {floor:.4f})", flush=True)
-        else:
-            print(f"[{study}] {family}: sparsest within {span.max_drop:g} point(s) of dense "
-                  f"(val_acc >= {floor:.4f}): val_acc {best.result[METRIC]:.4f} with "
-                  f"{format_params(best.config['params'])}", flush=True)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trials, trial, "done")
-        self._search_summary(trials, trial)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        self._line(trials, trial, "failed, retrying")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, trial, "FAILED")
-        self._search_summary(trials, trial)
-
-
-def tune_path(experiment: Experiment, storage_path: str) -> str:
-    """Where the experiment's Tuner keeps its state."""
-    return storage.join(storage_path, experiment.name)
 
 
 def check_can_start(experiment: Experiment, storage_path: str, resume: bool) -> None:
@@ -215,8 +87,8 @@ def check_can_start(experiment: Experiment, storage_path: str, resume: bool) -> 
             found.append(f"MLflow experiment {name!r}")
     if resume:
         return
-    if tune.Tuner.can_restore(tune_path(experiment, storage_path)):
-        found.insert(0, tune_path(experiment, storage_path))
+    if tune.Tuner.can_restore(storage.tune_path(storage_path, experiment.name)):
+        found.insert(0, storage.tune_path(storage_path, experiment.name))
     studies = set(optuna.get_all_study_names(experiment.optuna_storage_url))
     found += [f"Optuna study {study!r}" for study in _optuna_studies(experiment)
               if study in studies]
@@ -327,86 +199,13 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
                                        f"{sparsity:g} did not all run")
 
 
-def _record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
-                  experiment_id: str, family_run_ids: Mapping[tuple[float, str], str],
-                  outcomes: list[FamilyOutcome], floor: float | None) -> StudyResult:
-    """Close each family run with its search metrics and best config (the dense
-    reference's with its config and mean test accuracy), and log the comparison of the
-    study at `sparsity` (`floor`: a sparsity range's accuracy floor, else None)."""
-    name = experiment.study_name(sparsity)
-    span = experiment.sparsity_range
-    test_acc_means = {o.family: sum(o.test_accs) / len(o.test_accs)
-                      for o in outcomes if o.test_accs}
-    for outcome in outcomes:
-        if outcome.family == DENSE:
-            tracking.finish_family(
-                client, family_run_ids[(sparsity, DENSE)], experiment.base_config().to_dict(),
-                {"test_acc_mean": test_acc_means[DENSE]} if DENSE in test_acc_means else {})
-            continue
-        outcome.importances = study_importances(
-            experiment.optuna_storage_url, optuna_study_name(experiment, (sparsity,
-                                                                           outcome.family)))
-        run_id = family_run_ids[(sparsity, outcome.family)]
-        metrics = {"trials": outcome.trials, "trials_completed": outcome.trials_completed,
-                   "trials_diverged": outcome.trials_diverged,
-                   "search_seconds": outcome.search_seconds}
-        if span is not None:
-            metrics.update(hypervolume=outcome.hypervolume,
-                           trials_feasible=sum(p.feasible for p in outcome.points),
-                           front_points=len(pareto_front(outcome.points)))
-        if outcome.schedule is None:
-            if span is not None and outcome.trials_completed:  # none within the drop
-                tracking.finish_family(client, run_id, {}, metrics)
-            else:
-                tracking.fail_family(client, run_id, metrics)
-            continue
-        best = train_config(experiment, final_config((sparsity, outcome.family),
-                                                     experiment.search.seed,
-                                                     outcome.best_params))
-        if span is not None:
-            metrics["sparsity_reached"] = best.schedule.final_sparsity
-        tracking.finish_family(client, run_id, best.to_dict(), {
-            "best_val_acc": outcome.best_val_acc, **metrics,
-            **{f"importance.{param}": value for param, value in outcome.importances.items()}})
-    headline = {f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()}
-    with tempfile.TemporaryDirectory() as folder:
-        if span is None:
-            title = (f"{name}: {experiment.model} on {experiment.dataset} at "
-                     f"{sparsity:.0%} sparsity, {experiment.epochs} epochs")
-            table = write_report(outcomes, Path(folder), title)
-        else:
-            title = (f"{name}: {experiment.model} on {experiment.dataset}, how sparse within "
-                     f"{span.max_drop:g} point(s) of dense (sparsity searched in "
-                     f"[{span.min:.0%}, {span.max:.0%}]), {experiment.epochs} epochs")
-            table = write_front_report(outcomes, Path(folder), title, floor=floor,
-                                       max_drop=span.max_drop)
-            headline.update({f"hypervolume.{o.family}": o.hypervolume for o in outcomes
-                             if o.family != DENSE})
-            headline.update({f"sparsity_reached.{o.family}": o.schedule.final_sparsity
-                             for o in outcomes if o.schedule is not None})
-            if math.isfinite(floor):
-                headline["accuracy_floor"] = floor
-        tracking.finish_report_run(client, experiment_id, "comparison", folder, headline)
-
-    def final_run(family: str, seed: int) -> str:
-        return tracking.find_runs(client, experiment_id, {
-            tracking.ROLE: "final", tracking.FAMILY: family, tracking.SEED: str(seed)}
-        )[0].info.run_id
-
-    models = registry.hand_over(experiment.tracking_uri, name, outcomes, final_run, title,
-                                rank=None if span is None else sparsest_then_most_accurate,
-                                registered=lambda: kill_driver_if(experiment.faults,
-                                                                  "registering"))
-    return StudyResult(name, sparsity, title, table, outcomes, experiment_id, models)
-
-
 def load_data(experiment: Experiment, progress: bool = False) -> ImageData:
     """The experiment's dataset and splits, checked against its model (`ValueError`: files
     missing or unreadable, a model that cannot be built for them, takes no such images,
     has nothing to prune or cannot be pruned to a sparsity by one of the allocations);
     `progress`: a bar while an image folder is first decoded."""
-    data = experiment.dense_config.load_data(progress=progress)
-    check_model(experiment.base_config(experiment.families[0], experiment.sparsity[0]), data,
+    data = base_config(experiment).load_data(progress=progress)
+    check_model(base_config(experiment, experiment.families[0], experiment.sparsity[0]), data,
                 sparsities=experiment.trained_sparsities, allocations=experiment.allocations)
     return data
 
@@ -418,7 +217,7 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     cluster; returns each study's verdict. `data` comes from `load_data(experiment)`.
     `trial_function` runs one trial (`trainable.run_trial`'s signature); benchmarks and
     tests pass a stand-in that sleeps instead of training."""
-    check_data(experiment.base_config(), data)
+    check_data(base_config(experiment), data)
     check_can_start(experiment, storage_path, resume)
     # MLflow's model logging and registry read the process's tracking URI in places.
     mlflow.set_tracking_uri(experiment.tracking_uri)
@@ -431,7 +230,7 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
             client, experiment_ids[sparsity],
             {tracking.ROLE: "family", tracking.FAMILY: family}, family)
         for sparsity in experiment.sparsity for family in (*experiment.families, DENSE)}
-    path = tune_path(experiment, storage_path)
+    path = storage.tune_path(storage_path, experiment.name)
     distributed = experiment.resources.workers_per_trial > 1
     train_storage, model_storage = storage.join(path, "train"), storage.join(path, "models")
     trainable = _trainable(trial_function, experiment, ray.put(data), train_storage,
@@ -453,7 +252,7 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     # MLflow's download bars (it copies files as it logs a model) would flood the output.
     # Ctrl+C raises KeyboardInterrupt at once: Tune's own handler would let the Tuner end
     # "normally" with the trials it stopped marked failed, which read as a finished study.
-    with tracking.environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(slots, 1) + 1),
+    with environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(slots, 1) + 1),
                               TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
                               TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
                               TUNE_DISABLE_SIGINT_HANDLER="1",
@@ -464,27 +263,17 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
         else:
             storage.delete(path)  # nothing to resume from: a Tuner killed before its first state
             tuner = _fresh_tuner(experiment, trainable, storage_path, [
-                tracking.trial_logger(experiment, experiment_ids, family_run_ids, data,
+                trial_logger(experiment, experiment_ids, family_run_ids, data,
                                       model_storage),
                 TrialProgress(experiment), JsonLoggerCallback(), CSVLoggerCallback()])
         records = _fit(tuner, train_storage if distributed else None)
     storage.delete(model_storage)  # every final run's model is in MLflow now
     _check_complete(experiment, records)
     outcomes = aggregate(experiment, records)
-    studies = [_record_study(client, experiment, sparsity, experiment_ids[sparsity],
-                             family_run_ids, outcomes[sparsity],
-                             accuracy_floor(experiment, records, sparsity))
+    studies = [record_study(client, experiment, sparsity, experiment_ids[sparsity],
+                            family_run_ids, outcomes[sparsity],
+                            accuracy_floor(experiment, records, sparsity))
                for sparsity in experiment.sparsity]
     if len(studies) > 1:
-        with tempfile.TemporaryDirectory() as folder:
-            write_sweep([(study.sparsity, study.outcomes) for study in studies],
-                        Path(folder), sweep_title(experiment))
-            tracking.finish_report_run(
-                client, tracking.open_experiment(client, experiment.name), "sweep", folder)
+        record_sweep(client, experiment, studies)
     return studies
-
-
-def sweep_title(experiment: Experiment) -> str:
-    """The heading of an experiment's accuracy-against-sparsity table and figure."""
-    return (f"{experiment.name}: {experiment.model} on {experiment.dataset}, test accuracy "
-            f"against sparsity, {experiment.epochs} epochs")

@@ -43,9 +43,9 @@ from oneprune.export import save_pruned
 from oneprune.state import load_state, save_state
 from oneprune.train import train
 from search import storage
-from search.config import Experiment, Faults
+from search.experiment import Experiment, Faults
 from search.faults import with_faults
-from search.plan import FINAL, train_config
+from search.plan.trials import FINAL, train_config
 
 STATE_FILE = "state.pt"
 TRAIN_MAX_FAILURES = 2  # worker-group restarts within one attempt of a distributed trial

@@ -14,17 +14,9 @@ from hypothesis import strategies as st
 from oneprune.schedules import AGP, OneCycle
 from oneprune.train import initial_model
 from search.config import parse_experiment
-from search.front import FrontPoint, hypervolume, pareto_front
-from search.plan import (
-    TrialRecord,
-    accuracy_floor,
-    aggregate,
-    final_config,
-    final_seeds,
-    search_config,
-    select_best,
-    train_config,
-)
+from search.plan.outcomes import TrialRecord, accuracy_floor, aggregate, select_best
+from search.plan.pareto import FrontPoint, hypervolume, pareto_front
+from search.plan.trials import base_config, final_config, final_seeds, search_config, train_config
 
 EPOCHS = 3
 
@@ -103,7 +95,7 @@ def test_final_runs_of_one_seed_start_alike_in_every_family(experiment):
     """What pairs the differences by seed: final seed s gives every family and the dense
     reference the same initial weights, batch size and data split, whatever its best
     params; another seed gives other weights."""
-    data = experiment.base_config().load_data()
+    data = base_config(experiment).load_data()
     best = {"one_cycle": {"alpha": 20.0, "beta": 3.0, "lr_max": 0.05},
             "agp": {"power": 4.0, "lr_max": 0.002}, "dense": {}}
     runs = {family: train_config(experiment, final_config((0.9, family), 5, params))

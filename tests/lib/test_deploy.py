@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import write_cifar
+from testkit.files import write_cifar
 from torch import nn
 
 from oneprune.data import Batches, load_dataset
@@ -35,11 +35,6 @@ def check_same_function(model: nn.Module, data, slim_model: nn.Module) -> None:
             masked, slimmed = model.eval()(images), slim_model(images)
             assert torch.equal(masked.argmax(1), slimmed.argmax(1))
             assert (masked - slimmed).abs().max() <= 1e-4
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")

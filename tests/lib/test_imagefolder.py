@@ -1,23 +1,18 @@
 """`dataset: imagefolder`: a user's own images in torchvision's ImageFolder layout, through
-the library, the train CLI and the search service (files written by `write_image_folder`:
-JPEG, PNG, greyscale, RGBA, odd sizes)."""
+the library and the train CLI (files written by `write_image_folder`: JPEG, PNG,
+greyscale, RGBA, odd sizes). The service's side: tests/service/test_user_inputs.py."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import write_image_folder
 from PIL import Image
+from testkit.files import write_image_folder
 
+from oneprune.cli import main
 from oneprune.data import DataUnavailableError, imagefolder_cache, load_dataset
 from oneprune.train import TrainConfig, train
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def load(folder, **kwargs):
@@ -133,30 +128,11 @@ def test_training_on_a_folder(image_folder):
     assert abs(result.sparsity - 0.9) < 0.01
 
 
-def run(args, cwd):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-
-
-@pytest.mark.slow
-def test_the_train_cli_prints_one_line_for_a_corrupt_image(image_folder, tmp_path):
+def test_the_train_cli_prints_one_line_for_a_corrupt_image(image_folder, capsys):
     corrupt(image_folder)
-    done = run(["-m", "oneprune.train", "--dataset", "imagefolder", "--data-dir",
-                str(image_folder), "--image-size", "16", "--quiet"], tmp_path)
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.count("\n") == 1 and "cannot read image 'train/bee/004.jpg'" in done.stderr
-
-
-@pytest.mark.slow
-def test_the_service_refuses_bad_data_before_ray_and_mlflow(image_folder, tmp_path):
-    extra_test_class(image_folder)
-    experiment = tmp_path / "folder.yaml"
-    experiment.write_text(yaml.safe_dump({
-        "name": "folder", "dataset": "imagefolder", "data_dir": str(image_folder),
-        "image_size": 16, "epochs": 1, "trials_per_family": 1, "final_seeds": 2}))
-    done = run([str(ROOT / "search" / "run.py"), "--experiment", str(experiment)], tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [
-        f"search/run.py: error: {str(image_folder / 'test')!r} has classes that train/ "
-        f"lacks: eel"]
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+    with pytest.raises(SystemExit) as exit:
+        main(["--dataset", "imagefolder", "--data-dir", str(image_folder), "--image-size",
+              "16", "--quiet"])
+    done = capsys.readouterr()
+    assert exit.value.code == 2 and done.out == ""
+    assert done.err.count("\n") == 1 and "cannot read image 'train/bee/004.jpg'" in done.err

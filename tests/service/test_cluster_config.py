@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -29,10 +28,10 @@ from ray.autoscaler._private import commands as launcher_commands
 from ray.autoscaler._private.command_runner import _with_interactive
 from ray.autoscaler._private.local.node_provider import LocalNodeProvider
 from ray.autoscaler._private.util import prepare_config, validate_config
+from testkit import ROOT
 
 from oneprune.data import DATASETS, DEFAULT_DATA_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster.yaml"
 LOCAL = ROOT / "cluster-local.yaml"
 FILES = [AWS, LOCAL]

@@ -1,84 +1,66 @@
-"""What the experiment's one Tuner runs, and what its trials add up to.
+"""What the trials of a study add up to: each family's outcome, a pure function of the
+finished trials (no Ray, no MLflow).
 
-Every Tune trial of an experiment carries a config that says what it is, so that the
-searcher, the trainable, the MLflow logger and the aggregation read it alike:
-
-    {"part": "search", "sparsity": 0.9, "family": "agp", "number": 3, "params": {...}}
-    {"part": "final", "sparsity": 0.9, "family": "agp", "seed": 1, "params": {...}}
-    {"part": "final", "sparsity": 0.9, "family": "dense", "seed": 1, "params": {}}
-
-A search trial is trial `number` of its (sparsity, family) Optuna study and `params` are
-the values it sampled; a final re-run trains its family's best `params` with a fresh
-`seed`; the dense reference trains without pruning. `aggregate` turns the finished
-trials into each study's per-family outcomes: a pure function, no Ray or MLflow.
-
-With a sparsity range, `params` holds the sampled `final_sparsity` (the group's sparsity is
-the range's upper end, a key only), every search trial has two objectives (`objectives`),
+`aggregate` turns the finished trials (`TrialRecord`) into each study's per-family outcomes
+(`FamilyOutcome`): search statistics, the best trial (`select_best`) and the final runs'
+accuracies. With a sparsity range every search trial has two objectives (`objectives`),
 and a family's "best" trial is its sparsest within `max_drop` of dense (`select_best` with
 the `accuracy_floor` the dense references set).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from oneprune.config import TrainConfig
-from search.front import FrontPoint, hypervolume, pareto_front
-from search.report import DENSE, FamilyOutcome
-from search.space import trial_config
+from oneprune.lr import CoupledLR
+from oneprune.schedules import Schedule
+from search.plan.pareto import FrontPoint, hypervolume, pareto_front
+from search.plan.trials import (
+    DENSE,
+    FINAL,
+    SEARCH,
+    Group,
+    base_config,
+    group_of,
+    target_sparsity,
+    train_config,
+)
+from search.stats import mean_interval
 
 if TYPE_CHECKING:
-    from search.config import Experiment
+    from search.experiment import Experiment
 
-SEARCH, FINAL = "search", "final"
 METRIC = "val_acc"
 
-Group = tuple[float, str]  # (sparsity, family): one Optuna study, one ASHA bracket
 
+@dataclass
+class FamilyOutcome:
+    """What a family's search and final re-runs produced (`schedule=None`: dense)."""
 
-def search_config(group: Group, number: int, params: Mapping[str, Any]) -> dict:
-    return {"part": SEARCH, "sparsity": group[0], "family": group[1], "number": number,
-            "params": dict(params)}
-
-
-def final_config(group: Group, seed: int, params: Mapping[str, Any]) -> dict:
-    return {"part": FINAL, "sparsity": group[0], "family": group[1], "seed": seed,
-            "params": dict(params)}
-
-
-def group_of(config: Mapping[str, Any]) -> Group:
-    return (config["sparsity"], config["family"])
-
-
-def is_dense(config: Mapping[str, Any]) -> bool:
-    """A run of the dense reference (its group's sparsity names the study, not the run)."""
-    return config["family"] == DENSE
-
-
-def target_sparsity(config: Mapping[str, Any]) -> float:
-    """The sparsity a trial's training ends at: 0 for the dense reference, else its sampled
-    `final_sparsity` (a sparsity range) or its study's sparsity."""
-    return 0.0 if is_dense(config) else config["params"].get("final_sparsity",
-                                                              config["sparsity"])
-
-
-def final_seeds(experiment: Experiment) -> list[int]:
-    """The seeds of the final re-runs: never the tuning seed."""
-    return [experiment.search.seed + 1 + i for i in range(experiment.final_seeds)]
-
-
-def train_config(experiment: Experiment, config: Mapping[str, Any]) -> TrainConfig:
-    """The training run a trial's `config` stands for."""
-    if is_dense(config):
-        return experiment.base_config(seed=config["seed"])
-    cfg = trial_config(experiment.base_config(config["family"], config["sparsity"]),
-                       config["params"])
-    return cfg if config["part"] == SEARCH else dataclasses.replace(cfg, seed=config["seed"])
+    family: str
+    schedule: Schedule | None
+    lr_policy: CoupledLR | None
+    best_params: dict = field(default_factory=dict)
+    best_val_acc: float = math.nan
+    best_number: int | None = None  # the Optuna trial of `best_params`
+    trials: int = 0
+    trials_completed: int = 0
+    trials_diverged: int = 0  # ended by a non-finite loss (not completed)
+    search_seconds: float = 0.0
+    test_accs: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # of `test_accs`, in the same order
+    val_accs: list[float] = field(default_factory=list)  # each final run's, at its end
+    final_seconds: float = 0.0
+    histories: list[list[dict]] = field(default_factory=list)
+    importances: dict[str, float] = field(default_factory=dict)  # fANOVA, of the search
+    # A sparsity range: every completed search trial (`FrontPoint`) and the
+    # share of the feasible box its front dominates.
+    points: list = field(default_factory=list)
+    hypervolume: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -192,7 +174,7 @@ def aggregate(experiment: Experiment,
                 outcome.best_val_acc = best.result[METRIC]
                 outcome.best_number = best.config["number"]
             elif family == DENSE:
-                outcome.lr_policy = experiment.base_config().lr_policy()
+                outcome.lr_policy = base_config(experiment).lr_policy()
             finals = sorted(by_group.get((FINAL, group), []), key=lambda r: r.config["seed"])
             for record in finals:
                 if record.error or "test_acc" not in record.result:
@@ -207,3 +189,9 @@ def aggregate(experiment: Experiment,
             outcomes.append(outcome)
         studies[sparsity] = outcomes
     return studies
+
+
+def sparsest_then_most_accurate(outcome: FamilyOutcome) -> tuple[float, float]:
+    """How a range verdict ranks the families it re-ran (the registry's `best`): the
+    sparsity reached within the drop, then the mean test accuracy there."""
+    return outcome.schedule.final_sparsity, mean_interval(outcome.test_accs)[0]

@@ -1,4 +1,5 @@
-"""`python -m oneprune.train`: a real run with --out, and bad input (one line, exit 2)."""
+"""`python -m oneprune.train`: a real run with --out, and bad input (one line, exit 2): in
+this process through `main`, and once through the module in a subprocess."""
 
 import json
 import subprocess
@@ -10,21 +11,20 @@ import torch
 from oneprune.cli import main
 from oneprune.export import load_pruned
 
-pytestmark = pytest.mark.slow  # trains in a subprocess
-
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "oneprune.train", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
-def test_a_run_writes_the_pruned_model(tmp_path):
+@pytest.mark.slow  # trains
+def test_a_run_writes_the_pruned_model(tmp_path, capsys):
     out = tmp_path / "run"
-    done = run_cli("--dataset", "digits", "--schedule", "agp", "--sparsity", "0.8",
-                   "--power", "2", "--epochs", "2", "--lr", "0.01", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    assert "epoch 2/2" in done.stderr  # the progress bars
-    summary = done.stdout.splitlines()[0]
+    assert main(["--dataset", "digits", "--schedule", "agp", "--sparsity", "0.8",
+                 "--power", "2", "--epochs", "2", "--lr", "0.01", "--out", str(out)]) == 0
+    done = capsys.readouterr()
+    assert "epoch 2/2" in done.err  # the progress bars
+    summary = done.out.splitlines()[0]
     assert summary.startswith("test_acc ") and "sparsity 80.00" in summary
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 2 and metrics["sparsity"] == pytest.approx(0.8, abs=1e-3)
@@ -35,6 +35,7 @@ def test_a_run_writes_the_pruned_model(tmp_path):
         "initial_sparsity": 0.0, "power": 2.0}
 
 
+@pytest.mark.slow  # a subprocess
 def test_bad_input_through_the_module_is_one_line_without_traceback(tmp_path):
     done = run_cli("--dataset", "cifar10", "--data-dir", str(tmp_path / "missing"))
     assert done.returncode == 2 and done.stdout == ""

@@ -2,61 +2,24 @@
 sparsity range's verdict: how sparse each family got within the drop from dense."""
 
 import csv
-import math
 
-import numpy as np
 import pytest
-from scipy import stats
+from testkit.accuracies import AGP, ONE_CYCLE, SEEDS
 
 from oneprune.lr import CoupledLR
 from oneprune.schedules import AGP as AGP_SCHEDULE
 from oneprune.schedules import OneCycle
-from search.front import FrontPoint, front_rows, write_front_report
+from search.front import front_rows, write_front_report
+from search.plan.outcomes import FamilyOutcome
+from search.plan.pareto import FrontPoint
 from search.report import (
-    FamilyOutcome,
     comparison_rows,
-    difference_interval,
     importance_table,
     markdown_table,
-    paired_difference,
     sweep_rows,
     write_report,
     write_sweep,
 )
-
-SEEDS = [1, 2, 3, 4, 5]
-# Seed effects shared by both families (the same initial weights and batch order), and a
-# small, steady advantage of the second: paired, it is clear; unpaired, it is drowned.
-SEED_EFFECT = np.array([0.00, 0.04, -0.03, 0.02, -0.05])
-ONE_CYCLE = 0.90 + SEED_EFFECT
-AGP = 0.905 + SEED_EFFECT + np.array([0.001, -0.001, 0.002, 0.0, -0.0055])
-
-
-def test_the_paired_interval_is_students_t_of_the_per_seed_differences():
-    diff = paired_difference(AGP, SEEDS, ONE_CYCLE, SEEDS)
-    reference = stats.ttest_rel(AGP, ONE_CYCLE).confidence_interval(0.95)
-    assert diff.method == "paired" and diff.paired_seeds == 5 and diff.wins == 4
-    assert diff.diff == pytest.approx(np.mean(AGP - ONE_CYCLE))
-    assert (diff.low, diff.high) == pytest.approx((reference.low, reference.high))
-    assert diff.low > 0  # separable once paired ...
-    welch = difference_interval(AGP, ONE_CYCLE)
-    reference = stats.ttest_ind(AGP, ONE_CYCLE, equal_var=False).confidence_interval(0.95)
-    assert welch[1:] == pytest.approx((reference.low, reference.high))
-    assert welch[1] < 0 < welch[2]  # ... not when the seeds' shared effects are ignored
-
-
-def test_pairing_follows_the_seeds_not_the_order():
-    shuffled = [4, 0, 3, 1, 2]
-    diff = paired_difference(AGP[shuffled], [SEEDS[i] for i in shuffled], ONE_CYCLE, SEEDS)
-    assert diff == paired_difference(AGP, SEEDS, ONE_CYCLE, SEEDS)
-
-
-def test_missing_seeds_fall_back_to_welch():
-    diff = paired_difference(AGP[:4], SEEDS[:4], ONE_CYCLE, SEEDS)  # seed 5 failed
-    assert diff.method == "welch" and diff.paired_seeds == 4
-    assert diff[:3] == pytest.approx(difference_interval(AGP[:4], ONE_CYCLE))
-    single = paired_difference(AGP[:1], SEEDS[:1], ONE_CYCLE[:1], SEEDS[:1])
-    assert single.method == "welch" and math.isnan(single.low)
 
 
 def test_the_table_shows_the_paired_interval_and_the_seeds_ahead():

@@ -2,23 +2,16 @@
 installed packages), `timm:<name>`, `model_args`, the `prune` selection, and export / load
 rebuilding the model through the same import path."""
 
-import os
-import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from testkit import ROOT
 
-from oneprune.data import load_dataset
+from oneprune.cli import main
 from oneprune.export import load_pruned, save_pruned
 from oneprune.models import build_model
 from oneprune.train import TrainConfig, check_model, train
-from search.config import parse_experiment
-from search.run import code_to_ship
-
-ROOT = Path(__file__).resolve().parents[1]
 
 USER_MODULE = '''
 from torch import nn
@@ -57,11 +50,6 @@ class Fixed32(nn.Module):
 def user_code(user_code_folder):
     """`usernet.py` in a folder of its own, importable like a user's code on PYTHONPATH."""
     return user_code_folder("usernet", USER_MODULE)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def test_a_user_model_trains_prunes_and_is_rebuilt_on_load(user_code, digits, tmp_path):
@@ -133,19 +121,13 @@ def test_a_model_that_cannot_take_the_images_is_refused(user_code, digits):
 
 
 @pytest.mark.slow
-def test_the_example_module_through_the_train_cli(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "oneprune.train", "--model", "examples.mobilenet:MobileNetLite",
-         "--model-arg", "channels=[8, 16]", "--prune-exclude", "stem.0", "--epochs", "1",
-         "--quiet", "--out", str(tmp_path / "out")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "examples.mobilenet:MobileNetLite on digits" in done.stdout
-    sys.path.insert(0, str(ROOT))
-    try:
-        loaded = load_pruned(tmp_path / "out")
-    finally:
-        sys.path.remove(str(ROOT))
+def test_the_example_module_through_the_train_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT))  # as `python -m oneprune.train` run in the repo
+    assert main(["--model", "examples.mobilenet:MobileNetLite", "--model-arg",
+                 "channels=[8, 16]", "--prune-exclude", "stem.0", "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "examples.mobilenet:MobileNetLite on digits" in capsys.readouterr().out
+    loaded = load_pruned(tmp_path / "out")
     assert type(loaded.model).__name__ == "MobileNetLite"
     assert loaded.model.stem[0].weight.count_nonzero() == loaded.model.stem[0].weight.numel()
     assert loaded.metrics["sparsity"] == pytest.approx(0.9, abs=0.02)
@@ -167,47 +149,9 @@ def test_timm_models_by_name(digits, tmp_path):
         build_model("timm:resnet_nope", 10, 3)
 
 
-@pytest.mark.slow
-def test_timm_missing_is_one_line():
-    script = textwrap.dedent("""
-        import sys
-        sys.modules["timm"] = None  # as if the extra were not installed
-        from oneprune.models import build_model
-        try:
-            build_model("timm:resnet18", 10, 3)
-        except ValueError as error:
-            print(error)
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
-    assert done.stdout == ("model 'timm:resnet18' needs timm, which is not installed: "
-                           "pip install -e \".[timm]\" (or pip install timm)\n")
-
-
-@pytest.mark.slow
-def test_the_code_the_service_ships_to_the_nodes(user_code, monkeypatch):
-    def ship(model):
-        return code_to_ship(parse_experiment({"name": "x", "model": model}))
-
-    assert ship("usernet:build") == [str(user_code / "usernet.py")]   # a module: its file
-    monkeypatch.syspath_prepend(str(ROOT))
-    assert ship("examples.mobilenet:MobileNetLite") == [str(ROOT / "examples")]  # namespace
-    assert ship("convnet") == [] and ship("timm:resnet18") == []
-    assert ship("torchvision.models:resnet18") == []  # installed: the nodes have it
-
-
-@pytest.mark.slow
-def test_the_service_refuses_a_model_with_nothing_to_prune_before_ray(user_code, tmp_path):
-    experiment = tmp_path / "own.yaml"
-    experiment.write_text(
-        "name: own\nmodel: usernet:build\nmodel_args: {head_only: true}\n"
-        "epochs: 1\ntrials_per_family: 1\nfinal_seeds: 2\n")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "search" / "run.py"), "--experiment", str(experiment)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(user_code)})
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == [
-        "search/run.py: error: model has no prunable layers of types ['Conv2d'] left after "
-        "exclude"]
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+def test_timm_missing_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if the extra were not installed
+    with pytest.raises(ValueError) as error:
+        build_model("timm:resnet18", 10, 3)
+    assert str(error.value) == ("model 'timm:resnet18' needs timm, which is not installed: "
+                                "pip install -e \".[timm]\" (or pip install timm)")

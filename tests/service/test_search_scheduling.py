@@ -21,10 +21,11 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from search.config import ConfigError, first_neutral_rung, parse_experiment
-from search.front import FrontPoint, hypervolume
-from search.plan import target_sparsity
-from search.searcher import ExperimentSearcher, GroupScheduler
+from search.config import ConfigError, parse_experiment
+from search.plan.pareto import FrontPoint, hypervolume
+from search.plan.trials import target_sparsity
+from search.scheduler import GroupScheduler, first_neutral_rung
+from search.searcher import ExperimentSearcher
 from search.study import load_data, run_experiment
 
 pytestmark = pytest.mark.slow  # studies on the two-node Ray cluster

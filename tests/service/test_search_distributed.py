@@ -8,16 +8,15 @@ lives outside the repository and the installed packages, importable by the drive
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 import ray
 import yaml
-from conftest import run_search, runs_by_role
+from testkit import ROOT
+from testkit.driver import run_search, runs_by_role
 
 pytestmark = pytest.mark.slow  # a study on the two-node Ray cluster
 
-ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, SEEDS = 2, 2
 
 USER_MODULE = '''

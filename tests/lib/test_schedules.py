@@ -3,13 +3,13 @@ serialisation, Optuna search spaces and the plot helper."""
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from testkit import ROOT
 
 from oneprune.plots import plot_schedules
 from oneprune.schedules import (
@@ -256,7 +256,7 @@ def test_optuna_study_samples_only_valid_schedules(family, sampler):
 def test_the_readme_documents_every_familys_default_bounds():
     """The README's table of families states each one's `DEFAULT_BOUNDS` (and the text
     its `min_length`), as the code has them."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     documented = {}
     for family, bounds in re.findall(r"^\| `(\w+)` \| `\w+\(.*\| (.*) \|$", readme, re.M):
         documented[family] = {name: (float(low), float(high)) for name, low, high

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from oneprune.data import Batches, load_dataset
+from oneprune.data import Batches
 from oneprune.export import MODEL_FILE, load_pruned, save_pruned
 from oneprune.schedules import AGP, Iterative, OneCycle, OneShot
 from oneprune.train import TrainConfig, evaluate, load_state, save_state, train
@@ -14,11 +14,6 @@ from oneprune.train import TrainConfig, evaluate, load_state, save_state, train
 QUICK = TrainConfig(epochs=3, batch_size=128, lr_max=1e-2, device="cpu")
 REPORT_KEYS = {"epoch", "step", "progress", "lr", "target_sparsity", "sparsity", "train_loss",
                "val_loss", "val_acc", "epoch_seconds", "diverged"}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", val_fraction=QUICK.val_fraction, seed=QUICK.split_seed)
 
 
 def without_times(history):

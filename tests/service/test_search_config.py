@@ -2,29 +2,24 @@
 key, through the library and through the real CLI (exit 2, nothing written to MLflow)."""
 
 import copy
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from conftest import run_search
 from mlflow.tracking import MlflowClient
+from testkit import ROOT
+from testkit.driver import run_search
 
 from oneprune.allocation import DEPTH_SEARCH
 from oneprune.cli import _parser as train_parser
 from oneprune.config import TrainConfig
 from oneprune.schedules import OneCycle
-from search.config import (
-    ConfigError,
-    Faults,
-    SparsityRange,
-    load_experiment,
-    parse_experiment,
-)
-from search.space import define_by_run, midpoint_schedule, trial_config
+from search.config import ConfigError, load_experiment, parse_experiment
+from search.experiment import Faults, SparsityRange
+from search.plan.trials import base_config, midpoint_schedule, trial_config
+from search.space import define_by_run
 from search.study import load_data
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 
 VALID = {"name": "t", "dataset": "digits", "sparsity": 0.9, "epochs": 2,
@@ -57,7 +52,7 @@ def test_shipped_experiments_load(path):
 
 
 def test_paper_grid_is_complete():
-    grid = {(e.model, e.dataset, s) for e in map(load_experiment, EXPERIMENTS)
+    grid = {(base_config(e).model, e.dataset, s) for e in map(load_experiment, EXPERIMENTS)
             if e.epochs == 25 for s in e.sparsity}
     assert grid == {(m, d, s) for m in ("vgg16", "resnet18")
                     for d in ("cifar10", "cifar100", "caltech101") for s in (0.8, 0.9, 0.95)}
@@ -172,24 +167,24 @@ def test_every_training_setting_is_an_experiment_key_and_reaches_the_trials():
     experiment = parse_experiment(raw)
     placed = {name for name, spec in TrainConfig.settings().items()
               if spec.metadata["where"] is not None}
-    cfg = experiment.base_config("agp", 0.9)
+    cfg = base_config(experiment, "agp", 0.9)
     for name, value in {**values, **training}.items():
         assert name in placed
         got = getattr(cfg, name)
         assert (got.to_dict() if name == "prune" else got) == value, name
     # A fixed coupling and recovery gain reach the trials (the dense reference has none).
-    assert experiment.base_config().coupling == "none"
+    assert base_config(experiment).coupling == "none"
 
     tuned = parse_experiment({**VALID, "training": {"momentum": [0.8, 0.95],
                                                     "optimizer": ["sgd", "adam"]}})
     assert tuned.tuned == {"momentum": (0.8, 0.95), "optimizer": ("sgd", "adam")}
-    assert tuned.base_config("agp", 0.9).momentum == pytest.approx(0.875)
-    assert tuned.base_config("agp", 0.9).optimizer == "sgd"
+    assert base_config(tuned, "agp", 0.9).momentum == pytest.approx(0.875)
+    assert base_config(tuned, "agp", 0.9).optimizer == "sgd"
     study = optuna.create_study()
     trial = study.ask()
     define_by_run(trial, family="agp", sparsity=0.9, bounds=None, tuned=tuned.tuned)
     assert {"momentum", "optimizer"} <= set(trial.params)
-    run = trial_config(tuned.base_config("agp", 0.9), trial.params)
+    run = trial_config(base_config(tuned, "agp", 0.9), trial.params)
     assert run.momentum == trial.params["momentum"]
 
 
@@ -225,7 +220,7 @@ def test_midpoint_and_define_by_run_give_valid_trial_configs():
 
     experiment = parse_experiment(VALID)
     for family in experiment.families:
-        base = experiment.base_config(family, 0.9)
+        base = base_config(experiment, family, 0.9)
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
         for _ in range(20):
             trial = study.ask()
@@ -240,7 +235,7 @@ def test_midpoint_and_define_by_run_give_valid_trial_configs():
     middle = midpoint_schedule("one_cycle", 0.9)
     assert isinstance(middle, OneCycle) and middle.start < middle.end
     with pytest.raises(ValueError, match="belong to no field"):
-        trial_config(experiment.base_config("agp", 0.9), {"alpha": 3.0})
+        trial_config(base_config(experiment, "agp", 0.9), {"alpha": 3.0})
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -364,7 +359,7 @@ def test_a_list_of_allocations_is_searched_with_depths_exponent_conditional():
     assert experiment.tuned["allocation"] == ("uniform", "erk", "depth")
     assert experiment.tuned["depth_exponent"] == DEPTH_SEARCH  # searched by default
     assert experiment.allocations == ("uniform", "erk", "depth")
-    assert experiment.base_config("agp", 0.9).allocation == "uniform"  # the first choice
+    assert base_config(experiment, "agp", 0.9).allocation == "uniform"  # the first choice
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(30):
@@ -375,7 +370,7 @@ def test_a_list_of_allocations_is_searched_with_depths_exponent_conditional():
         seen.add(chosen)
         # the exponent exists exactly where allocation is depth: one space for every family
         assert ("depth_exponent" in trial.params) == (chosen == "depth")
-        cfg = trial_config(experiment.base_config("agp", 0.9), trial.params)
+        cfg = trial_config(base_config(experiment, "agp", 0.9), trial.params)
         assert cfg.allocation == chosen
         if chosen == "depth":
             assert -4.0 <= cfg.depth_exponent <= 4.0
@@ -440,7 +435,7 @@ def test_a_sparsity_range_is_one_study_whose_trials_sample_their_sparsity():
                       tuned=experiment.tuned)
         assert next(iter(trial.params)) == "final_sparsity"  # sampled first
         assert 0.8 <= trial.params["final_sparsity"] <= 0.99
-        cfg = trial_config(experiment.base_config("agp", 0.99), trial.params)
+        cfg = trial_config(base_config(experiment, "agp", 0.99), trial.params)
         assert cfg.schedule.final_sparsity == trial.params["final_sparsity"]
 
 

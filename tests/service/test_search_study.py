@@ -24,8 +24,8 @@ import pytest
 import ray
 import torch
 import yaml
-from conftest import runs_by_role, start_search
 from mlflow.exceptions import MlflowException
+from testkit.driver import runs_by_role, start_search
 
 from oneprune.data import load_dataset
 from oneprune.schedules import FAMILIES, schedule_from_dict
@@ -362,7 +362,12 @@ def interrupt(log, driver, study):
     assert driver.wait(timeout=120) == 130
     log.close()
     printed = (study["folder"] / "driver.log").read_text()
-    assert "Traceback" not in printed, printed
+    # The driver's own output; Ray forwards its workers' lines with a "(name pid=N)" prefix,
+    # and a reused Tune actor that Ray's SIGTERM stops at teardown may print Python's
+    # "Exception ignored ... SystemExit" there (the signal reached a weakref callback).
+    own = [line for line in printed.splitlines()
+           if not re.match(r"(\x1b\[\d+m)?\(\S+ pid=\d+(, ip=\S+)?\)", line)]
+    assert not any("Traceback" in line for line in own), printed
     assert printed.rstrip().splitlines()[-1] == (
         f"interrupted; continue with: python search/run.py {' '.join(study['args'])} "
         f"--address {study['address']} --resume")
@@ -572,11 +577,13 @@ BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser",
                                                 "google-chrome") if shutil.which(name)), None)
 
 
-@pytest.mark.skipif(BROWSER is None, reason="needs Chromium (apt install chromium)")
+@pytest.mark.skipif(BROWSER is None and os.environ.get("CI") != "true",
+                    reason="needs Chromium (apt install chromium)")
 def test_the_printed_url_opens_the_runs_table_in_a_browser(finished, tmp_path):
     """`mlflow ui` on the study's store, and the printed URL opened in headless Chromium:
     what loads is the runs table with the family parents (their trials nested under them),
-    not MLflow 3's GenAI overview."""
+    not MLflow 3's GenAI overview. Under CI=true a missing browser fails the test."""
+    assert BROWSER is not None, "CI=true and no Chromium: .ci/run installs it (apt)"
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", finished["uri"],

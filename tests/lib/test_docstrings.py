@@ -5,10 +5,9 @@ import doctest
 import pytest
 
 from oneprune import config, deploy, lr, pruning, schedules
-from search import front
 
 
-@pytest.mark.parametrize("module", [schedules, pruning, lr, config, deploy, front],
+@pytest.mark.parametrize("module", [schedules, pruning, lr, config, deploy],
                          ids=lambda module: module.__name__)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)

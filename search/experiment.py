@@ -1,0 +1,158 @@
+"""What a study is: a validated experiment file (`Experiment`) and its parts.
+
+`search.config` parses a file into these; everything after reads them. The fixed training
+settings are `Experiment.train`, the searched ones `Experiment.tuned`; the `TrainConfig` a
+trial trains is derived from them by `search.plan.trials`.
+
+A sparsity range (`SparsityRange`) makes the final sparsity a searched parameter of every
+family (`final_sparsity`) and a second objective: one study, whose trials maximise
+validation accuracy and sparsity, feasible when their validation accuracy is at most
+`max_drop` points below the dense reference's (`search.plan.outcomes.accuracy_floor`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oneprune.config import TrainConfig
+
+SETTINGS = TrainConfig.settings()
+DEFAULT_FAMILIES = ("one_cycle", "one_shot", "iterative", "agp")
+KILL_POINTS = ("registering",)  # where a test-only fault may kill the driver
+SAMPLERS = ("tpe", "random")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+OPTUNA_FILE = "optuna.db"  # the default Optuna storage: this file beside a sqlite MLflow store
+
+
+class ConfigError(ValueError):
+    """An experiment file that cannot run; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class SparsityRange:
+    """`sparsity: {min, max, max_drop}`: the final sparsity is searched in [min, max], and a
+    trial counts only if its validation accuracy is within `max_drop` points (of 100) of
+    the dense reference's."""
+
+    min: float
+    max: float
+    max_drop: float = 1.0
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How each family's study samples: Optuna sampler and seed, optional ASHA, bounds."""
+
+    sampler: str = "tpe"
+    seed: int = 0
+    asha: bool = False
+    grace_period: int = 1
+    space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial holds on the cluster: `workers_per_trial` processes (more than one: a
+    Ray Train DDP run), each with `cpus_per_trial` CPUs and `gpus_per_trial` GPUs."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Test-only fault injection, to prove the service survives them (README, Reliability).
+
+    `raise_at_epoch`: a trial raises at the end of that epoch, before its checkpoint is
+    saved, on every attempt that did not resume from a checkpoint (its retry resumes and
+    passes; at epoch 1 every attempt fails). `nan_at_epoch` (>= 2): a trial's weights turn
+    NaN once the epoch before is saved, so that epoch's loss is NaN. `raise_families` and
+    `nan_families`: the families whose trials and final runs get each fault ("dense": the
+    dense reference); None: all. `kill_driver_at: registering`: the driver kills itself
+    (SIGKILL) once it has registered the first family's model.
+    """
+
+    raise_at_epoch: int | None = None
+    raise_families: tuple[str, ...] | None = None
+    nan_at_epoch: int | None = None
+    nan_families: tuple[str, ...] | None = None
+    kill_driver_at: str | None = None
+
+    def for_family(self, family: str) -> Faults | None:
+        """The faults a run of `family` gets (None: none)."""
+        mine = Faults(
+            raise_at_epoch=self.raise_at_epoch if self.raise_families is None
+            or family in self.raise_families else None,
+            nan_at_epoch=self.nan_at_epoch if self.nan_families is None
+            or family in self.nan_families else None)
+        return mine if mine.raise_at_epoch or mine.nan_at_epoch else None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment file: one study per sparsity, every family searched alike.
+
+    `train` holds the fixed training settings the file gives (the rest keep their
+    `TrainConfig` defaults), `tuned` the searched ones: a (low, high) range or a tuple of
+    choices per setting, in file order (the order Optuna suggests them in). With a
+    `sparsity_range`, `sparsity` is its upper end alone: the one study's key (each trial's
+    own sparsity is its `final_sparsity` parameter).
+    """
+
+    name: str
+    sparsity: tuple[float, ...] = (0.9,)
+    sparsity_range: SparsityRange | None = None
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    trials_per_family: int = 8
+    final_seeds: int = 3
+    search: SearchSettings = field(default_factory=SearchSettings)
+    resources: Resources = field(default_factory=Resources)
+    checkpoint_every: int = 5
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    optuna_storage: str | None = None
+    faults: Faults | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
+    tuned: Mapping[str, tuple] = field(default_factory=dict)
+
+    @property
+    def allocations(self) -> tuple[str, ...]:
+        """The allocations the trials may use: the searched ones, or the one fixed."""
+        return self.tuned.get("allocation", (self.train.get("allocation",
+                                                            SETTINGS["allocation"].default),))
+
+    @property
+    def trained_sparsities(self) -> tuple[float, ...]:
+        """The final sparsities a run may train to, at their extremes: every listed one, or
+        both ends of the range."""
+        if self.sparsity_range is None:
+            return self.sparsity
+        return (self.sparsity_range.min, self.sparsity_range.max)
+
+    @property
+    def dataset(self) -> str:
+        return self.train.get("dataset", SETTINGS["dataset"].default)
+
+    @property
+    def epochs(self) -> int:
+        return self.train.get("epochs", SETTINGS["epochs"].default)
+
+    @property
+    def optuna_storage_url(self) -> str:
+        """Where the Optuna studies live: `optuna_storage`, or by default `optuna.db` beside
+        a sqlite MLflow store (in the working folder for any other tracking URI)."""
+        if self.optuna_storage is not None:
+            return self.optuna_storage
+        if self.tracking_uri.startswith("sqlite:///"):
+            mlflow_db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            return f"sqlite:///{mlflow_db.parent / OPTUNA_FILE}"
+        return f"sqlite:///{OPTUNA_FILE}"
+
+    def study_name(self, sparsity: float) -> str:
+        """The MLflow experiment (and Tune folder prefix) of the study at `sparsity`."""
+        if len(self.sparsity) == 1:
+            return self.name
+        return f"{self.name}-s{sparsity * 100:g}"

@@ -1,0 +1,135 @@
+"""The verdict of each study, written to MLflow once its Tuner is done.
+
+Each family run is closed with its search metrics, the importances of its searched
+parameters (`search.importance`) and its best config (the dense reference's with its
+config and mean test accuracy); the comparison run gets the table and figures
+(`search.report`, or under a sparsity range `search.front`: each family's front and
+hypervolume, and how sparse its re-run point got within `max_drop` of dense); each family's
+model is registered (`search.registry`: the final runs' models were logged as they ended).
+An experiment with several sparsities also gets a `sweep` run, accuracy against sparsity.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from search import registry, tracking
+from search.experiment import Experiment
+from search.faults import kill_driver_if
+from search.front import write_front_report
+from search.importance import study_importances
+from search.plan.outcomes import FamilyOutcome, sparsest_then_most_accurate
+from search.plan.pareto import pareto_front
+from search.plan.trials import DENSE, base_config, final_config, train_config
+from search.report import write_report, write_sweep
+from search.searcher import optuna_study_name
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """One study's verdict: its sparsity, title, comparison table (Markdown) and each
+    family's outcome (dense last)."""
+
+    name: str
+    sparsity: float
+    title: str
+    table: str
+    outcomes: list[FamilyOutcome]
+    experiment_id: str  # its MLflow experiment
+    models: list[registry.Handover]  # each family's registered model
+
+
+def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
+                  experiment_id: str, family_run_ids: Mapping[tuple[float, str], str],
+                  outcomes: list[FamilyOutcome], floor: float | None) -> StudyResult:
+    """Close each family run with its search metrics and best config (the dense
+    reference's with its config and mean test accuracy), and log the comparison of the
+    study at `sparsity` (`floor`: a sparsity range's accuracy floor, else None)."""
+    name, model = experiment.study_name(sparsity), base_config(experiment).model
+    span = experiment.sparsity_range
+    test_acc_means = {o.family: sum(o.test_accs) / len(o.test_accs)
+                      for o in outcomes if o.test_accs}
+    for outcome in outcomes:
+        if outcome.family == DENSE:
+            tracking.finish_family(
+                client, family_run_ids[(sparsity, DENSE)], base_config(experiment).to_dict(),
+                {"test_acc_mean": test_acc_means[DENSE]} if DENSE in test_acc_means else {})
+            continue
+        outcome.importances = study_importances(
+            experiment.optuna_storage_url, optuna_study_name(experiment, (sparsity,
+                                                                           outcome.family)))
+        run_id = family_run_ids[(sparsity, outcome.family)]
+        metrics = {"trials": outcome.trials, "trials_completed": outcome.trials_completed,
+                   "trials_diverged": outcome.trials_diverged,
+                   "search_seconds": outcome.search_seconds}
+        if span is not None:
+            metrics.update(hypervolume=outcome.hypervolume,
+                           trials_feasible=sum(p.feasible for p in outcome.points),
+                           front_points=len(pareto_front(outcome.points)))
+        if outcome.schedule is None:
+            if span is not None and outcome.trials_completed:  # none within the drop
+                tracking.finish_family(client, run_id, {}, metrics)
+            else:
+                tracking.fail_family(client, run_id, metrics)
+            continue
+        best = train_config(experiment, final_config((sparsity, outcome.family),
+                                                     experiment.search.seed,
+                                                     outcome.best_params))
+        if span is not None:
+            metrics["sparsity_reached"] = best.schedule.final_sparsity
+        tracking.finish_family(client, run_id, best.to_dict(), {
+            "best_val_acc": outcome.best_val_acc, **metrics,
+            **{f"importance.{param}": value for param, value in outcome.importances.items()}})
+    headline = {f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()}
+    with tempfile.TemporaryDirectory() as folder:
+        if span is None:
+            title = (f"{name}: {model} on {experiment.dataset} at "
+                     f"{sparsity:.0%} sparsity, {experiment.epochs} epochs")
+            table = write_report(outcomes, Path(folder), title)
+        else:
+            title = (f"{name}: {model} on {experiment.dataset}, how sparse within "
+                     f"{span.max_drop:g} point(s) of dense (sparsity searched in "
+                     f"[{span.min:.0%}, {span.max:.0%}]), {experiment.epochs} epochs")
+            table = write_front_report(outcomes, Path(folder), title, floor=floor,
+                                       max_drop=span.max_drop)
+            headline.update({f"hypervolume.{o.family}": o.hypervolume for o in outcomes
+                             if o.family != DENSE})
+            headline.update({f"sparsity_reached.{o.family}": o.schedule.final_sparsity
+                             for o in outcomes if o.schedule is not None})
+            if math.isfinite(floor):
+                headline["accuracy_floor"] = floor
+        tracking.finish_report_run(client, experiment_id, "comparison", folder, headline)
+
+    def final_run(family: str, seed: int) -> str:
+        return tracking.find_runs(client, experiment_id, {
+            tracking.ROLE: "final", tracking.FAMILY: family, tracking.SEED: str(seed)}
+        )[0].info.run_id
+
+    models = registry.hand_over(experiment.tracking_uri, name, outcomes, final_run, title,
+                                rank=None if span is None else sparsest_then_most_accurate,
+                                registered=lambda: kill_driver_if(experiment.faults,
+                                                                  "registering"))
+    return StudyResult(name, sparsity, title, table, outcomes, experiment_id, models)
+
+
+def record_sweep(client: MlflowClient, experiment: Experiment,
+                 studies: Sequence[StudyResult]) -> None:
+    """Log accuracy against sparsity over every study of `experiment` (several
+    sparsities) as a `sweep` run in the MLflow experiment named after it."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_sweep([(study.sparsity, study.outcomes) for study in studies], Path(folder),
+                    sweep_title(experiment))
+        tracking.finish_report_run(client, tracking.open_experiment(client, experiment.name),
+                                   "sweep", folder)
+
+
+def sweep_title(experiment: Experiment) -> str:
+    """The heading of an experiment's accuracy-against-sparsity table and figure."""
+    return (f"{experiment.name}: {base_config(experiment).model} on {experiment.dataset}, "
+            f"test accuracy against sparsity, {experiment.epochs} epochs")

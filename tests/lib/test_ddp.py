@@ -1,0 +1,102 @@
+"""Under real DDP (gloo, two spawned processes): every rank computes identical masks on its
+own, whatever the allocation; and `train` shards the data, keeps the masks and replicas
+identical, and reports from rank 0. One process group runs both (spawning is the cost)."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.distributed as dist
+from testkit.distributed import run_distributed
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from oneprune.allocation import ALLOCATIONS
+from oneprune.pruning import Pruner
+from oneprune.schedules import OneCycle
+from oneprune.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # spawns a gloo process group
+
+
+def _train_and_prune(rank: int) -> dict:
+    masks, sparsities = {}, {}
+    for allocation in ALLOCATIONS:
+        torch.manual_seed(rank)  # different initial weights: DDP broadcasts rank 0's
+        model = DistributedDataParallel(nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)))
+        with torch.no_grad():  # ties, broken by position the same way everywhere
+            model.module[2].weight[:, :, 1].fill_(0.05)
+        pruner = Pruner(model, allocation=allocation, depth_exponent=1.0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        # uniform+ keeps the first layer dense and 20% of the last: at most 58% here
+        for target in (0.2, 0.4, 0.5) if allocation == "uniform_plus" else (0.2, 0.5, 0.7):
+            pruner.prune_to(target)
+            x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))  # this rank's shard
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            pruner.apply_masks()
+        mine = torch.cat([m.flatten() for m in pruner.state_dict()["masks"].values()])
+        gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, mine)
+        masks[allocation], sparsities[allocation] = gathered, pruner.sparsity()
+    return {"masks": masks, "sparsity": sparsities}
+
+
+CONFIG = TrainConfig(epochs=2, batch_size=32, lr_max=1e-2, device="cpu",
+                     schedule=OneCycle(0.8), allocation="global")
+
+
+def _all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor)
+    return gathered
+
+
+def _train(rank: int) -> dict:
+    reports = []
+    result = train(CONFIG, reports.append)
+    masks = torch.cat([m.flatten() for m in result.pruner.state_dict()["masks"].values()])
+    weights = torch.cat([p.detach().flatten() for p in result.model.parameters()])
+    summary = torch.tensor([result.val_acc, result.test_acc,
+                            result.history[-1]["train_loss"]], dtype=torch.float64)
+    counts = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, len(reports))
+    return {"masks": _all_gather(masks), "weights": _all_gather(weights),
+            "summary": _all_gather(summary), "reports": counts,
+            "steps": reports[-1]["step"] if reports else 0, "sparsity": result.sparsity}
+
+
+def _both(rank: int) -> dict:
+    return {"prune": _train_and_prune(rank), "train": _train(rank)}
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory):
+    """What rank 0 returned from both jobs, run once in one process group."""
+    return run_distributed(_both, 2, tmp_path_factory.mktemp("ddp"))
+
+
+def test_ranks_compute_identical_masks_for_every_allocation(group):
+    result = group["prune"]
+    for allocation in ALLOCATIONS:
+        first, second = result["masks"][allocation]
+        assert torch.equal(first, second), allocation
+        final = 0.5 if allocation == "uniform_plus" else 0.7
+        assert result["sparsity"][allocation] == pytest.approx(final, abs=0.01)
+        assert not first.all()
+
+
+def test_ddp_training_keeps_masks_identical_and_shards_the_data(group, digits):
+    got = group["train"]
+    assert torch.equal(got["masks"][0], got["masks"][1])
+    assert torch.equal(got["weights"][0], got["weights"][1])  # DDP kept the replicas equal
+    assert torch.equal(got["summary"][0], got["summary"][1])  # metrics all-reduced
+    assert got["reports"] == [2, 0]  # rank 0 reports, once per epoch
+    # each rank takes half of every pass: 1293 samples -> 646 per rank -> 20 batches of 32
+    assert got["steps"] == 2 * (1293 // 2 // 32)
+    assert abs(got["sparsity"] - 0.8) < 1e-3
+    single = train(dataclasses.replace(CONFIG, epochs=1), data=digits)
+    assert single.history[-1]["step"] == 1293 // 32
