@@ -461,3 +461,57 @@ def test_head_commands_start_one_mlflow_and_ray_down_stops_it(path, tmp_path):
                 os.killpg(group, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_a_node_without_a_gpu_installs_pytorchs_cpu_wheels(path, tmp_path):
+    """The torch install line, run in bash with a fake pip that records its arguments: a node
+    where `nvidia-smi -L` fails (none here) adds PyTorch's CPU index (or the mirror
+    ONEPRUNE_TORCH_CPU_INDEX names); a GPU node installs from PyPI alone."""
+    (line,) = [cmd for cmd in commands(load(path), "setup_commands") if "torch==" in cmd]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "pip").write_text(f'#!/bin/bash\necho "$*" > {tmp_path}/pip.args\n')
+    (fake / "pip").chmod(0o755)
+
+    def pip_args(gpu, **env):
+        (fake / "nvidia-smi").unlink(missing_ok=True)
+        if gpu:
+            (fake / "nvidia-smi").write_text("#!/bin/bash\necho 'GPU 0: H100'\n")
+            (fake / "nvidia-smi").chmod(0o755)
+        subprocess.run(["bash", "-c", line], check=True, timeout=30,
+                       env={"PATH": f"{fake}:/usr/bin:/bin", **env})
+        return (tmp_path / "pip.args").read_text().split()
+
+    cpu = pip_args(gpu=False)
+    assert cpu[cpu.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    assert "torch==2.14.1" in cpu
+    mirror = pip_args(gpu=False, ONEPRUNE_TORCH_CPU_INDEX="https://mirror/torch-cpu/simple")
+    assert mirror[mirror.index("--extra-index-url") + 1] == "https://mirror/torch-cpu/simple"
+    assert "--extra-index-url" not in pip_args(gpu=True)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("hard", ["1024", "20000", "65536", "1048576", "unlimited"])
+def test_the_open_file_limit_rises_to_65536_or_the_hard_limit(path, hard):
+    """Each start command's `ulimit` prefix, in bash, where `ulimit` answers `hard` for the
+    hard limit (an ordinary SSH user's is often below 65536) and records the soft limit
+    asked for: min(hard, 65536), and never more than the hard limit allows. The real
+    builtin then sets this machine's own limit the same way, without an error."""
+    config = load(path)
+    starts = commands(config, "head_start_ray_commands", "worker_start_ray_commands")
+    prefixes = {cmd.split("RAY_AUTH_MODE=token ray start")[0] for cmd in starts
+                if "ray start" in cmd}
+    assert len(prefixes) == 1 and "ulimit" in next(iter(prefixes))
+    prefix = next(iter(prefixes))
+    fake = (f'ulimit() {{ if [ "$1" = -Hn ]; then echo {hard}; else echo "soft $2"; fi; }}; ')
+    done = subprocess.run(["bash", "-c", fake + prefix], capture_output=True, text=True,
+                          timeout=30)
+    assert done.stderr == "" and done.returncode == 0
+    expected = 65536 if hard == "unlimited" else min(int(hard), 65536)
+    assert done.stdout.split() == ["soft", str(expected)]
+    real = subprocess.run(["bash", "-c", prefix + "ulimit -Hn; ulimit -n"],
+                          capture_output=True, text=True, timeout=30)
+    assert real.stderr == "" and real.returncode == 0
+    limit, soft = real.stdout.split()
+    assert soft == str(65536 if limit == "unlimited" else min(int(limit), 65536))
