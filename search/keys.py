@@ -99,7 +99,7 @@ _RANGE = {
                "Highest final sparsity a trial may sample, in (0, 1), above min."),
     "max_drop": Key(_checked(_validate.real, low=0.0, high=100.0),
                     "Points of validation accuracy (of 100) a trial may lose to the dense "
-                    "reference and still count, in [0, 100]; default 1.0."),
+                    "reference and still count, in [0, 100]."),
 }
 
 
@@ -223,10 +223,10 @@ _RESOURCES = {
                              "DistributedDataParallel (Ray Train)."),
 }
 _TRACKING = {
-    "tracking_uri": Key(_tracking_uri, "MLflow tracking URI; default sqlite:///mlflow.db "
-                        "in the working folder."),
-    "optuna_storage": Key(_storage_url, "Optuna RDB storage URL; default optuna.db beside "
-                          "a sqlite MLflow store."),
+    "tracking_uri": Key(_tracking_uri, "MLflow tracking URI (a sqlite file in the working "
+                        "folder by default)."),
+    "optuna_storage": Key(_storage_url, "Optuna RDB storage URL (by default optuna.db beside "
+                          "a sqlite MLflow store)."),
 }
 _FAULTS = {  # the epochs' upper bound is checked against `epochs` in `_check_runnable`
     "raise_at_epoch": Key(_checked(_validate.integer, low=1, high=10_000),
@@ -243,8 +243,8 @@ _FAULTS = {  # the epochs' upper bound is checked against `epochs` in `_check_ru
 
 
 _TOP = {
-    "name": Key(_name, "The study's name: its MLflow experiment (with -s<percent> per "
-                "sparsity when several) and registered-model prefix. Required."),
+    "name": Key(_name, "The study's name: its MLflow experiment (name-s90 and so on "
+                "when several sparsities) and registered-model prefix."),
     **{name: _setting_key(name) for name, spec in SETTINGS.items()
        if spec.metadata["where"] == "top"},
     "scope": Key(lambda key, value: from_scope(_validate.choice(key, value,
@@ -252,17 +252,17 @@ _TOP = {
                  "Older name of allocation: local is uniform, global is global."),
     "sparsity": Key(_sparsities, "Final sparsity in (0, 1); a list of them (one study "
                     "each); or a range {min, max, max_drop} searched as a second "
-                    "objective. Default 0.9."),
+                    "objective."),
     "families": Key(_choices(tuple(FAMILIES)), "Schedule families compared, each searched "
-                    "alike. Default: one_cycle, one_shot, iterative, agp."),
+                    "alike."),
     "trials_per_family": Key(_checked(_validate.integer, low=1, high=100_000),
-                             "Search trials per family (the equal budget). Default 8."),
+                             "Search trials per family (the equal budget)."),
     "final_seeds": Key(_checked(_validate.integer, low=2, high=1_000),
                        "Fresh seeds each family's best config is re-run with (at least 2: "
-                       "an interval needs two). Default 3."),
+                       "an interval needs two)."),
     "checkpoint_every": Key(_checked(_validate.integer, low=1, high=10_000),
                             "Epochs between a trial's checkpoints (only the newest is "
-                            "kept). Default 5."),
+                            "kept)."),
     "search": Key(lambda key, value: SearchSettings(**section(value, key, _SEARCH)),
                   "How each family's study samples (section)."),
     "training": Key(lambda key, value: section(value, key, _TRAINING),

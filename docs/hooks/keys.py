@@ -52,7 +52,8 @@ PARAMETER_HELP = {
 
 
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("|", "\\|").replace("\n", " "))
 
 
 def _value(value: Any) -> str:
@@ -85,7 +86,8 @@ def _defaults(section: str) -> dict[str, Any]:
     """Defaults declared by the dataclass a section is parsed into."""
     from search import experiment
 
-    holder = {"search": experiment.SearchSettings, "resources": experiment.Resources,
+    holder = {"": experiment.Experiment, "tracking": experiment.Experiment,
+              "search": experiment.SearchSettings, "resources": experiment.Resources,
               "faults": experiment.Faults, "sparsity": experiment.SparsityRange}.get(section)
     if holder is None:
         return {}

@@ -3,6 +3,7 @@ own, whatever the allocation; and `train` shards the data, keeps the masks and r
 identical, and reports from rank 0. One process group runs both (spawning is the cost)."""
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -55,9 +56,9 @@ def _all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
     return gathered
 
 
-def _train(rank: int) -> dict:
+def _train(rank: int, data) -> dict:
     reports = []
-    result = train(CONFIG, reports.append)
+    result = train(CONFIG, reports.append, data=data)
     masks = torch.cat([m.flatten() for m in result.pruner.state_dict()["masks"].values()])
     weights = torch.cat([p.detach().flatten() for p in result.model.parameters()])
     summary = torch.tensor([result.val_acc, result.test_acc,
@@ -69,14 +70,16 @@ def _train(rank: int) -> dict:
             "steps": reports[-1]["step"] if reports else 0, "sparsity": result.sparsity}
 
 
-def _both(rank: int) -> dict:
-    return {"prune": _train_and_prune(rank), "train": _train(rank)}
+def _both(rank: int, data) -> dict:
+    return {"prune": _train_and_prune(rank), "train": _train(rank, data)}
 
 
 @pytest.fixture(scope="module")
-def group(tmp_path_factory):
-    """What rank 0 returned from both jobs, run once in one process group."""
-    return run_distributed(_both, 2, tmp_path_factory.mktemp("ddp"))
+def group(tmp_path_factory, digits):
+    """What rank 0 returned from both jobs, run once in one process group (the ranks get
+    this process's digits: no rank loads it again)."""
+    return run_distributed(functools.partial(_both, data=digits), 2,
+                           tmp_path_factory.mktemp("ddp"))
 
 
 def test_ranks_compute_identical_masks_for_every_allocation(group):
