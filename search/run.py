@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.getcwd() not in sys.path:  # a model module in the working folder, as `python -m`
         sys.path.append(os.getcwd())
+    # MLflow's per-file download bars (it copies files as it logs a model), for the whole
+    # process: after a Ctrl+C the trial logger's writer still finishes the write in flight,
+    # and its bars would land under the line that says how to resume.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     connected = ray.is_initialized()  # by a caller, who keeps its connection
     try:
         studies, experiment = _run(parser, args)
