@@ -46,8 +46,8 @@ class StudyResult:
 
 
 def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
-                  experiment_id: str, family_run_ids: Mapping[tuple[float, str], str],
-                  outcomes: list[FamilyOutcome], floor: float | None) -> StudyResult:
+                 experiment_id: str, family_run_ids: Mapping[tuple[float, str], str],
+                 outcomes: list[FamilyOutcome], floor: float | None) -> StudyResult:
     """Close each family run with its search metrics and best config (the dense
     reference's with its config and mean test accuracy), and log the comparison of the
     study at `sparsity` (`floor`: a sparsity range's accuracy floor, else None)."""
