@@ -44,14 +44,12 @@ from typing import Any
 import yaml
 
 from oneprune.allocation import DEPTH_SEARCH
-from oneprune.config import TrainConfig
 from search.experiment import ConfigError, Experiment, SparsityRange
-from search.keys import SECTIONS, Tuned, section
+from search.keys import SECTIONS, SETTINGS, Tuned, section
 from search.plan.trials import base_config
 from search.scheduler import check_neutral_asha
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "quick.yaml"
-SETTINGS = TrainConfig.settings()
 __all__ = ["DEFAULT_EXPERIMENT", "ConfigError", "load_experiment", "parse_experiment"]
 
 

@@ -2,10 +2,10 @@
 and each family's best config once its search is over.
 
 Tune's own progress tables are switched off (hundreds of lines for a quick study); this
-callback prints, e.g.:
+callback prints, e.g. (the default study, `python search/run.py`):
 
-    [quick agp] 3/8 5f3a1_00007 done: val_acc 0.9611 at epoch 6, 4.1 s
-    [quick] agp: best val_acc 0.9722 with start=0.1 end=0.61 power=3.2 lr_max=0.0062
+    [quick agp] 1/20 485e6bce done: val_acc 0.7222 at epoch 12, 1.5 s
+    [quick] agp: best val_acc 0.9167 with start=0.1863 end=0.551 power=3.312 ...
 """
 
 from __future__ import annotations
