@@ -47,9 +47,9 @@ import ray
 from _common import json_path, machine, write_json
 
 from oneprune.cli import OneLineParser
-from search.config import load_experiment
+from search.experiment.loading import load_experiment
 from search.plan.trials import target_sparsity
-from search.study import load_data, run_experiment
+from search.tuner.study import load_data, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "experiments" / "paper" / "resnet18_cifar10.yaml"

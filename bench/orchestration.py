@@ -18,7 +18,7 @@ torch, MLflow calls in the driver, the last trials running alone at the end).
 For scale, with the service's settings (`reuse_actors`, one CPU per trial, the same
 concurrency): the same number of no-op trials (three reports each) through one Tuner gives
 Tune's own cost per trial; a Tuner of one no-op trial per slot that imports what a real
-trial imports (`search.trainable`: torch, oneprune) gives the fixed cost of the Tuner's
+trial imports (`search.tuner.trainable`: torch, oneprune) gives the fixed cost of the Tuner's
 start, which the experiment pays once.
 
 Also measured: the bytes the study leaves on disk, under the storage path (Tune's state,
@@ -43,16 +43,15 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from oneprune.cli import OneLineParser
-from search import tracking
-from search.config import DEFAULT_EXPERIMENT, load_experiment
+from search.experiment.loading import DEFAULT_EXPERIMENT, load_experiment
 from search.run import code_to_ship, connect
-from search.searcher import concurrent_slots
-from search.study import load_data, run_experiment
+from search.tuner.searcher import concurrent_slots
+from search.tuner.study import load_data, run_experiment
 
 
 def _no_op_trial(config):
     if config["imports"]:
-        import search.trainable  # noqa: F401  (torch, oneprune, Ray Train)
+        import search.tuner.trainable  # noqa: F401  (torch, oneprune, Ray Train)
     for epoch in range(3):
         tune.report({"epoch": epoch})
 
@@ -121,7 +120,7 @@ def measure(experiment_path: Path, num_cpus: int | None) -> dict:
         for name in map(experiment.study_name, experiment.sparsity):
             study = client.get_experiment_by_name(name)
             for run in client.search_runs([study.experiment_id], max_results=10_000):
-                if run.data.tags[tracking.ROLE] in ("trial", "final"):
+                if run.data.tags[runs.ROLE] in ("trial", "final"):
                     train_seconds += run.data.metrics["train_seconds"]
                     runs += 1
     if trials != runs:

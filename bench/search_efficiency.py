@@ -27,9 +27,9 @@ from _common import json_path, machine, write_json
 
 from oneprune.cli import OneLineParser
 from oneprune.data import ImageData
-from search.config import DEFAULT_EXPERIMENT, load_experiment
-from search.experiment import SAMPLERS, Experiment
-from search.study import load_data, run_experiment
+from search.experiment.loading import DEFAULT_EXPERIMENT, load_experiment
+from search.experiment.schema import SAMPLERS, Experiment
+from search.tuner.study import load_data, run_experiment
 
 
 def search_once(experiment: Experiment, data: ImageData) -> list[float]:

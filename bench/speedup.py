@@ -45,9 +45,9 @@ from torch.utils import benchmark
 
 from oneprune.cli import OneLineParser
 from oneprune.deploy import Deployable, deployable, save_onnx, save_program
-from oneprune.export import to_sparse
 from oneprune.models import build_model
 from oneprune.pruning import Pruner
+from oneprune.saving import to_sparse
 
 NETWORKS = {"resnet18": (3, 32), "vgg16": (3, 32), "convnet": (1, 8)}  # channels, side
 FILTER_SPARSITIES = (0.5, 0.75, 0.9)

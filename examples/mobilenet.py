@@ -4,7 +4,7 @@ Any importable callable that takes `num_classes` and `in_channels` (plus your ow
 arguments) and returns an `nn.Module` can be trained, pruned and searched. From the
 repository root:
 
-    python -m oneprune.train --model examples.mobilenet:MobileNetLite \\
+    python -m oneprune --model examples.mobilenet:MobileNetLite \\
         --model-arg channels=[16,32,64] --epochs 5
 
 or in an experiment file (README, "Bring your own model"):

@@ -1,4 +1,4 @@
-"""`python -m oneprune.train` (also installed as `oneprune-train`): one training run from
+"""`python -m oneprune` (also installed as `oneprune-train`): one training run from
 the command line.
 
 One flag per `TrainConfig` setting, derived from its declaration (`oneprune.config`), plus
@@ -18,14 +18,14 @@ from typing import Any
 from oneprune import _validate
 from oneprune.allocation import SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
-from oneprune.export import save_pruned
+from oneprune.saving import save_pruned
 from oneprune.schedules import FAMILIES, PARAMETERS, Schedule, schedule_from_dict
 from oneprune.train import TrainResult, check_model, train
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line (no usage block) and exits 2: the
-    parser of every command of the project (`python -m oneprune.train`, `search/run.py`,
+    parser of every command of the project (`python -m oneprune`, `search/run.py`,
     the benchmarks)."""
 
     def error(self, message):
@@ -79,7 +79,7 @@ def _add_flags(group, name: str, spec: dataclasses.Field) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     console_script = Path(sys.argv[0]).name == "oneprune-train"
-    p = OneLineParser(prog="oneprune-train" if console_script else "python -m oneprune.train",
+    p = OneLineParser(prog="oneprune-train" if console_script else "python -m oneprune",
                 description="Train a ConvNet once while pruning it along a schedule.")
     groups = {key: p.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for name, spec in TrainConfig.settings().items():
@@ -151,7 +151,7 @@ def _summary(result: TrainResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m oneprune.train`: bad input gives one line on stderr and exit code 2."""
+    """`python -m oneprune`: bad input gives one line on stderr and exit code 2."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:

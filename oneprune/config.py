@@ -48,7 +48,7 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, group: str,
 
     `check(key, value)` returns the normalised value or raises `ValueError` naming `key`
     (the field, an experiment key such as `training.lr_max`, or a flag). `help` and
-    `group` make its `python -m oneprune.train` flag (`--field-name`, plus `flags`).
+    `group` make its `python -m oneprune` flag (`--field-name`, plus `flags`).
     `where` places it in an experiment file: a top-level key ("top"), a key of its
     `training:` section ("training") or none (None: set per trial by the service).
     `tune` says what a study may search: "log" / "linear" (a [low, high] range), "choice"

@@ -1,6 +1,6 @@
 """The one training loop: prune along a schedule while training, in one run.
 
-    python -m oneprune.train --dataset digits --schedule one_cycle --sparsity 0.9 --epochs 15
+    python -m oneprune --dataset digits --schedule one_cycle --sparsity 0.9 --epochs 15
 
 Per batch, with progress t = step / total_steps (step counted from 1, so the last step
 trains at t = 1 with the schedule's final sparsity):
@@ -22,7 +22,7 @@ they are a deterministic function of the (synchronised) weights.
 
 Around the loop: `oneprune.config` (TrainConfig, every setting declared once),
 `oneprune.state` (the resumable state and its files), `oneprune.distributed` (no-op-safe
-collectives) and `oneprune.cli` (the command line, which `python -m oneprune.train` runs).
+collectives) and `oneprune.cli` (the command line, which `python -m oneprune` runs).
 """
 
 from __future__ import annotations
@@ -41,17 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from oneprune.config import TrainConfig, setting
+from oneprune.config import TrainConfig
 from oneprune.data import RESIZED_DATASETS, Batches, ImageData
 from oneprune.distributed import all_sum, gather, rank_and_world_size
 from oneprune.models import MIN_IMAGE_SIZE, build_model
 from oneprune.pruning import Pruner
-from oneprune.state import STATE_KEYS, check_resume, load_state, save_state
-
-# Re-exported: `from oneprune.train import TrainConfig, save_state, ...` keeps working.
-__all__ = ["STATE_KEYS", "TrainConfig", "TrainResult", "check_data", "check_model",
-           "evaluate", "gather", "initial_model", "load_state", "new_model", "new_optimizer",
-           "new_pruner", "save_state", "setting", "train"]
+from oneprune.state import check_resume
 
 EVAL_BATCH_SIZE = 1024
 
@@ -332,8 +327,3 @@ def check_model(cfg: TrainConfig, data: ImageData, *,
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
         raise ValueError(f"model {cfg.model!r} must return logits of shape (batch, "
                          f"{data.num_classes}) for {cfg.dataset}, got {shape}")
-
-if __name__ == "__main__":  # python -m oneprune.train
-    from oneprune.cli import main
-
-    raise SystemExit(main())

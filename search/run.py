@@ -23,16 +23,16 @@ from mlflow.tracking import MlflowClient
 
 from oneprune.cli import OneLineParser
 from oneprune.models import user_code_path, user_module
-from search.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
-from search.experiment import Experiment
+from search.experiment.loading import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+from search.experiment.schema import Experiment
 from search.plan.trials import base_config
-from search.registry import handover_lines
-from search.report import importance_table, sweep_rows, sweep_table
-from search.searcher import check_optuna_storage
-from search.storage import writable as writable_storage
-from search.study import StudyInterrupted, StudyRefused, load_data, run_experiment
-from search.tracking import browse_lines, check_tracking_uri
-from search.verdict import sweep_title
+from search.tracking.record import sweep_title
+from search.tracking.registry import handover_lines
+from search.tracking.runs import browse_lines, check_tracking_uri
+from search.tuner.searcher import check_optuna_storage
+from search.tuner.storage import writable as writable_storage
+from search.tuner.study import StudyInterrupted, StudyRefused, load_data, run_experiment
+from search.verdict.fixed import importance_table, sweep_rows, sweep_table
 
 DEFAULT_STORAGE = "ray_results"  # in the working folder, like ./mlflow.db
 

@@ -84,7 +84,7 @@ def _field_default(field: dataclasses.Field) -> Any:
 
 def _defaults(section: str) -> dict[str, Any]:
     """Defaults declared by the dataclass a section is parsed into."""
-    from search import experiment
+    from search.experiment import schema as experiment
 
     holder = {"": experiment.Experiment, "tracking": experiment.Experiment,
               "search": experiment.SearchSettings, "resources": experiment.Resources,
@@ -97,7 +97,7 @@ def _defaults(section: str) -> dict[str, Any]:
 def keys_table(section: str) -> list[str]:
     """The Markdown table of one section of `search.keys.SECTIONS`."""
     from oneprune.config import TrainConfig
-    from search.keys import SECTIONS
+    from search.experiment.keys import SECTIONS
 
     settings = TrainConfig.settings()
     defaults = _defaults(section)
@@ -155,7 +155,7 @@ def space_tables() -> list[str]:
 
 def render() -> str:
     """The whole generated reference, in Markdown."""
-    from search.keys import SECTIONS
+    from search.experiment.keys import SECTIONS
 
     lines: list[str] = []
     for section in SECTIONS:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from oneprune.lr import CoupledLR
 from oneprune.schedules import Schedule
 from search.plan.pareto import FrontPoint, hypervolume, pareto_front
+from search.plan.stats import mean_interval
 from search.plan.trials import (
     DENSE,
     FINAL,
@@ -29,10 +30,9 @@ from search.plan.trials import (
     target_sparsity,
     train_config,
 )
-from search.stats import mean_interval
 
 if TYPE_CHECKING:
-    from search.experiment import Experiment
+    from search.experiment.schema import Experiment
 
 METRIC = "val_acc"
 

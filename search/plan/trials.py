@@ -28,7 +28,7 @@ from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES, Schedule
 
 if TYPE_CHECKING:
-    from search.experiment import Experiment
+    from search.experiment.schema import Experiment
 
 SEARCH, FINAL = "search", "final"
 DENSE = "dense"  # the family name of the dense reference
@@ -49,6 +49,11 @@ def final_config(group: Group, seed: int, params: Mapping[str, Any]) -> dict:
 
 def group_of(config: Mapping[str, Any]) -> Group:
     return (config["sparsity"], config["family"])
+
+
+def optuna_study_name(experiment: Experiment, group: Group) -> str:
+    """The Optuna study of a (sparsity, family): `<study>/<family>`, e.g. `quick/agp`."""
+    return f"{experiment.study_name(group[0])}/{group[1]}"
 
 
 def is_dense(config: Mapping[str, Any]) -> bool:

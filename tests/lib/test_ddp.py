@@ -13,9 +13,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from oneprune.allocation import ALLOCATIONS
+from oneprune.config import TrainConfig
 from oneprune.pruning import Pruner
 from oneprune.schedules import OneCycle
-from oneprune.train import TrainConfig, train
+from oneprune.train import train
 
 pytestmark = pytest.mark.slow  # spawns a gloo process group
 

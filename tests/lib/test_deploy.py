@@ -10,13 +10,14 @@ import torch
 from testkit.files import write_cifar
 from torch import nn
 
+from oneprune.config import TrainConfig
 from oneprune.data import Batches, load_dataset
 from oneprune.deploy import Normalized, deployable, footprint, save_onnx, save_program
-from oneprune.export import deployable_of, load_pruned, save_pruned
 from oneprune.pruning import Pruner
+from oneprune.saving import deployable_of, load_pruned, save_pruned
 from oneprune.schedules import OneCycle
 from oneprune.structured import slim
-from oneprune.train import TrainConfig, train
+from oneprune.train import train
 
 FILTERS = TrainConfig(epochs=2, batch_size=32, lr_max=1e-2, device="cpu",
                       granularity="filter", schedule=OneCycle(0.5))

@@ -11,8 +11,9 @@ from PIL import Image
 from testkit.files import write_image_folder
 
 from oneprune.cli import main
+from oneprune.config import TrainConfig
 from oneprune.data import DataUnavailableError, imagefolder_cache, load_dataset
-from oneprune.train import TrainConfig, train
+from oneprune.train import train
 
 
 def load(folder, **kwargs):

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from oneprune.config import TrainConfig
 from oneprune.data import Batches
-from oneprune.export import MODEL_FILE, load_pruned, save_pruned
+from oneprune.saving import MODEL_FILE, load_pruned, save_pruned
 from oneprune.schedules import AGP, Iterative, OneCycle, OneShot
-from oneprune.train import TrainConfig, evaluate, load_state, save_state, train
+from oneprune.state import load_state, save_state
+from oneprune.train import evaluate, train
 
 QUICK = TrainConfig(epochs=3, batch_size=128, lr_max=1e-2, device="cpu")
 REPORT_KEYS = {"epoch", "step", "progress", "lr", "target_sparsity", "sparsity", "train_loss",

@@ -1,4 +1,4 @@
-"""`python -m oneprune.train`: a real run with --out, and bad input (one line, exit 2): in
+"""`python -m oneprune`: a real run with --out, and bad input (one line, exit 2): in
 this process through `main`, and once through the module in a subprocess."""
 
 import json
@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from oneprune.cli import main
-from oneprune.export import load_pruned
+from oneprune.saving import load_pruned
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "oneprune.train", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "oneprune", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -68,7 +68,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
         main(args)
     captured = capsys.readouterr()
     assert exit_.value.code == 2 and captured.out == ""
-    assert captured.err.count("\n") == 1 and captured.err.startswith("python -m oneprune.train")
+    assert captured.err.count("\n") == 1 and captured.err.startswith("python -m oneprune")
     assert message in captured.err
 
 

@@ -9,9 +9,10 @@ import torch
 from testkit import ROOT
 
 from oneprune.cli import main
-from oneprune.export import load_pruned, save_pruned
+from oneprune.config import TrainConfig
 from oneprune.models import build_model
-from oneprune.train import TrainConfig, check_model, train
+from oneprune.saving import load_pruned, save_pruned
+from oneprune.train import check_model, train
 
 USER_MODULE = '''
 from torch import nn
@@ -122,7 +123,7 @@ def test_a_model_that_cannot_take_the_images_is_refused(user_code, digits):
 
 @pytest.mark.slow
 def test_the_example_module_through_the_train_cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(ROOT))  # as `python -m oneprune.train` run in the repo
+    monkeypatch.syspath_prepend(str(ROOT))  # as `python -m oneprune` run in the repo
     assert main(["--model", "examples.mobilenet:MobileNetLite", "--model-arg",
                  "channels=[8, 16]", "--prune-exclude", "stem.0", "--epochs", "1", "--quiet",
                  "--out", str(tmp_path / "out")]) == 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from search.config import ConfigError, parse_experiment
+from search.experiment.loading import ConfigError, parse_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -188,7 +188,7 @@ def test_the_built_key_reference_and_api_pages_render(site):
     assert "<blockquote>" not in schedules          # doctest examples are code, not quotes
     assert "schedule_from_dict" in schedules
     search = (site / "reference" / "search" / "index.html").read_text(encoding="utf-8")
-    assert 'id="search.config"' in search
+    assert 'id="search.experiment.loading"' in search
     # Every figure a page shows was copied into the site.
     for page in site.rglob("*.html"):
         for src in re.findall(r'<img[^>]+src="([^"]+)"', page.read_text(encoding="utf-8")):

@@ -10,12 +10,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from oneprune.config import TrainConfig
 from oneprune.data import load_dataset
-from oneprune.export import save_pruned
+from oneprune.saving import save_pruned
 from oneprune.schedules import OneCycle
-from oneprune.train import TrainConfig, train
-from search.export import main
-from search.registry import log_final_model, register_family
+from oneprune.train import train
+from search.export_command import main
+from search.tracking.registry import log_final_model, register_family
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_a_registered_model_exports_by_its_uri(saved, tmp_path, monkeypatch, cap
 ])
 def test_a_bad_source_gets_one_line_and_exit_2(tmp_path, source, expected):
     done = subprocess.run(
-        [sys.executable, "-m", "search.export", source.format(tmp=tmp_path), "--out",
+        [sys.executable, "-m", "search.export_command", source.format(tmp=tmp_path), "--out",
          str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2, done.stderr

@@ -1,10 +1,10 @@
-"""Parameter importances of a family's search (`search.importance`): fANOVA over the whole
+"""Parameter importances of a family's search (`search.verdict.importance`): fANOVA over the whole
 define-by-run space, whose ranges depend on earlier draws."""
 
 import optuna
 import pytest
 
-from search.importance import MIN_TRIALS, param_importances
+from search.verdict.importance import MIN_TRIALS, param_importances
 
 pytestmark = pytest.mark.slow  # fits fANOVA forests (seconds each)
 
@@ -12,7 +12,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def ramp_study(objective, trials=24):
-    """A study over a ramp family's space as `search.space` draws it: `end` from
+    """A study over a ramp family's space as `search.plan.space` draws it: `end` from
     [start + 0.1, 1], so its range differs from trial to trial."""
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))

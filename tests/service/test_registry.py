@@ -13,11 +13,12 @@ import torch
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
+from oneprune.config import TrainConfig
 from oneprune.data import load_dataset
-from oneprune.export import save_pruned
+from oneprune.saving import save_pruned
 from oneprune.schedules import OneCycle
-from oneprune.train import TrainConfig, train
-from search.registry import (
+from oneprune.train import train
+from search.tracking.registry import (
     BEST,
     choose_seed,
     log_final_model,

@@ -9,10 +9,9 @@ from testkit.accuracies import AGP, ONE_CYCLE, SEEDS
 from oneprune.lr import CoupledLR
 from oneprune.schedules import AGP as AGP_SCHEDULE
 from oneprune.schedules import OneCycle
-from search.front import front_rows, write_front_report
 from search.plan.outcomes import FamilyOutcome
 from search.plan.pareto import FrontPoint
-from search.report import (
+from search.verdict.fixed import (
     comparison_rows,
     importance_table,
     markdown_table,
@@ -20,6 +19,7 @@ from search.report import (
     write_report,
     write_sweep,
 )
+from search.verdict.range import front_rows, write_front_report
 
 
 def test_the_table_shows_the_paired_interval_and_the_seeds_ahead():

@@ -14,11 +14,11 @@ from oneprune.allocation import DEPTH_SEARCH
 from oneprune.cli import _parser as train_parser
 from oneprune.config import TrainConfig
 from oneprune.schedules import OneCycle
-from search.config import ConfigError, load_experiment, parse_experiment
-from search.experiment import Faults, SparsityRange
+from search.experiment.loading import ConfigError, load_experiment, parse_experiment
+from search.experiment.schema import Faults, SparsityRange
+from search.plan.space import define_by_run
 from search.plan.trials import base_config, midpoint_schedule, trial_config
-from search.space import define_by_run
-from search.study import load_data
+from search.tuner.study import load_data
 
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 

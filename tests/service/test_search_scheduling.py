@@ -21,12 +21,13 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from search.config import ConfigError, parse_experiment
+from search.experiment.loading import ConfigError, parse_experiment
+from search.plan.neutral_asha import first_neutral_rung
 from search.plan.pareto import FrontPoint, hypervolume
 from search.plan.trials import target_sparsity
-from search.scheduler import GroupScheduler, first_neutral_rung
-from search.searcher import ExperimentSearcher
-from search.study import load_data, run_experiment
+from search.tuner.scheduler import GroupScheduler
+from search.tuner.searcher import ExperimentSearcher
+from search.tuner.study import load_data, run_experiment
 
 pytestmark = pytest.mark.slow  # studies on the two-node Ray cluster
 

@@ -1,4 +1,4 @@
-"""The verdict's statistics (`search.stats`), checked against scipy: the Student-t interval
+"""The verdict's statistics (`search.plan.stats`), checked against scipy: the Student-t interval
 of a mean, Welch's interval, and the difference paired by seed; and the docstring
 examples, which run and agree with scipy."""
 
@@ -10,9 +10,9 @@ import pytest
 from scipy import stats
 from testkit.accuracies import AGP, ONE_CYCLE, SEEDS
 
-from search import stats as verdict_stats
 from search.plan import pareto
-from search.stats import difference_interval, mean_interval, paired_difference
+from search.plan import stats as verdict_stats
+from search.plan.stats import difference_interval, mean_interval, paired_difference
 
 
 @pytest.mark.parametrize("module", [verdict_stats, pareto], ids=lambda module: module.__name__)
@@ -22,7 +22,7 @@ def test_docstring_examples_run(module):
 
 
 def test_the_docstring_examples_agree_with_scipy():
-    """The numbers `search.stats`' docstring prints are scipy's."""
+    """The numbers `search.plan.stats`' docstring prints are scipy's."""
     values = [0.90, 0.92, 0.94]
     interval = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
     assert mean_interval(values)[2:] == pytest.approx(interval)

@@ -5,8 +5,8 @@ from mlflow.entities import Dataset, DatasetInput
 from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 
-from search.tracking import ROLE, TRIAL_ID
-from search.trial_logger import RunSpec, TrialLogger
+from search.tracking.runs import ROLE, TRIAL_ID
+from search.tuner.trial_logger import RunSpec, TrialLogger
 
 PARAMS = {"lr_max": "0.01", "schedule.final_sparsity": "0.9"}
 DATA = DatasetInput(Dataset(name="digits", digest="abc123", source_type="code",

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 from testkit import ROOT
 
-from search.config import parse_experiment
+from search.experiment.loading import parse_experiment
 from search.run import code_to_ship
 
 USER_MODULE = """

@@ -1,8 +1,8 @@
 """What a study is: a validated experiment file (`Experiment`) and its parts.
 
-`search.config` parses a file into these; everything after reads them. The fixed training
-settings are `Experiment.train`, the searched ones `Experiment.tuned`; the `TrainConfig` a
-trial trains is derived from them by `search.plan.trials`.
+`search.experiment.loading` parses a file into these; everything after reads them. The
+fixed training settings are `Experiment.train`, the searched ones `Experiment.tuned`; the
+`TrainConfig` a trial trains is derived from them by `search.plan.trials`.
 
 A sparsity range (`SparsityRange`) makes the final sparsity a searched parameter of every
 family (`final_sparsity`) and a second objective: one study, whose trials maximise

@@ -16,7 +16,7 @@ this attempt started from; 0: none), and, space-separated in rank order, the Ray
 every rank (`rank_nodes`) and, for a distributed trial, a digest of every rank's pruning
 masks (`rank_masks`; a trial whose ranks disagree fails). A final run writes its trained
 model to the storage path before its last report, for the driver to log
-(`search.registry`).
+(`search.tracking.registry`).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from oneprune.config import TrainConfig
 from oneprune.data import ImageData
 from oneprune.distributed import gather, rank_and_world_size
-from oneprune.export import save_pruned
+from oneprune.saving import save_pruned
 from oneprune.state import load_state, save_state
 from oneprune.train import train
-from search import storage
-from search.experiment import Experiment, Faults
-from search.faults import with_faults
+from search.experiment.schema import Experiment, Faults
 from search.plan.trials import FINAL, train_config
+from search.tuner import storage
+from search.tuner.faults import with_faults
 
 STATE_FILE = "state.pt"
 TRAIN_MAX_FAILURES = 2  # worker-group restarts within one attempt of a distributed trial

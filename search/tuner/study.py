@@ -16,7 +16,7 @@ local folder or a URI (s3://...: shared storage for a multi-node cluster).
 It reads start -> fit -> verdict: `check_can_start` refuses what cannot start (before
 anything runs), `_fresh_tuner` or `Tuner.restore` and `_fit` run the trials, then
 `search.plan.outcomes.aggregate` (pure) turns them into per-family outcomes and
-`search.verdict` writes each study's verdict to MLflow and registers its models.
+`search.tracking.record` writes each study's verdict to MLflow and registers its models.
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from oneprune.data import ImageData
 from oneprune.train import check_data, check_model
-from search import storage, tracking
 from search.environment import environment
-from search.experiment import Experiment
+from search.experiment.schema import Experiment
 from search.plan.outcomes import (
     TrialRecord,
     accuracy_floor,
@@ -49,13 +48,17 @@ from search.plan.trials import (
     base_config,
     final_seeds,
     group_of,
+    optuna_study_name,
 )
-from search.progress import TrialProgress
-from search.scheduler import GroupScheduler
-from search.searcher import ExperimentSearcher, concurrent_slots, optuna_study_name
-from search.trainable import run_trial
-from search.trial_logger import trial_logger
-from search.verdict import StudyResult, record_study, record_sweep
+from search.tracking import runs
+from search.tracking.record import StudyResult, record_study, record_sweep
+from search.tuner import storage
+from search.tuner.faults import kill_driver_if
+from search.tuner.progress import TrialProgress
+from search.tuner.scheduler import GroupScheduler
+from search.tuner.searcher import ExperimentSearcher, concurrent_slots
+from search.tuner.trainable import run_trial
+from search.tuner.trial_logger import trial_logger
 
 MAX_FAILURES = 2  # a failed trial is retried this often before it counts as failed
 
@@ -222,13 +225,13 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     # MLflow's model logging and registry read the process's tracking URI in places.
     mlflow.set_tracking_uri(experiment.tracking_uri)
     client = MlflowClient(experiment.tracking_uri)
-    experiment_ids = {sparsity: tracking.open_experiment(client,
+    experiment_ids = {sparsity: runs.open_experiment(client,
                                                          experiment.study_name(sparsity))
                       for sparsity in experiment.sparsity}
     family_run_ids = {
-        (sparsity, family): tracking.ensure_run(
+        (sparsity, family): runs.ensure_run(
             client, experiment_ids[sparsity],
-            {tracking.ROLE: "family", tracking.FAMILY: family}, family)
+            {runs.ROLE: "family", runs.FAMILY: family}, family)
         for sparsity in experiment.sparsity for family in (*experiment.families, DENSE)}
     path = storage.tune_path(storage_path, experiment.name)
     distributed = experiment.resources.workers_per_trial > 1
@@ -272,7 +275,9 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     outcomes = aggregate(experiment, records)
     studies = [record_study(client, experiment, sparsity, experiment_ids[sparsity],
                             family_run_ids, outcomes[sparsity],
-                            accuracy_floor(experiment, records, sparsity))
+                            accuracy_floor(experiment, records, sparsity),
+                            registered=lambda: kill_driver_if(experiment.faults,
+                                                              "registering"))
                for sparsity in experiment.sparsity]
     if len(studies) > 1:
         record_sweep(client, experiment, studies)

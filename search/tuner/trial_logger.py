@@ -28,10 +28,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from ray import tune
 
 from oneprune.data import ImageData
-from search import registry, storage
-from search.experiment import Experiment
+from search.experiment.schema import Experiment
 from search.plan.trials import FINAL, SEARCH, base_config, group_of, train_config
-from search.tracking import (
+from search.tracking import registry
+from search.tracking.runs import (
     DIVERGED,
     ERROR,
     FAMILY,
@@ -48,6 +48,7 @@ from search.tracking import (
     metrics_at,
     source_tags,
 )
+from search.tuner import storage
 
 
 def dataset(data: ImageData, experiment: Experiment) -> Dataset:

@@ -1,7 +1,7 @@
 """The verdict of a study, rendered: test accuracy per family (mean, std, 95% interval),
 the difference to One-Cycle, the importances, the sweep over sparsities, and the figures.
 
-Intervals come from `search.stats`: Student-t over the final seeds, the difference to
+Intervals come from `search.plan.stats`: Student-t over the final seeds, the difference to
 One-Cycle paired by seed (with the number of seeds on which the family beat One-Cycle), or
 Welch's where the seeds differ. "One-Cycle wins" is only read off when the interval
 excludes 0.
@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from oneprune.plots import plot_schedules
 from oneprune.schedules import PARAMETERS
 from search.plan.outcomes import FamilyOutcome
+from search.plan.stats import Difference, difference_interval, mean_interval, paired_difference
 from search.plan.trials import DENSE
-from search.stats import Difference, difference_interval, mean_interval, paired_difference
 
 REFERENCE = "one_cycle"
 COLUMNS = ("family", "best_params", "test_acc_mean", "test_acc_std", "ci95_low", "ci95_high",
@@ -168,7 +168,7 @@ def write_report(outcomes: Sequence[FamilyOutcome], folder: Path, title: str, *,
     """Write comparison.md/.csv, schedules.png, curves.png and (when the searches have
     any) importance.png into `folder`; returns the Markdown table. The comparison is
     `comparison_rows` / `markdown_table` unless `rows` (in `columns`) and `table` are given
-    (a sparsity range's, `search.front`), with `note` below the table."""
+    (a sparsity range's, `search.verdict.range`), with `note` below the table."""
     if rows is None:
         rows = comparison_rows(outcomes)
         table = markdown_table(rows)

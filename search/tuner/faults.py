@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from search.experiment import Faults
+from search.experiment.schema import Faults
 
 EpochCallback = Callable[[dict, dict], None]  # (metrics, state), `train`'s `checkpoint`
 

@@ -5,7 +5,8 @@ The training keys are not declared here: every `TrainConfig` setting placed "top
 top-level key, every one placed "training" a key of `training:` (a [low, high] range or a
 list of choices where the setting is tunable, `Tuned`), each checked by the setting's own
 check and described by its own help (`oneprune.config.setting`). The parser
-(`search.config`) and the docs' key reference both read `SECTIONS`, so they cannot drift.
+(`search.experiment.loading`) and the docs' key reference both read `SECTIONS`, so they
+cannot drift.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from oneprune import _validate
 from oneprune.allocation import SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES
-from search.experiment import (
+from search.experiment.schema import (
     KILL_POINTS,
     SAMPLERS,
     ConfigError,

@@ -23,13 +23,13 @@
     faults: {raise_at_epoch: 2, nan_at_epoch: 2, nan_families: [agp]}   # test-only
                                  # (kill_driver_at: registering)
 
-Every key is declared once, with its parser and help, in `search.keys` (`SECTIONS`).
-`load_experiment(path)` returns an `Experiment` (`search.experiment`) or raises
+Every key is declared once, with its parser and help, in `search.experiment.keys` (`SECTIONS`).
+`load_experiment(path)` returns an `Experiment` (`search.experiment.schema`) or raises
 `ConfigError` with one line that names the offending key. Where `allocation` may be
 `depth` and `depth_exponent` is not given, the exponent is searched over `DEPTH_SEARCH` (a
 conditional parameter). A `TrainConfig` is built for every family at both ends of every
 tuned range and of the sparsities (a range's min and max), and ASHA is only accepted where
-it is neutral (`search.scheduler.check_neutral_asha`), so a file that loads can run.
+it is neutral (`search.plan.neutral_asha.check_neutral_asha`), so a file that loads can run.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from typing import Any
 import yaml
 
 from oneprune.allocation import DEPTH_SEARCH
-from search.experiment import ConfigError, Experiment, SparsityRange
-from search.keys import SECTIONS, SETTINGS, Tuned, section
+from search.experiment.keys import SECTIONS, SETTINGS, Tuned, section
+from search.experiment.schema import ConfigError, Experiment, SparsityRange
+from search.plan.neutral_asha import check_neutral_asha
 from search.plan.trials import base_config
-from search.scheduler import check_neutral_asha
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "quick.yaml"
 __all__ = ["DEFAULT_EXPERIMENT", "ConfigError", "load_experiment", "parse_experiment"]

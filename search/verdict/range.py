@@ -17,9 +17,9 @@ from matplotlib.ticker import PercentFormatter
 
 from search.plan.outcomes import FamilyOutcome
 from search.plan.pareto import pareto_front
+from search.plan.stats import mean_interval, paired_difference
 from search.plan.trials import DENSE
-from search.report import REFERENCE, format_params, percent, write_csv, write_report
-from search.stats import mean_interval, paired_difference
+from search.verdict.fixed import REFERENCE, format_params, percent, write_csv, write_report
 
 FRONT_COLUMNS = (
     "family", "sparsity", "test_acc_mean", "test_acc_std", "ci95_low", "ci95_high", "seeds",

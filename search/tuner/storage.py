@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow
 import pyarrow.fs
 
-from search.experiment import ConfigError
+from search.experiment.schema import ConfigError
 
 
 def join(storage_path: str, *names: str) -> str:

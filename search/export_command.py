@@ -1,6 +1,6 @@
 """`oneprune-export SOURCE --out DIR [--slim] [--onnx]`: a pruned model as files to deploy.
 
-SOURCE is a folder `python -m oneprune.train --out` (or `oneprune.export.save_pruned`)
+SOURCE is a folder `python -m oneprune --out` (or `oneprune.export.save_pruned`)
 wrote, or an MLflow model URI of a study's model (`models:/quick.one_cycle@best`, read from
 `--tracking-uri`). Writes to DIR:
 
@@ -32,14 +32,14 @@ import torch
 from oneprune._validate import first_line
 from oneprune.cli import OneLineParser
 from oneprune.deploy import LAYERS_FILE, Deployable, save_layers, save_onnx, save_program
-from oneprune.export import deployable_of, load_pruned
+from oneprune.saving import deployable_of, load_pruned
 from search.environment import environment
-from search.experiment import DEFAULT_TRACKING_URI
+from search.experiment.schema import DEFAULT_TRACKING_URI
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="oneprune-export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="a folder written by python -m oneprune.train --out, "
+    parser.add_argument("source", help="a folder written by python -m oneprune --out, "
                                        "or a models:/ URI")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write")
     parser.add_argument("--slim", action="store_true",

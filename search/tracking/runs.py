@@ -7,7 +7,7 @@ and with the source tags MLflow's fluent API sets (`mlflow.source.name`, `mlflow
 
     role=family      one parent run per family and one for the dense reference: its best
                      parameters and metrics (`importance.<param>`: fANOVA, see
-                     `search.importance`)
+                     `search.verdict.importance`)
     role=trial       one child run per Tune trial (mlflow.parentRunId = its family run):
                      params = the whole training config, metrics per epoch (step = epoch),
                      the dataset as an MLflow dataset input (name, digest, split sizes),
@@ -16,7 +16,7 @@ and with the source tags MLflow's fluent API sets (`mlflow.source.name`, `mlflow
     role=final       the seed re-runs of each family's best config and of the dense
                      reference, children of their family's run, with the dataset input
                      too, and each with its trained model as a logged model
-                     (`search.registry`)
+                     (`search.tracking.registry`)
     role=comparison  the table (comparison.md / .csv) and plots (schedules.png, curves.png,
                      importance.png)
     role=sweep       (an experiment with several sparsities, in the MLflow experiment named

@@ -43,8 +43,9 @@ from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from oneprune._validate import first_line
-from search.experiment import Experiment
+from search.experiment.schema import Experiment
 from search.plan.outcomes import METRIC, TrialRecord, accuracy_floor, objectives, select_best
+from search.plan.space import define_by_run
 from search.plan.trials import (
     DENSE,
     FINAL,
@@ -53,17 +54,12 @@ from search.plan.trials import (
     final_config,
     final_seeds,
     group_of,
+    optuna_study_name,
     search_config,
 )
-from search.space import define_by_run
 
 SLOTS_REFRESH_SECONDS = 5.0
 FLOOR_GAP = "floor_gap"  # Optuna constraint: the floor minus val_acc (<= 0: feasible)
-
-
-def optuna_study_name(experiment: Experiment, group: Group) -> str:
-    """The Optuna study of a (sparsity, family): `<study>/<family>`, e.g. `quick/agp`."""
-    return f"{experiment.study_name(group[0])}/{group[1]}"
 
 
 def check_optuna_storage(url: str) -> None:

@@ -1,7 +1,7 @@
 """What a study hands over: its trained models, in MLflow.
 
 Every final re-run (each family's best config with each final seed, and the dense
-reference) ends by writing its pruned model to the storage path (`oneprune.export`'s
+reference) ends by writing its pruned model to the storage path (`oneprune.saving`'s
 files: the sparse weights, the config, the metrics). The driver, the only MLflow writer,
 logs it as a logged model of the run (`log_final_model`): a `oneprune.deploy` module that
 takes images in [0, 1] with the normalisation inside, with its zeroed filters removed for
@@ -40,8 +40,8 @@ from mlflow.types import Schema, TensorSpec
 
 from oneprune._validate import first_line
 from oneprune.deploy import INPUT, LAYERS_FILE, Deployable, save_layers
-from oneprune.export import CONFIG_FILE, METRICS_FILE, SPARSE_FILE, deployable_of, load_pruned
 from oneprune.models import user_code_path
+from oneprune.saving import CONFIG_FILE, METRICS_FILE, SPARSE_FILE, deployable_of, load_pruned
 from search.plan.outcomes import FamilyOutcome
 from search.plan.trials import DENSE
 

@@ -1,11 +1,11 @@
 """The verdict of each study, written to MLflow once its Tuner is done.
 
 Each family run is closed with its search metrics, the importances of its searched
-parameters (`search.importance`) and its best config (the dense reference's with its
+parameters (`search.verdict.importance`) and its best config (the dense reference's with its
 config and mean test accuracy); the comparison run gets the table and figures
-(`search.report`, or under a sparsity range `search.front`: each family's front and
+(`search.verdict.fixed`, or under a sparsity range `search.verdict.range`: each family's front and
 hypervolume, and how sparse its re-run point got within `max_drop` of dense); each family's
-model is registered (`search.registry`: the final runs' models were logged as they ended).
+model is registered (`search.tracking.registry`: the final runs' models were logged as they ended).
 An experiment with several sparsities also gets a `sweep` run, accuracy against sparsity.
 """
 
@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from search import registry, tracking
-from search.experiment import Experiment
-from search.faults import kill_driver_if
-from search.front import write_front_report
-from search.importance import study_importances
+from search.experiment.schema import Experiment
 from search.plan.outcomes import FamilyOutcome, sparsest_then_most_accurate
 from search.plan.pareto import pareto_front
-from search.plan.trials import DENSE, base_config, final_config, train_config
-from search.report import write_report, write_sweep
-from search.searcher import optuna_study_name
+from search.plan.trials import DENSE, base_config, final_config, optuna_study_name, train_config
+from search.tracking import registry, runs
+from search.verdict.fixed import write_report, write_sweep
+from search.verdict.importance import study_importances
+from search.verdict.range import write_front_report
 
 
 @dataclass(frozen=True)
@@ -47,17 +45,19 @@ class StudyResult:
 
 def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
                  experiment_id: str, family_run_ids: Mapping[tuple[float, str], str],
-                 outcomes: list[FamilyOutcome], floor: float | None) -> StudyResult:
+                 outcomes: list[FamilyOutcome], floor: float | None, *,
+                 registered: Callable[[], None] = lambda: None) -> StudyResult:
     """Close each family run with its search metrics and best config (the dense
-    reference's with its config and mean test accuracy), and log the comparison of the
-    study at `sparsity` (`floor`: a sparsity range's accuracy floor, else None)."""
+    reference's with its config and mean test accuracy), log the comparison of the study at
+    `sparsity` (`floor`: a sparsity range's accuracy floor, else None) and register its
+    models (`registered()` is called after each family's: the test-only faults' hook)."""
     name, model = experiment.study_name(sparsity), base_config(experiment).model
     span = experiment.sparsity_range
     test_acc_means = {o.family: sum(o.test_accs) / len(o.test_accs)
                       for o in outcomes if o.test_accs}
     for outcome in outcomes:
         if outcome.family == DENSE:
-            tracking.finish_family(
+            runs.finish_family(
                 client, family_run_ids[(sparsity, DENSE)], base_config(experiment).to_dict(),
                 {"test_acc_mean": test_acc_means[DENSE]} if DENSE in test_acc_means else {})
             continue
@@ -74,16 +74,16 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
                            front_points=len(pareto_front(outcome.points)))
         if outcome.schedule is None:
             if span is not None and outcome.trials_completed:  # none within the drop
-                tracking.finish_family(client, run_id, {}, metrics)
+                runs.finish_family(client, run_id, {}, metrics)
             else:
-                tracking.fail_family(client, run_id, metrics)
+                runs.fail_family(client, run_id, metrics)
             continue
         best = train_config(experiment, final_config((sparsity, outcome.family),
                                                      experiment.search.seed,
                                                      outcome.best_params))
         if span is not None:
             metrics["sparsity_reached"] = best.schedule.final_sparsity
-        tracking.finish_family(client, run_id, best.to_dict(), {
+        runs.finish_family(client, run_id, best.to_dict(), {
             "best_val_acc": outcome.best_val_acc, **metrics,
             **{f"importance.{param}": value for param, value in outcome.importances.items()}})
     headline = {f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()}
@@ -104,17 +104,16 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
                              for o in outcomes if o.schedule is not None})
             if math.isfinite(floor):
                 headline["accuracy_floor"] = floor
-        tracking.finish_report_run(client, experiment_id, "comparison", folder, headline)
+        runs.finish_report_run(client, experiment_id, "comparison", folder, headline)
 
     def final_run(family: str, seed: int) -> str:
-        return tracking.find_runs(client, experiment_id, {
-            tracking.ROLE: "final", tracking.FAMILY: family, tracking.SEED: str(seed)}
+        return runs.find_runs(client, experiment_id, {
+            runs.ROLE: "final", runs.FAMILY: family, runs.SEED: str(seed)}
         )[0].info.run_id
 
     models = registry.hand_over(experiment.tracking_uri, name, outcomes, final_run, title,
                                 rank=None if span is None else sparsest_then_most_accurate,
-                                registered=lambda: kill_driver_if(experiment.faults,
-                                                                  "registering"))
+                                registered=registered)
     return StudyResult(name, sparsity, title, table, outcomes, experiment_id, models)
 
 
@@ -125,7 +124,7 @@ def record_sweep(client: MlflowClient, experiment: Experiment,
     with tempfile.TemporaryDirectory() as folder:
         write_sweep([(study.sparsity, study.outcomes) for study in studies], Path(folder),
                     sweep_title(experiment))
-        tracking.finish_report_run(client, tracking.open_experiment(client, experiment.name),
+        runs.finish_report_run(client, runs.open_experiment(client, experiment.name),
                                    "sweep", folder)
 
 
