@@ -19,7 +19,7 @@ from oneprune import _validate
 from oneprune.allocation import SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
 from oneprune.saving import save_pruned
-from oneprune.schedules import FAMILIES, PARAMETERS, Schedule, schedule_from_dict
+from oneprune.schedules import FAMILIES, Schedule, schedule_from_dict, schedule_parameters
 from oneprune.train import TrainResult, check_model, train
 
 
@@ -91,10 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--sparsity", type=float, default=0.9, help="final sparsity in [0, 1)")
     prune.add_argument("--scope", choices=tuple(SCOPE_NAMES),
                        help="the older name of --allocation: local is uniform, global global")
-    for name in PARAMETERS:
-        prune.add_argument(f"--{name.replace('_', '-')}",
-                           type=int if name == "steps" else float,
-                           help="schedule parameter (families that have it)")
+    for name, spec in schedule_parameters().items():
+        prune.add_argument(f"--{name.replace('_', '-')}", type=spec.kind,
+                           help=f"{spec.help} (families that have it)")
     run = groups["run"]
     run.add_argument("--out", type=Path, help="write the pruned model, its config and "
                      "metrics.json to this folder")
@@ -123,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _schedule(args: argparse.Namespace) -> Schedule | None:
-    given = {name: getattr(args, name) for name in PARAMETERS
+    given = {name: getattr(args, name) for name in schedule_parameters()
              if getattr(args, name) is not None}
     if args.schedule == "none":
         if given:

@@ -1,10 +1,13 @@
 """Pruning schedules: target sparsity as a pure function of training progress t in [0, 1].
 
-Every family is a small frozen dataclass. Calling it gives the target sparsity at progress
-t (a float for a float, an array for an array); `to_dict()` / `schedule_from_dict()`
-round-trip it exactly; `midpoint()` is where half of the sparsity increase is reached
-(used to couple the learning rate to the schedule); `suggest(trial, final_sparsity)`
-samples it from an Optuna define-by-run search space.
+Every family is a small frozen dataclass that registers itself by defining `family` (no
+list to keep in sync: `FAMILIES` is filled as the classes are defined). Its parameters are
+fields declared with `oneprune.parameters.parameter`: type, allowed values, default search
+bounds and help, once. Calling a schedule gives the target sparsity at progress t (a float
+for a float, an array for an array); `to_dict()` / `schedule_from_dict()` round-trip it
+exactly; `midpoint()` is where half of the sparsity increase is reached (used to couple
+the learning rate to the schedule); `suggest(trial, final_sparsity)` samples it from an
+Optuna define-by-run search space.
 
 With s_i the initial and s_f the final sparsity, every ramp family (all but `OneShot`) is
 s(t) = s_i for t < start, s_f for t >= end, and in between s_i + (s_f - s_i) * shape(u)
@@ -17,11 +20,15 @@ with u = (t - start) / (end - start) and the family's shape:
 
 `OneShot` jumps from s_i to s_f at `start`.
 
-Search spaces: `DEFAULT_BOUNDS` of each family documents its default ranges; `suggest`
-takes overrides for any subset of them. Ramp families draw `start` first, then `end` from
+Search spaces: `DEFAULT_BOUNDS` of each family (its parameters' declared bounds, with the
+family's own `BOUNDS` where it searches an inherited parameter differently, and its
+`SEARCH_OPTIONS` such as `min_length`) documents its default ranges; `suggest` takes
+overrides for any subset of them. Every searched parameter is drawn in declaration order
+(an int one as an int), except where a family draws it from a range that depends on an
+earlier draw: ramp families draw `start` first, then `end` from
 [max(end_low, start + min_length), end_high], so that end - start >= min_length always
-holds; one_cycle draws `alpha` first, then `beta` below it (the logistic's centre
-u = beta / alpha then lies inside the ramp).
+holds; one_cycle draws `alpha`, then `beta` below it (the logistic's centre u = beta /
+alpha then lies inside the ramp).
 """
 
 from __future__ import annotations
@@ -37,22 +44,16 @@ from typing import Any, ClassVar
 import numpy as np
 
 from oneprune import _validate
+from oneprune.parameters import Parameter, check_fields, parameter, parameters_of
 
 _SPARSITY = {"low": 0.0, "high": 1.0, "high_open": True}
-_POSITIVE = {"low": 0.0, "low_open": True}
+_PROGRESS_FROM = {"low": 0.0, "high": 1.0, "high_open": True}  # start: may be 0, not 1
+_PROGRESS_TO = {"low": 0.0, "high": 1.0, "low_open": True}  # end: may be 1, not 0
 
-# How each field is checked, by name: keyword arguments of `_validate.real` / `.integer`.
-_FIELD_RULES: Mapping[str, tuple[Any, dict]] = MappingProxyType({
-    "final_sparsity": (_validate.real, _SPARSITY),
-    "initial_sparsity": (_validate.real, _SPARSITY),
-    "start": (_validate.real, {"low": 0.0, "high": 1.0, "high_open": True}),
-    "end": (_validate.real, {"low": 0.0, "high": 1.0, "low_open": True}),
-    "alpha": (_validate.real, _POSITIVE),
-    "beta": (_validate.real, {}),
-    "power": (_validate.real, _POSITIVE),
-    "steps": (_validate.integer, {"low": 1}),
-    "min_length": (_validate.real, {"low": 0.0, "high": 1.0, "low_open": True}),
-})
+_FAMILIES: dict[str, type[Schedule]] = {}
+FAMILIES: Mapping[str, type[Schedule]] = MappingProxyType(_FAMILIES)
+"""Every schedule family by name, in the order the classes were defined (filled as they
+are: a subclass of `Schedule` that sets `family` registers itself)."""
 
 
 def half_cosine(start, stop, u):
@@ -61,9 +62,14 @@ def half_cosine(start, stop, u):
     return stop + (start - stop) * (1.0 + np.cos(np.pi * u)) / 2.0
 
 
-def _check_field(field: str, name: str, value):
-    check, limits = _FIELD_RULES[name]
-    return check(field, value, **limits)
+class _DefaultBounds:
+    """`Schedule.DEFAULT_BOUNDS`, read off the family's declarations when first asked (a
+    class is a dataclass only once its decorator has run, after it registered)."""
+
+    def __get__(self, instance, owner: type[Schedule]) -> Mapping[str, Any]:
+        if not dataclasses.is_dataclass(owner):  # read by the decorator of `Schedule` itself
+            return self
+        return owner.default_bounds()
 
 
 @dataclass(frozen=True)
@@ -89,22 +95,43 @@ class Schedule(ABC):
     >>> sampled = OneCycle.suggest(trial, 0.9, bounds={"start": (0.1, 0.1)})
     >>> sampled.start, sorted(trial.params)
     (0.1, ['alpha', 'beta', 'end', 'start'])
+
+    A new family is a subclass that sets `family`, declares its parameters with
+    `parameter(...)` and defines the sparsity it prescribes (a ramp family: `_shape` and
+    `_shape_midpoint`); it registers itself, and its flags, search space and key
+    reference follow from the declarations.
     """
 
-    final_sparsity: float
+    final_sparsity: float = parameter(help="sparsity reached at the end", limits=_SPARSITY)
     # Keyword-only, so that each family's own fields keep their positions after
     # final_sparsity: OneCycle(0.9, 0.1, 0.9), OneShot(0.9, 0.5).
-    initial_sparsity: float = dataclasses.field(default=0.0, kw_only=True)
+    initial_sparsity: float = parameter(0.0, kw_only=True, limits=_SPARSITY,
+                                        help="sparsity before pruning starts")
 
     family: ClassVar[str]
-    DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]]
+    # Default search bounds of inherited parameters that this family searches differently.
+    BOUNDS: ClassVar[Mapping[str, tuple[float, float]]] = MappingProxyType({})
+    # Settings of the search space that are not parameters (a number each, no range).
+    SEARCH_OPTIONS: ClassVar[Mapping[str, Parameter]] = MappingProxyType({})
     # The parameter whose value is the progress by which the final sparsity is reached.
     ENDS_AT: ClassVar[str] = "end"
+    DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = _DefaultBounds()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("family")
+        if name is None:
+            return
+        known = _FAMILIES.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (
+                cls.__module__, cls.__qualname__):
+            raise ValueError(f"schedule family {name!r} is defined twice: by "
+                             f"{known.__module__}.{known.__qualname__} and "
+                             f"{cls.__module__}.{cls.__qualname__}")
+        _FAMILIES[name] = cls
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = _check_field(f"{type(self).__name__}.{f.name}", f.name, getattr(self, f.name))
-            object.__setattr__(self, f.name, value)
+        check_fields(self)
         if self.initial_sparsity > self.final_sparsity:
             raise ValueError(
                 f"{type(self).__name__}.initial_sparsity must be <= final_sparsity "
@@ -134,26 +161,42 @@ class Schedule(ABC):
         return {"family": self.family, **dataclasses.asdict(self)}
 
     @classmethod
+    def parameters(cls) -> dict[str, Parameter]:
+        """The family's parameters but final_sparsity, in declaration order."""
+        return {name: spec for name, spec in parameters_of(cls).items()
+                if name != "final_sparsity"}
+
+    @classmethod
+    def default_bounds(cls) -> Mapping[str, Any]:
+        """The default search space: each searched parameter's (low, high), then each
+        search option's value (`DEFAULT_BOUNDS`)."""
+        bounds = {name: cls.BOUNDS.get(name, spec.bounds)
+                  for name, spec in cls.parameters().items() if spec.searched}
+        bounds.update({name: spec.bounds for name, spec in cls.SEARCH_OPTIONS.items()})
+        return MappingProxyType(bounds)
+
+    @classmethod
     def search_bounds(cls, bounds: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """`DEFAULT_BOUNDS` updated with `bounds`, validated; raises `ValueError` if invalid."""
         if bounds is None:
             bounds = {}
         if not isinstance(bounds, Mapping):
             raise ValueError(f"{cls.family}.bounds must be a mapping, got {bounds!r}")
-        unknown = [key for key in bounds if key not in cls.DEFAULT_BOUNDS]
+        defaults = cls.default_bounds()
+        unknown = [key for key in bounds if key not in defaults]
         if unknown:
             raise ValueError(f"{cls.family}.bounds has no key {unknown[0]!r}; "
-                             f"allowed: {', '.join(cls.DEFAULT_BOUNDS)}")
-        merged = {**cls.DEFAULT_BOUNDS, **bounds}
+                             f"allowed: {', '.join(defaults)}")
+        specs = {**cls.parameters(), **cls.SEARCH_OPTIONS}
         checked = {}
-        for name, value in merged.items():
+        for name, value in {**defaults, **bounds}.items():
             field = f"{cls.family}.bounds.{name}"
-            if not isinstance(cls.DEFAULT_BOUNDS[name], tuple):  # a scalar such as min_length
-                checked[name] = _check_field(field, name, value)
+            if not isinstance(defaults[name], tuple):  # a search option such as min_length
+                checked[name] = specs[name].check(field, value)
                 continue
             if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
                 raise ValueError(f"{field} must be a [low, high] pair, got {value!r}")
-            low, high = (_check_field(field, name, v) for v in value)
+            low, high = (specs[name].check(field, v) for v in value)
             if low > high:
                 raise ValueError(f"{field} must have low <= high, got {list(value)!r}")
             checked[name] = (low, high)
@@ -176,26 +219,37 @@ class Schedule(ABC):
         """Sample this family from `trial` (an `optuna.Trial`) at `final_sparsity`.
 
         Parameters are suggested under the field names (`start`, `end`, `alpha`, ...), so
-        they read naturally in Optuna, Ray Tune and MLflow.
+        they read naturally in Optuna, Ray Tune and MLflow: first those a family draws from
+        dependent ranges (`_suggest_dependent`), then every other searched one in
+        declaration order.
         """
-        params = cls._suggest_params(trial, cls.search_bounds(bounds))
+        bounds = cls.search_bounds(bounds)
+        params = cls._suggest_dependent(trial, bounds)
+        for name, spec in cls.parameters().items():
+            if name in bounds and isinstance(bounds[name], tuple) and name not in params:
+                suggest = trial.suggest_int if spec.kind is int else trial.suggest_float
+                params[name] = suggest(name, *bounds[name])
         return cls(final_sparsity=final_sparsity, **params)
 
     @classmethod
-    @abstractmethod
-    def _suggest_params(cls, trial, bounds: dict[str, Any]) -> dict[str, Any]:
-        """The family's parameters but final_sparsity, drawn from `trial` within `bounds`."""
+    def _suggest_dependent(cls, trial, bounds: dict[str, Any]) -> dict[str, Any]:
+        """The parameters this family draws from ranges that depend on earlier draws
+        (none by default)."""
+        return {}
 
 
 @dataclass(frozen=True)
 class _Ramp(Schedule):
     """A family that rises from s_i to s_f over [start, end] following `_shape(u)`."""
 
-    start: float = 0.0
-    end: float = 1.0
+    start: float = parameter(0.0, help="progress at which pruning starts",
+                             limits=_PROGRESS_FROM, bounds=(0.0, 0.5))
+    end: float = parameter(1.0, help="progress at which the final sparsity is reached",
+                           limits=_PROGRESS_TO, bounds=(0.5, 1.0))
 
-    DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = MappingProxyType(
-        {"start": (0.0, 0.5), "end": (0.5, 1.0), "min_length": 0.1})
+    SEARCH_OPTIONS: ClassVar[Mapping[str, Parameter]] = MappingProxyType({
+        "min_length": Parameter(float, "shortest ramp allowed, end - start (a number, not a "
+                                "range)", MappingProxyType(_PROGRESS_TO), 0.1)})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -231,7 +285,7 @@ class _Ramp(Schedule):
                 f"({end_high:g})")
 
     @classmethod
-    def _suggest_params(cls, trial, bounds: dict[str, Any]) -> dict[str, Any]:
+    def _suggest_dependent(cls, trial, bounds: dict[str, Any]) -> dict[str, Any]:
         start = trial.suggest_float("start", *bounds["start"])
         end_low, end_high = bounds["end"]
         end = trial.suggest_float("end", max(end_low, start + bounds["min_length"]), end_high)
@@ -242,13 +296,14 @@ class _Ramp(Schedule):
 class OneCycle(_Ramp):
     """One-Cycle Pruning's logistic ramp (Hubens et al. 2021); steep for large alpha."""
 
-    alpha: float = 14.0
-    beta: float = 6.0
+    alpha: float = parameter(14.0, help="steepness of the logistic ramp",
+                             limits={"low": 0.0, "low_open": True}, bounds=(4.0, 24.0))
+    beta: float = parameter(6.0, help="centre of the logistic, at u = beta / alpha (drawn "
+                            "below alpha)", bounds=(1.0, 12.0))
 
     family: ClassVar[str] = "one_cycle"
-    DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = MappingProxyType({
-        "alpha": (4.0, 24.0), "beta": (1.0, 12.0),
-        "start": (0.0, 0.3), "end": (0.7, 1.0), "min_length": 0.1})
+    BOUNDS: ClassVar[Mapping[str, tuple[float, float]]] = MappingProxyType(
+        {"start": (0.0, 0.3), "end": (0.7, 1.0)})
 
     def _shape(self, u):
         with np.errstate(over="ignore"):  # exp overflow -> inf -> shape 0, which is exact
@@ -269,8 +324,8 @@ class OneCycle(_Ramp):
                              f"alpha low ({bounds['alpha'][0]:g}) so that beta < alpha is possible")
 
     @classmethod
-    def _suggest_params(cls, trial, bounds):
-        params = super()._suggest_params(trial, bounds)
+    def _suggest_dependent(cls, trial, bounds):
+        params = super()._suggest_dependent(trial, bounds)
         alpha = trial.suggest_float("alpha", *bounds["alpha"])
         beta_low, beta_high = bounds["beta"]
         beta = trial.suggest_float("beta", beta_low, min(beta_high, math.nextafter(alpha, 0.0)))
@@ -278,36 +333,30 @@ class OneCycle(_Ramp):
 
 
 @dataclass(frozen=True)
-class AGP(_Ramp):
-    """Automated Gradual Pruning (Zhu & Gupta 2017): fast early, slow near the end."""
+class OneShot(Schedule):
+    """Train dense, then prune to the final sparsity at once at `start`."""
 
-    power: float = 3.0
+    start: float = parameter(help="progress at which it prunes to the final sparsity, at "
+                             "once", limits=_PROGRESS_FROM, bounds=(0.05, 0.9))
 
-    family: ClassVar[str] = "agp"
-    DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = MappingProxyType({
-        "start": (0.0, 0.5), "end": (0.5, 1.0), "min_length": 0.1, "power": (1.0, 5.0)})
+    family: ClassVar[str] = "one_shot"
+    ENDS_AT: ClassVar[str] = "start"  # it prunes everything at once, at `start`
 
-    def _shape(self, u):
-        return 1.0 - (1.0 - u) ** self.power
+    def _sparsity(self, t):
+        return np.where(t >= self.start, self.final_sparsity, self.initial_sparsity)
 
-    def _shape_midpoint(self) -> float:
-        return 1.0 - 2.0 ** (-1.0 / self.power)
-
-    @classmethod
-    def _suggest_params(cls, trial, bounds):
-        return {**super()._suggest_params(trial, bounds),
-                "power": trial.suggest_float("power", *bounds["power"])}
+    def midpoint(self) -> float:
+        return self.start
 
 
 @dataclass(frozen=True)
 class Iterative(_Ramp):
     """Prune-and-fine-tune in `steps` equal jumps spread over [start, end]."""
 
-    steps: int = 3
+    steps: int = parameter(3, kind=int, help="number of equal pruning steps",
+                           limits={"low": 1}, bounds=(2, 10))
 
     family: ClassVar[str] = "iterative"
-    DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = MappingProxyType({
-        "start": (0.0, 0.5), "end": (0.5, 1.0), "min_length": 0.1, "steps": (2, 10)})
 
     def _shape(self, u):
         return np.ceil(u * self.steps) / self.steps
@@ -317,16 +366,26 @@ class Iterative(_Ramp):
         # u = (k - 1) / steps.
         return (math.ceil(self.steps / 2) - 1) / self.steps
 
-    @classmethod
-    def _suggest_params(cls, trial, bounds):
-        return {**super()._suggest_params(trial, bounds),
-                "steps": trial.suggest_int("steps", *bounds["steps"])}
+
+@dataclass(frozen=True)
+class AGP(_Ramp):
+    """Automated Gradual Pruning (Zhu & Gupta 2017): fast early, slow near the end."""
+
+    power: float = parameter(3.0, help="exponent p of the ramp s_f + (s_i - s_f)(1 - u)^p",
+                             limits={"low": 0.0, "low_open": True}, bounds=(1.0, 5.0))
+
+    family: ClassVar[str] = "agp"
+
+    def _shape(self, u):
+        return 1.0 - (1.0 - u) ** self.power
+
+    def _shape_midpoint(self) -> float:
+        return 1.0 - 2.0 ** (-1.0 / self.power)
 
 
 @dataclass(frozen=True)
 class Linear(_Ramp):
     """Constant pruning rate over [start, end]."""
-
 
     family: ClassVar[str] = "linear"
 
@@ -341,7 +400,6 @@ class Linear(_Ramp):
 class Cosine(_Ramp):
     """Half-cosine ramp: slow at both ends of [start, end]."""
 
-
     family: ClassVar[str] = "cosine"
 
     def _shape(self, u):
@@ -351,33 +409,15 @@ class Cosine(_Ramp):
         return 0.5
 
 
-@dataclass(frozen=True)
-class OneShot(Schedule):
-    """Train dense, then prune to the final sparsity at once at `start`."""
-
-    start: float
-
-    family: ClassVar[str] = "one_shot"
-    ENDS_AT: ClassVar[str] = "start"  # it prunes everything at once, at `start`
-    DEFAULT_BOUNDS: ClassVar[Mapping[str, Any]] = MappingProxyType({"start": (0.05, 0.9)})
-
-    def _sparsity(self, t):
-        return np.where(t >= self.start, self.final_sparsity, self.initial_sparsity)
-
-    def midpoint(self) -> float:
-        return self.start
-
-    @classmethod
-    def _suggest_params(cls, trial, bounds):
-        return {"start": trial.suggest_float("start", *bounds["start"])}
-
-
-FAMILIES: Mapping[str, type[Schedule]] = MappingProxyType(
-    {cls.family: cls for cls in (OneCycle, OneShot, Iterative, AGP, Linear, Cosine)})
-# Every family's parameters but final_sparsity, in the order the classes declare them.
-PARAMETERS: tuple[str, ...] = tuple(dict.fromkeys(
-    f.name for cls in FAMILIES.values() for f in dataclasses.fields(cls)
-    if f.name != "final_sparsity"))
+def schedule_parameters() -> dict[str, Parameter]:
+    """Every registered family's parameters but final_sparsity, by name, in the order the
+    families and their fields are declared (a name two families share: its first
+    declaration)."""
+    found: dict[str, Parameter] = {}
+    for cls in FAMILIES.values():
+        for name, spec in cls.parameters().items():
+            found.setdefault(name, spec)
+    return found
 
 
 def schedule_from_dict(spec: Mapping[str, Any]) -> Schedule:

@@ -1,10 +1,11 @@
 """MkDocs hook: the experiment key reference, generated when the site is built.
 
-Every key an experiment file accepts is declared once, in `search.keys.SECTIONS` (how
-the parser reads and checks it, and its help); every training setting once, in
+Every key an experiment file accepts is declared once, in `search.experiment.keys.SECTIONS`
+(how the parser reads and checks it, and its help); every training setting once, in
 `oneprune.config.TrainConfig` (its default and whether a study may search it); every
-schedule family's search bounds in `oneprune.schedules.FAMILIES` (`DEFAULT_BOUNDS`). This
-hook renders them into `guide/keys.md` in place of the marker below, so the page cannot
+schedule parameter once, on its family (`oneprune.schedules.FAMILIES`: its help and default
+bounds, `DEFAULT_BOUNDS`); every allocation argument once, on its allocation. This hook
+renders them into `guide/keys.md` in place of the marker below, so the page cannot
 drift from what the parser accepts; nothing generated is committed.
 `tests/service/test_docs.py` checks that every key the parser accepts appears here.
 """
@@ -38,18 +39,6 @@ TITLES = {
 
 SEARCHED = {"log": "`[low, high]`, log scale", "linear": "`[low, high]`",
             "choice": "a list of values"}
-
-# What each schedule parameter is (the formulas: concepts/schedules.md).
-PARAMETER_HELP = {
-    "start": "progress at which pruning starts",
-    "end": "progress at which the final sparsity is reached",
-    "min_length": "shortest ramp allowed, end - start (a number, not a range)",
-    "alpha": "steepness of the logistic ramp",
-    "beta": "centre of the logistic, at u = beta / alpha (drawn below alpha)",
-    "power": "exponent p of the ramp s_f + (s_i - s_f)(1 - u)^p",
-    "steps": "number of equal pruning steps",
-}
-
 
 def _cell(text: Any) -> str:
     return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -138,15 +127,14 @@ def space_tables() -> list[str]:
     lines = []
     for family, cls in FAMILIES.items():
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        described = {**cls.parameters(), **cls.SEARCH_OPTIONS}
         lines += [f"#### `search.space.{family}` {{ #space-{family} }}", "",
                   f"`{cls.__name__}`: reaches its final sparsity at `{cls.ENDS_AT}`.", "",
                   f"| key | what it is | default bounds | `{cls.__name__}(...)` default |",
                   "| --- | --- | --- | --- |"]
         for name, bounds in cls.DEFAULT_BOUNDS.items():
             fixed = _value(_field_default(fields[name])) if name in fields else "–"
-            what = PARAMETER_HELP.get(name, "")
-            if cls.ENDS_AT == "start" and name == "start":
-                what = "progress at which it prunes to the final sparsity, at once"
+            what = described[name].help
             lines.append(f"| `search.space.{family}.{name}` | {_cell(what)} | "
                          f"{_value(bounds)} | {fixed} |")
         lines.append("")

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from oneprune.plots import plot_schedules
-from oneprune.schedules import PARAMETERS
+from oneprune.schedules import schedule_parameters
 from search.plan.outcomes import FamilyOutcome
 from search.plan.stats import Difference, difference_interval, mean_interval, paired_difference
 from search.plan.trials import DENSE
@@ -122,8 +122,8 @@ def _importance_params(outcomes: Sequence[FamilyOutcome]) -> list[str]:
     """Every parameter some family has an importance for: the schedules' first, in the
     order their classes declare them, then the training settings in the order first seen."""
     seen = list(dict.fromkeys(name for o in outcomes for name in o.importances))
-    return sorted(seen, key=lambda name: PARAMETERS.index(name) if name in PARAMETERS
-                  else len(PARAMETERS))
+    order = list(schedule_parameters())
+    return sorted(seen, key=lambda name: order.index(name) if name in order else len(order))
 
 
 def importance_table(outcomes: Sequence[FamilyOutcome]) -> str:

@@ -1,8 +1,10 @@
 """Schedules: formulas at hand-computed points, properties of every family, validation,
 serialisation, Optuna search spaces and the plot helper."""
 
+import dataclasses
 import math
 import re
+from typing import ClassVar
 
 import numpy as np
 import optuna
@@ -11,6 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from testkit import ROOT
 
+from oneprune import schedules as schedule_module
+from oneprune.cli import _parser as train_parser
+from oneprune.cli import config_from_args
+from oneprune.parameters import parameter
 from oneprune.plots import plot_schedules
 from oneprune.schedules import (
     AGP,
@@ -301,6 +307,61 @@ def test_invalid_bounds_raise_naming_the_key(cls, bounds, message):
     study = optuna.create_study()
     with pytest.raises(ValueError, match=message):
         cls.suggest(study.ask(), 0.9, bounds)
+
+
+# -- a new family: one class ------------------------------------------------------------
+
+
+@pytest.fixture
+def staircase():
+    """A family defined here, as a user would add one: a ramp of `rungs` equal steps whose
+    last rung comes early by `lead` (a new int and a new float parameter). It registers
+    itself on definition and is removed from the registry afterwards."""
+    @dataclasses.dataclass(frozen=True)
+    class Staircase(schedule_module._Ramp):
+        rungs: int = parameter(4, kind=int, help="number of rungs", limits={"low": 1},
+                               bounds=(2, 6))
+        lead: float = parameter(0.0, help="how early the last rung comes, in ramp units",
+                                limits={"low": 0.0, "high": 0.5}, bounds=(0.0, 0.25))
+
+        family: ClassVar[str] = "staircase"
+
+        def _shape(self, u):
+            return np.minimum(np.ceil(u / (1.0 - self.lead) * self.rungs) / self.rungs, 1.0)
+
+        def _shape_midpoint(self):
+            return (math.ceil(self.rungs / 2) - 1) / self.rungs * (1.0 - self.lead)
+
+    yield Staircase
+    del schedule_module._FAMILIES["staircase"]
+
+
+def test_a_new_family_registers_and_its_parameters_follow_from_their_declaration(staircase):
+    assert FAMILIES["staircase"] is staircase
+    assert dict(staircase.DEFAULT_BOUNDS) == {"start": (0.0, 0.5), "end": (0.5, 1.0),
+                                              "rungs": (2, 6), "lead": (0.0, 0.25),
+                                              "min_length": 0.1}
+    with pytest.raises(ValueError, match=r"Staircase.lead must be in \[0, 0.5\], got 0.7"):
+        staircase(0.9, lead=0.7)
+    assert schedule_from_dict({"family": "staircase", "final_sparsity": 0.9,
+                               "rungs": 3}) == staircase(0.9, rungs=3)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    drawn = staircase.suggest(trial, 0.9)
+    assert list(trial.params) == ["start", "end", "rungs", "lead"]  # declaration order
+    assert isinstance(drawn.rungs, int) and 2 <= drawn.rungs <= 6
+    args = train_parser().parse_args(["--schedule", "staircase", "--rungs", "5",
+                                      "--lead", "0.1"])
+    assert config_from_args(args).schedule == staircase(0.9, rungs=5, lead=0.1)
+    with pytest.raises(SystemExit):  # an int parameter's flag takes ints only
+        train_parser().parse_args(["--schedule", "staircase", "--rungs", "2.5"])
+
+
+def test_a_family_name_cannot_be_taken_twice():
+    with pytest.raises(ValueError, match="schedule family 'agp' is defined twice"):
+        @dataclasses.dataclass(frozen=True)
+        class OtherAGP(schedule_module._Ramp):
+            family: ClassVar[str] = "agp"
+    assert FAMILIES["agp"] is AGP
 
 
 # -- plot helper ---------------------------------------------------------------------------
