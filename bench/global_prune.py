@@ -1,5 +1,6 @@
-"""Time one `Pruner.prune_to` on a model with 25M+ prunable conv weights, for the global
-ranking and for the allocations that compute per-layer budgets (ERK, LAMP, uniform).
+"""Time one `Pruner.prune_to` on a model with 25M+ prunable conv weights, for every
+registered allocation that can reach 90% on it (`oneprune.allocation.ALLOCATIONS`: the
+global ranking, LAMP's, and those that compute per-layer budgets).
 
     python bench/global_prune.py [--device cpu|cuda] [--repeats 5] [--json PATH]
 
@@ -22,6 +23,7 @@ import torch
 from _common import json_path, machine, write_json
 from torch import nn
 
+from oneprune.allocation import ALLOCATIONS
 from oneprune.cli import OneLineParser
 from oneprune.pruning import Pruner
 from oneprune.ranking import kth_smallest
@@ -37,15 +39,26 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-ALLOCATIONS = ("global", "erk", "lamp", "uniform")
+def reaching(model: nn.Module, sparsity: float) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The registered allocations that can prune `model` to `sparsity`, and why each other
+    one cannot (uniform+ keeps its first layer dense)."""
+    usable, skipped = [], {}
+    for name in ALLOCATIONS:
+        try:
+            Pruner(model, allocation=name).check_reachable(sparsity)
+            usable.append(name)
+        except ValueError as error:
+            skipped[name] = str(error)
+    return tuple(usable), skipped
 
 
 def measure(device: torch.device, repeats: int) -> dict:
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Conv2d(1024, 1024, 3, bias=False) for _ in range(3)]).to(device)
     weights = sum(p.numel() for p in model.parameters())
-    first = {name: [] for name in ALLOCATIONS}
-    second = {name: [] for name in ALLOCATIONS}
+    allocations, skipped = reaching(model, 0.9)
+    first = {name: [] for name in allocations}
+    second = {name: [] for name in allocations}
     bracketed, plain = [], []
     k = round(0.9 * weights)
     for repeat in range(repeats):
@@ -56,8 +69,8 @@ def measure(device: torch.device, repeats: int) -> dict:
             magnitudes = torch.cat([conv.weight.abs().flatten() for conv in model])
         bracketed.append(_timed(lambda m=magnitudes: kth_smallest(m, k), device))
         plain.append(_timed(lambda m=magnitudes: torch.kthvalue(m, k), device))
-        shift = repeat % len(ALLOCATIONS)  # the order rotates, so drift hits all alike
-        for name in ALLOCATIONS[shift:] + ALLOCATIONS[:shift]:
+        shift = repeat % len(allocations)  # the order rotates, so drift hits all alike
+        for name in allocations[shift:] + allocations[:shift]:
             with torch.no_grad():
                 for conv, weight in zip(model, drawn, strict=True):
                     conv.weight.copy_(weight)
@@ -68,8 +81,8 @@ def measure(device: torch.device, repeats: int) -> dict:
     result = {"device": str(device), "prunable_weights": weights, "repeats": repeats,
               "kth_smallest_bracketed_seconds": statistics.median(bracketed),
               "kth_smallest_plain_kthvalue_seconds": statistics.median(plain),
-              "threads": torch.get_num_threads()}
-    for name in ALLOCATIONS:
+              "threads": torch.get_num_threads(), "skipped": skipped}
+    for name in allocations:
         result[f"{name}_prune_to_0.5_seconds"] = statistics.median(first[name])
         result[f"{name}_prune_0.5_to_0.9_seconds"] = statistics.median(second[name])
         for label, times in (("to_0.5", first), ("0.5_to_0.9", second)):

@@ -51,7 +51,7 @@ from _common import cpu_name, json_path, machine, write_json
 from torch import nn
 from torch.ao.pruning import BaseSparsifier
 
-from oneprune import allocation
+from oneprune.allocation import allocation_of
 from oneprune.cli import OneLineParser
 from oneprune.models import build_model
 from oneprune.pruning import Pruner
@@ -70,8 +70,8 @@ def _layer_counts(units: list[int], target: float) -> list[int]:
     """Pruned weights per layer at `target`, as oneprune's uniform allocation counts them
     (exactly round(target * N) in all, largest remainder per layer)."""
     total = min(round(target * sum(units)), sum(units) - len(units))
-    return allocation.layer_budgets("uniform", units, [(n,) for n in units], total,
-                                    [0] * len(units), [n - 1 for n in units])
+    return allocation_of("uniform").budgets(units, [(n,) for n in units], total,
+                                            [0] * len(units))
 
 
 class MagnitudeSparsifier(BaseSparsifier):

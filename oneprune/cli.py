@@ -112,8 +112,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if values.setdefault("allocation", named) != named:
             raise ValueError(f"--scope {args.scope} names allocation {named!r}, but "
                              f"--allocation is {values['allocation']!r}")
-    if "model_args" in values:
-        values["model_args"] = dict(values["model_args"])
+    for name in values:  # KEY=VALUE pairs (`--model-arg`, `--allocation-arg`)
+        if settings[name].default_factory is dict:
+            values[name] = dict(values[name])
     for key, value in given.items():
         if "." in key:
             name, part = key.split(".")

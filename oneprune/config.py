@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from oneprune import _validate
-from oneprune import allocation as allocations
+from oneprune.allocation import ALLOCATIONS, allocation_of, from_scope
 from oneprune.data import DATASETS, ImageData, load_dataset
 from oneprune.lr import COUPLINGS, LR_MAX, PCT_START, RECOVERY_GAIN, RECOVERY_WINDOW, CoupledLR
 from oneprune.models import MODELS, check_model_args, check_model_name
@@ -42,7 +42,6 @@ TUNE = ("log", "linear", "choice", None)
 def setting(default: Any = dataclasses.MISSING, *, help: str, group: str,
             check: Callable[[str, Any], Any], where: str | None = "top",
             tune: str | None = None, flags: tuple[str, ...] = (),
-            when: tuple[str, Any] | None = None,
             default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
     """A `TrainConfig` field and everything derived from it, declared once.
 
@@ -52,13 +51,12 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, group: str,
     `where` places it in an experiment file: a top-level key ("top"), a key of its
     `training:` section ("training") or none (None: set per trial by the service).
     `tune` says what a study may search: "log" / "linear" (a [low, high] range), "choice"
-    (a list of values) or nothing. `when=(other, value)` makes it a conditional parameter:
-    it matters, and a study searches it, only where setting `other` has that value.
+    (a list of values) or nothing.
     """
     if group not in GROUPS or where not in WHERE or tune not in TUNE:
         raise ValueError(f"setting: group {group!r}, where {where!r} or tune {tune!r} unknown")
     metadata = {"help": help, "group": group, "check": check, "where": where, "tune": tune,
-                "flags": flags, "when": when}
+                "flags": flags}
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -84,6 +82,15 @@ def _path_or_none(key: str, value) -> str | None:
     if value is not None and not isinstance(value, str | os.PathLike):
         raise ValueError(f"{key} must be a path or None, got {value!r}")
     return None if value is None else os.fspath(value)
+
+
+def _allocation_args(key: str, value) -> dict[str, Any]:
+    """A copy of `value` if it maps argument names to numbers (the allocation checks which
+    it takes, and their ranges)."""
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and k.isidentifier() for k in value):
+        raise ValueError(f"{key} must be a mapping of argument names to numbers, got {value!r}")
+    return dict(value)
 
 
 def _model_or_none(key: str, value) -> str | None:
@@ -179,14 +186,14 @@ class TrainConfig:
         default_factory=PruneSelection, group="pruning", check=PruneSelection.parse,
         help="which layers are pruned: kinds (conv, linear) and module names to exclude")
     allocation: str = setting(
-        "uniform", group="pruning", tune="choice", check=_choice(allocations.ALLOCATIONS),
+        "uniform", group="pruning", tune="choice", check=_choice(ALLOCATIONS),
         help="how the target is spread over the layers: "
-             f"{', '.join(allocations.ALLOCATIONS)} (scope local | global: uniform | global)")
-    depth_exponent: float = setting(
-        0.0, group="pruning", tune="linear", when=("allocation", "depth"),
-        check=_real(**allocations.DEPTH_EXPONENT),
-        help="allocation depth: density ~ exp(-exponent * depth), depth -1/2 (first pruned "
-             "layer) to 1/2 (last); > 0 prunes deeper layers harder")
+             f"{', '.join(ALLOCATIONS)} (scope local | global: uniform | global)")
+    allocation_args: dict[str, Any] = setting(
+        default_factory=dict, group="pruning", check=_allocation_args,
+        flags=("--allocation-arg",),
+        help="the allocation's own arguments, e.g. exponent=2 for depth (KEY=VALUE, "
+             "repeatable; a study searches those it does not fix)")
     granularity: str = setting("weight", group="pruning", check=_choice(GRANULARITIES),
                                help="weight or filter")
     prune_resolution: float = setting(1e-3, group="pruning", where="training",
@@ -210,7 +217,9 @@ class TrainConfig:
         if self.width != 1.0 and self.model not in MODELS:
             raise ValueError(f"width scales the built-in models only; size model "
                              f"{self.model!r} through model_args, got width={self.width:g}")
-        allocations.check(self.allocation, self.granularity)
+        allocation = allocation_of(self.allocation, self.allocation_args, self.granularity)
+        object.__setattr__(self, "allocation_args", {  # as the allocation normalised them
+            name: getattr(allocation, name) for name in self.allocation_args})
         if self.dataset == "imagefolder" and self.data_dir is None:
             raise ValueError("dataset 'imagefolder' needs data_dir (a folder with train/ "
                              "and optionally test/ of class folders)")
@@ -250,6 +259,7 @@ class TrainConfig:
         spec["schedule"] = None if self.schedule is None else self.schedule.to_dict()
         spec["prune"] = self.prune.to_dict()
         spec["model_args"] = copy.deepcopy(self.model_args)
+        spec["allocation_args"] = dict(self.allocation_args)
         return spec
 
     @classmethod
@@ -258,9 +268,13 @@ class TrainConfig:
         if not isinstance(spec, Mapping):
             raise ValueError(f"train config must be a mapping, got {spec!r}")
         names = list(cls.settings())
+        spec = dict(spec)
         if "scope" in spec and "allocation" not in spec:  # the older name, e.g. in a state
-            spec = {**spec, "allocation": allocations.from_scope(spec["scope"])}
-            spec.pop("scope")
+            spec["allocation"] = from_scope(spec.pop("scope"))
+        if "depth_exponent" in spec and "allocation_args" not in spec:  # older, likewise
+            exponent = spec.pop("depth_exponent")
+            spec["allocation_args"] = ({"exponent": exponent}
+                                       if spec.get("allocation") == "depth" else {})
         unknown = [key for key in spec if key not in names]
         if unknown:
             raise ValueError(f"train config has no field {unknown[0]!r}; "

@@ -20,7 +20,7 @@ that reads parameters (validation, search spaces, flags, docs) follows.
     >>> Ramp(power=-1)
     Traceback (most recent call last):
     ...
-    ValueError: Ramp.power must be in [0, inf), got -1
+    ValueError: Ramp.power must be in [0, inf), got -1.0
 """
 
 from __future__ import annotations

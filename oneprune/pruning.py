@@ -44,8 +44,7 @@ import torch
 from torch import nn
 
 from oneprune import _validate
-from oneprune import allocation as allocations
-from oneprune.ranking import smallest
+from oneprune.allocation import Allocation, allocation_of, from_scope
 
 GRANULARITIES = ("weight", "filter")
 LAYER_KINDS: dict[str, type[nn.Module]] = {"conv": nn.Conv2d, "linear": nn.Linear}
@@ -129,8 +128,10 @@ class Pruner:
         exclude: module-name patterns (`fnmatch`, e.g. "conv1" or "layer4.*") to leave
             dense; a pattern that matches no prunable layer is an error.
         allocation: how a target is spread over the layers (`oneprune.allocation`):
-            "uniform" (the default), "global", "erk", "lamp", "uniform_plus" or "depth".
-        depth_exponent: the exponent of "depth" (0: uniform; > 0: deeper layers sparser).
+            "uniform" (the default), "global", "erk", "lamp", "uniform_plus", "depth", or
+            an `Allocation` object.
+        allocation_args: the allocation's own arguments, e.g. {"exponent": 2.0} for
+            "depth" (0: uniform; > 0: deeper layers sparser).
         example_inputs: a batch the model takes; with filter granularity it lets the
             pruner find the BatchNorm channel each filter feeds, which is zeroed with it.
 
@@ -166,17 +167,18 @@ class Pruner:
     def __init__(self, model: nn.Module, scope: str | None = None,
                  granularity: str = "weight",
                  layer_types: type | tuple[type, ...] = (nn.Conv2d,),
-                 exclude: str | Iterable[str] = (), *, allocation: str | None = None,
-                 depth_exponent: float = 0.0, example_inputs: torch.Tensor | None = None):
+                 exclude: str | Iterable[str] = (), *,
+                 allocation: str | Allocation | None = None,
+                 allocation_args: Mapping[str, Any] | None = None,
+                 example_inputs: torch.Tensor | None = None):
         self.granularity = _validate.choice("granularity", granularity, GRANULARITIES)
-        named = None if scope is None else allocations.from_scope(scope)
-        if allocation is not None and named is not None and allocation != named:
+        named = None if scope is None else from_scope(scope)
+        given = getattr(allocation, "name", allocation)
+        if given is not None and named is not None and given != named:
             raise ValueError(f"scope {scope!r} names allocation {named!r}, "
-                             f"but allocation is {allocation!r}")
-        self.allocation = allocations.check(allocation or named or "uniform",
-                                                        self.granularity)
-        self.depth_exponent = _validate.real("depth_exponent", depth_exponent,
-                                             **allocations.DEPTH_EXPONENT)
+                             f"but allocation is {given!r}")
+        self.allocation = allocation_of(allocation or named or "uniform", allocation_args,
+                                        self.granularity)
         if isinstance(layer_types, type):
             layer_types = (layer_types,)
         layer_types = tuple(layer_types)
@@ -215,7 +217,7 @@ class Pruner:
     def of(cls, model: nn.Module, selection: PruneSelection, scope: str | None = None,
            granularity: str = "weight", **options) -> Pruner:
         """A pruner of the layers `selection` picks in `model` (`options`: `allocation`,
-        `depth_exponent`, `example_inputs`)."""
+        `allocation_args`, `example_inputs`)."""
         return cls(model, scope, granularity, layer_types=selection.layer_types,
                    exclude=selection.exclude, **options)
 
@@ -255,28 +257,13 @@ class Pruner:
     def _units(self) -> list[int]:
         return [alive.numel() for alive in self._alive]
 
-    def _most_pruned(self) -> list[int]:
-        """Per layer, the most units the allocation lets it prune."""
-        low, _ = allocations.kept_bounds(self.allocation, self._units())
-        return [n - kept for n, kept in zip(self._units(), low, strict=True)]
-
     def check_reachable(self, sparsity: float) -> None:
-        """Raise `ValueError` if the allocation cannot prune `sparsity` of the units: only
-        `uniform_plus`, whose first layer stays dense and last keeps 20%, has such a limit
-        (every other allocation only keeps one unit per layer, and is capped there)."""
-        units = self._units()
-        target = round(_validate.real("sparsity", sparsity, low=0.0, high=1.0,
-                                      high_open=True) * sum(units))
-        most = self._most_pruned()
-        if self.allocation == "uniform_plus" and target > sum(most):
-            unit = "filters" if self.granularity == "filter" else "weights"
-            last = (f" and {allocations.UNIFORM_PLUS_LAST_KEPT:.0%} of the last, "
-                    f"{self.layer_names[-1]!r}" if len(units) > 1 else "")
-            raise ValueError(
-                f"allocation 'uniform_plus' cannot reach sparsity {sparsity:g}: it keeps the "
-                f"first pruned layer {self.layer_names[0]!r} dense ({units[0]:,} {unit})"
-                f"{last}, so at most {sum(most) / sum(units):.2%} of the {sum(units):,} "
-                f"{unit} can be pruned")
+        """Raise `ValueError` if the allocation cannot prune `sparsity` of the units (only
+        one that keeps more than one unit of a layer can fail: `uniform_plus`)."""
+        sparsity = _validate.real("sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+        self.allocation.check_reachable(
+            sparsity, self._units(), self.layer_names,
+            "filters" if self.granularity == "filter" else "weights")
 
     @torch.no_grad()
     def prune_to(self, sparsity: float) -> None:
@@ -285,33 +272,17 @@ class Pruner:
         self.check_reachable(sparsity)
         self._follow_weights()
         units = self._units()
-        pruned = [n - int(torch.count_nonzero(alive)) for n, alive in zip(
-            units, self._alive, strict=True)]
-        most = self._most_pruned()
-        total = min(round(sparsity * sum(units)), sum(most))
+        pruned = [n - int(torch.count_nonzero(alive))
+                  for n, alive in zip(units, self._alive, strict=True)]
+        total = min(round(sparsity * sum(units)), sum(self.allocation.most_pruned(units)))
         if total > sum(pruned):
             scores = [self._scores(i) for i in range(len(self._layers))]
-            if self.allocation in ("global", "lamp"):  # one ranking over all layers
-                selected = (self._ranked_globally(scores, total) if self.allocation == "global"
-                            else allocations.lamp_prune(scores, total))
-                for i, layer_selected in enumerate(selected):
+            selected = self.allocation.select(
+                scores, [m.weight.shape for _, m in self._layers], total, pruned)
+            for i, layer_selected in enumerate(selected):
+                if layer_selected is not None:
                     self._set_alive(i, ~layer_selected)
-            else:
-                counts = allocations.layer_budgets(
-                    self.allocation, units, [m.weight.shape for _, m in self._layers], total,
-                    pruned, most, self.depth_exponent)
-                for i, (count, before) in enumerate(zip(counts, pruned, strict=True)):
-                    if count > before:
-                        self._set_alive(i, ~smallest(scores[i], count))
         self.apply_masks()
-
-    @staticmethod
-    def _ranked_globally(scores: list[torch.Tensor], total: int) -> list[torch.Tensor]:
-        """The `total` lowest magnitudes over all layers, per layer; each layer's best live
-        unit is never ranked."""
-        for layer_scores in scores:
-            layer_scores[layer_scores.argmax()] = float("inf")
-        return list(smallest(torch.cat(scores), total).split([s.numel() for s in scores]))
 
     def _set_alive(self, i: int, alive: torch.Tensor) -> None:
         weight = self._layers[i][1].weight
@@ -403,5 +374,5 @@ class Pruner:
         self.apply_masks()
 
     def __repr__(self) -> str:
-        return (f"Pruner(allocation={self.allocation!r}, granularity={self.granularity!r}, "
+        return (f"Pruner(allocation={self.allocation.name!r}, granularity={self.granularity!r}, "
                 f"layers={len(self._layers)}, sparsity={self.sparsity():.4f})")

@@ -280,7 +280,7 @@ def new_pruner(cfg: TrainConfig, model: nn.Module, data: ImageData | None = None
         example = torch.zeros(2, data.in_channels, data.image_size, data.image_size,
                               device=parameter.device)
     return Pruner.of(model, cfg.prune, granularity=cfg.granularity,
-                     allocation=cfg.allocation, depth_exponent=cfg.depth_exponent,
+                     allocation=cfg.allocation, allocation_args=cfg.allocation_args,
                      example_inputs=example)
 
 

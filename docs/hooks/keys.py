@@ -98,9 +98,6 @@ def keys_table(section: str) -> list[str]:
             spec = settings[name]
             default = _value(_field_default(spec))
             searched = SEARCHED.get(spec.metadata["tune"], "–")
-            when = spec.metadata.get("when")
-            if when and searched != "–":
-                searched += f" (when `{when[0]}` is `{when[1]}`)"
         elif name in defaults:
             default = _value(defaults[name])
             if default == "–" and defaults[name] is dataclasses.MISSING:
@@ -141,6 +138,22 @@ def space_tables() -> list[str]:
     return lines
 
 
+def allocation_tables() -> list[str]:
+    """`allocation_args.<argument>`: each allocation's own arguments, their defaults and
+    default search ranges, as each allocation declares them."""
+    from oneprune.allocation import ALLOCATIONS
+
+    lines = ["| key | allocation | what it is | default | searched by default in |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, cls in ALLOCATIONS.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for argument, spec in cls.arguments().items():
+            lines.append(f"| `allocation_args.{argument}` | `{name}` | {_cell(spec.help)} | "
+                         f"{_value(_field_default(fields[argument]))} | "
+                         f"{_value(spec.bounds) if spec.searched else '–'} |")
+    return lines
+
+
 def render() -> str:
     """The whole generated reference, in Markdown."""
     from search.experiment.keys import SECTIONS
@@ -151,6 +164,16 @@ def render() -> str:
         lines += [f"## {title} {{ #{_anchor(section)} }}", "", intro, ""]
         lines += keys_table(section)
         lines.append("")
+        if section == "":
+            lines += ["### `allocation_args`: each allocation's arguments "
+                      "{ #section-allocation-args }", "",
+                      "An allocation that takes arguments declares them itself; "
+                      "`allocation_args` gives each a number (fixed) or a `[low, high]` pair "
+                      "(searched). An argument a study's allocations take that it does not "
+                      "give is searched over the default range, in the trials that chose "
+                      "that allocation.", ""]
+            lines += allocation_tables()
+            lines.append("")
         if section == "search":
             lines += ["### `search.space`: each family's bounds { #section-search-space }", "",
                       "`search.space.<family>` overrides any subset of the family's default "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oneprune import _validate
-from oneprune.allocation import SCOPE_NAMES, from_scope
+from oneprune.allocation import ALLOCATIONS, SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES
 from search.experiment.schema import (
@@ -203,6 +203,37 @@ def _tuned_or_fixed(name: str) -> Callable[[str, Any], Any]:
     return parse
 
 
+def _allocation_args(key: str, value) -> dict[str, Any]:
+    """`allocation_args`: each argument a number (fixed) or a [low, high] pair (searched,
+    `Tuned`); which allocation takes it, and its range, are checked once the allocations
+    of the study are known (`search.experiment.loading`)."""
+    args = SETTINGS["allocation_args"].metadata["check"](key, value)
+    parsed = {}
+    for name, given in args.items():
+        if not isinstance(given, list):
+            parsed[name] = given
+        elif len(given) != 2 or given[0] >= given[1]:
+            raise ConfigError(f"{key}.{name} must be a number or a [low, high] pair with "
+                              f"low < high, got {given!r}")
+        else:
+            parsed[name] = Tuned(tuple(given))
+    return parsed
+
+
+def _depth_exponent(key: str, value) -> dict[str, Any]:
+    """The older `depth_exponent` key: `allocation_args.exponent` of depth, checked (and
+    named) as the key the file gives."""
+    exponent = ALLOCATIONS["depth"].arguments()["exponent"]
+    if not isinstance(value, list):
+        return {"exponent": exponent.check(key, value)}
+    if len(value) != 2:
+        raise ConfigError(f"{key} must be a number or a [low, high] pair, got {value!r}")
+    low, high = (exponent.check(key, v) for v in value)
+    if low >= high:
+        raise ConfigError(f"{key} must have low < high, got {value!r}")
+    return {"exponent": Tuned((low, high))}
+
+
 def _setting_key(name: str) -> Key:
     """The experiment key of a `TrainConfig` setting: its own check and help."""
     meta = SETTINGS[name].metadata
@@ -247,7 +278,13 @@ _TOP = {
     "name": Key(_name, "The study's name: its MLflow experiment (name-s90 and so on "
                 "when several sparsities) and registered-model prefix."),
     **{name: _setting_key(name) for name, spec in SETTINGS.items()
-       if spec.metadata["where"] == "top"},
+       if spec.metadata["where"] == "top" and name != "allocation_args"},
+    "allocation_args": Key(  # a setting whose arguments may each be a range
+        _allocation_args, SETTINGS["allocation_args"].metadata["help"].rstrip(".") + ". An "
+        "argument given as a [low, high] pair is searched; one not given is searched over "
+        "its allocation's default range where it has one."),
+    "depth_exponent": Key(_depth_exponent, "Older name of allocation_args.exponent (of "
+                          "allocation depth)."),
     "scope": Key(lambda key, value: from_scope(_validate.choice(key, value,
                                                                 tuple(SCOPE_NAMES))),
                  "Older name of allocation: local is uniform, global is global."),

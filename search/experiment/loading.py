@@ -7,7 +7,9 @@
     model_args: {depth: 4}       # more keyword arguments of the model's constructor
     prune: {layers: [conv], exclude: ["features.0"]}   # what gets pruned (default: every Conv2d)
     allocation: [uniform, erk, lamp, depth]  # or one of them; scope: local | global, the
-                                 # older name of uniform | global; depth_exponent: [-4, 4]
+                                 # older name of uniform | global
+    allocation_args: {exponent: [-2, 2]}   # an allocation's own arguments: a number, or a
+                                 # range searched (depth_exponent: the older name)
     sparsity: 0.9                # or a list: one study per value; or a range searched
                                  # with accuracy: {min: 0.8, max: 0.99, max_drop: 1.0}
     epochs: 10
@@ -25,11 +27,14 @@
 
 Every key is declared once, with its parser and help, in `search.experiment.keys` (`SECTIONS`).
 `load_experiment(path)` returns an `Experiment` (`search.experiment.schema`) or raises
-`ConfigError` with one line that names the offending key. Where `allocation` may be
-`depth` and `depth_exponent` is not given, the exponent is searched over `DEPTH_SEARCH` (a
-conditional parameter). A `TrainConfig` is built for every family at both ends of every
-tuned range and of the sparsities (a range's min and max), and ASHA is only accepted where
-it is neutral (`search.plan.neutral_asha.check_neutral_asha`), so a file that loads can run.
+`ConfigError` with one line that names the offending key. An argument of an allocation the
+trials may use is fixed where `allocation_args` gives a number, searched where it gives a
+range, and otherwise searched over its allocation's default range where it has one (depth's
+exponent over [-4, 4]): a conditional parameter, only in trials that chose that allocation.
+A `TrainConfig` is built for every family at both ends of every tuned range and of the
+sparsities (a range's min and max), every searched allocation argument is checked at both
+ends, and ASHA is only accepted where it is neutral
+(`search.plan.neutral_asha.check_neutral_asha`), so a file that loads can run.
 """
 
 from __future__ import annotations
@@ -43,11 +48,12 @@ from typing import Any
 
 import yaml
 
-from oneprune.allocation import DEPTH_SEARCH
+from oneprune.allocation import ALLOCATIONS, allocation_of
 from search.experiment.keys import SECTIONS, SETTINGS, Tuned, section
 from search.experiment.schema import ConfigError, Experiment, SparsityRange
 from search.plan.neutral_asha import check_neutral_asha
-from search.plan.trials import base_config
+from search.plan.space import allocation_parameter
+from search.plan.trials import base_config, trial_config
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "quick.yaml"
 __all__ = ["DEFAULT_EXPERIMENT", "ConfigError", "load_experiment", "parse_experiment"]
@@ -70,14 +76,23 @@ def parse_experiment(raw: Any) -> Experiment:
                 raise ConfigError("scope and allocation are two names of one setting: "
                                   "give allocation only")
             values["allocation"] = values.pop("scope")
+        if "depth_exponent" in values:  # the older name of depth's argument
+            if "exponent" in values.get("allocation_args", {}):
+                raise ConfigError("depth_exponent and allocation_args.exponent are two "
+                                  "names of one setting: give allocation_args only")
+            values["allocation_args"] = {**values.get("allocation_args", {}),
+                                         **values.pop("depth_exponent")}
+        arguments = values.pop("allocation_args", {})
         given = {key: values.pop(key) for key in list(values) if key in SETTINGS}
         given.update(values.pop("training", {}))
         train = {k: v for k, v in given.items() if not isinstance(v, Tuned)}
         tuned = {k: v.space for k, v in given.items() if isinstance(v, Tuned)}
-        allocations = tuned.get("allocation", (train.get("allocation"),))
-        if "depth" in allocations and "depth_exponent" not in given:
-            tuned["depth_exponent"] = DEPTH_SEARCH  # depth's exponent is searched
-        experiment = Experiment(**values, train=train, tuned=tuned)
+        allocations = tuned.get("allocation", (train.get("allocation",
+                                                         SETTINGS["allocation"].default),))
+        fixed, space = _allocation_arguments(arguments, allocations)
+        if fixed:
+            train["allocation_args"] = fixed
+        experiment = Experiment(**values, train=train, tuned=tuned, allocation_space=space)
         _check_runnable(experiment)
     except ConfigError:
         raise
@@ -86,9 +101,39 @@ def parse_experiment(raw: Any) -> Experiment:
     return experiment
 
 
+def _allocation_arguments(given: Mapping[str, Any], allocations: tuple[str, ...],
+                          ) -> tuple[dict[str, Any], dict[str, dict[str, tuple]]]:
+    """The fixed arguments of `allocations` (those `allocation_args` gives as numbers, for
+    every allocation that takes them) and, per allocation, the range of each argument
+    searched: the range `allocation_args` gives, else its default range, unless fixed."""
+    takes = {name: ALLOCATIONS[name].arguments() for name in allocations}
+    for arg in given:
+        if not any(arg in arguments for arguments in takes.values()):
+            offered = sorted({a for arguments in takes.values() for a in arguments})
+            raise ConfigError(
+                f"allocation_args.{arg}: no allocation of this study takes it (allocation: "
+                f"{', '.join(allocations)}); allowed: {', '.join(offered) or 'none'}")
+    fixed = {arg: value for arg, value in given.items() if not isinstance(value, Tuned)}
+    space = {}
+    for name, arguments in takes.items():
+        allocation_of(name, {a: v for a, v in fixed.items() if a in arguments})  # checked
+        ranges = {}
+        for arg, spec in arguments.items():
+            value = given.get(arg)
+            if isinstance(value, Tuned):
+                low, high = (spec.check(f"allocation_args.{arg}", v) for v in value.space)
+                ranges[arg] = (low, high)
+            elif value is None and spec.searched:
+                ranges[arg] = spec.bounds
+        if ranges:
+            space[name] = ranges
+    return fixed, space
+
+
 def _check_runnable(experiment: Experiment) -> None:
-    """Build the training config of every family at both ends of every tuned range, and
-    check that early stopping, if on, is neutral to when a schedule prunes."""
+    """Build the training config of every family at both ends of every tuned range and of
+    every searched allocation argument, and check that early stopping, if on, is neutral
+    to when a schedule prunes."""
     check_neutral_asha(experiment)
     faults = experiment.faults
     for name in ("raise_at_epoch", "nan_at_epoch"):
@@ -97,11 +142,19 @@ def _check_runnable(experiment: Experiment) -> None:
             raise ConfigError(f"faults.{name} must be at most epochs={experiment.epochs}, "
                               f"got {epoch}")
     ends = [[(name, end) for end in space] for name, space in experiment.tuned.items()]
+    fixed = experiment.train.get("allocation_args", {})
     for sparsity in experiment.trained_sparsities:
         for family in experiment.families:
             base = base_config(experiment, family, sparsity)
+            schedule = dataclasses.asdict(base.schedule)
             for combination in itertools.product(*ends):
-                dataclasses.replace(base, **dict(combination))
+                trial_config(base, {**schedule, **dict(combination)}, fixed)
+            for allocation, space in experiment.allocation_space.items():
+                for argument, bounds in space.items():
+                    for end in bounds:
+                        trial_config(base, {**schedule, "allocation": allocation,
+                                            allocation_parameter(allocation, argument): end},
+                                     fixed)
     base_config(experiment)
 
 

@@ -98,9 +98,11 @@ class Experiment:
 
     `train` holds the fixed training settings the file gives (the rest keep their
     `TrainConfig` defaults), `tuned` the searched ones: a (low, high) range or a tuple of
-    choices per setting, in file order (the order Optuna suggests them in). With a
-    `sparsity_range`, `sparsity` is its upper end alone: the one study's key (each trial's
-    own sparsity is its `final_sparsity` parameter).
+    choices per setting, in file order (the order Optuna suggests them in).
+    `allocation_space` holds, per allocation a trial may use, the (low, high) range of each
+    of its arguments that is searched (the fixed ones are in `train["allocation_args"]`).
+    With a `sparsity_range`, `sparsity` is its upper end alone: the one study's key (each
+    trial's own sparsity is its `final_sparsity` parameter).
     """
 
     name: str
@@ -117,6 +119,7 @@ class Experiment:
     faults: Faults | None = None
     train: Mapping[str, Any] = field(default_factory=dict)
     tuned: Mapping[str, tuple] = field(default_factory=dict)
+    allocation_space: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict)
 
     @property
     def allocations(self) -> tuple[str, ...]:

@@ -2,9 +2,10 @@
 
 `define_by_run` is what `ExperimentSearcher` calls with each new Optuna trial; the
 parameters it suggests (`final_sparsity` where a sparsity range is searched, `start`, `end`,
-`alpha`, ..., `lr_max`, `coupling`, `recovery_gain`, `allocation`, `depth_exponent`)
-become the `params` of the Tune trial's config, and `search.plan.trials.trial_config` turns
-them into the `TrainConfig` the trial trains.
+`alpha`, ..., `lr_max`, `coupling`, `recovery_gain`, `allocation`, and the searched
+arguments of the allocation drawn, e.g. `depth_exponent`) become the `params` of the Tune
+trial's config, and `search.plan.trials.trial_config` turns them into the `TrainConfig` the
+trial trains.
 """
 
 from __future__ import annotations
@@ -12,40 +13,50 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from oneprune.allocation import ALLOCATIONS
 from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES
 
 SETTINGS = TrainConfig.settings()
 
 
+def allocation_parameter(allocation: str, argument: str) -> str:
+    """The search parameter of an allocation's argument: `<allocation>_<argument>`
+    (`depth_exponent`), so that two allocations' arguments of one name stay apart."""
+    return f"{allocation}_{argument}"
+
+
 def suggest_training(trial, tuned: Mapping[str, tuple],
-                     fixed: Mapping[str, Any] | None = None) -> None:
+                     fixed: Mapping[str, Any] | None = None,
+                     allocation_space: Mapping[str, Mapping[str, tuple]] | None = None,
+                     ) -> None:
     """Suggest the tuned training settings (`Experiment.tuned`), each as its `setting`
-    says: a (low, high) range on a log or linear scale, or a tuple of choices. A
-    conditional setting (`when=(other, value)`, e.g. `depth_exponent` of allocation
-    `depth`) comes after the others and only where `other`, sampled or among the `fixed`
-    settings, has that value: the same space for every family."""
-    conditional = [name for name in tuned if SETTINGS[name].metadata["when"]]
+    says: a (low, high) range on a log or linear scale, or a tuple of choices; then the
+    searched arguments of the allocation the trial uses (sampled, or among the `fixed`
+    settings), from `allocation_space` (`Experiment.allocation_space`): a conditional
+    parameter, the same space for every family."""
     values = {**(fixed or {})}
-    for name in [*(n for n in tuned if n not in conditional), *conditional]:
-        when = SETTINGS[name].metadata["when"]
-        if when is not None and values.get(when[0], SETTINGS[when[0]].default) != when[1]:
-            continue
-        tune, space = SETTINGS[name].metadata["tune"], tuned[name]
+    for name, space in tuned.items():
+        tune = SETTINGS[name].metadata["tune"]
         if tune == "choice":
             values[name] = trial.suggest_categorical(name, list(space))
         else:
             values[name] = trial.suggest_float(name, *space, log=tune == "log")
+    allocation = values.get("allocation", SETTINGS["allocation"].default)
+    arguments = ALLOCATIONS[allocation].arguments()
+    for argument, space in (allocation_space or {}).get(allocation, {}).items():
+        suggest = trial.suggest_int if arguments[argument].kind is int else trial.suggest_float
+        suggest(allocation_parameter(allocation, argument), *space)
 
 
 def define_by_run(trial, *, family: str, sparsity: float | tuple[float, float],
                   bounds: Mapping[str, Any] | None, tuned: Mapping[str, tuple],
-                  fixed: Mapping[str, Any] | None = None) -> None:
+                  fixed: Mapping[str, Any] | None = None,
+                  allocation_space: Mapping[str, Mapping[str, tuple]] | None = None) -> None:
     """One sample of `family` at `sparsity` (a (min, max) pair: the final sparsity is
     sampled first, uniformly, as `final_sparsity`) and of the shared training space
-    (`fixed`: the experiment's fixed settings, which conditional parameters may depend
-    on)."""
+    (`fixed`: the experiment's fixed settings, which the allocation may be among)."""
     if isinstance(sparsity, tuple):
         sparsity = trial.suggest_float("final_sparsity", *sparsity)
     FAMILIES[family].suggest(trial, sparsity, bounds)
-    suggest_training(trial, tuned, fixed)
+    suggest_training(trial, tuned, fixed, allocation_space)

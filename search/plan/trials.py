@@ -24,8 +24,10 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from oneprune.allocation import ALLOCATIONS
 from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES, Schedule
+from search.plan.space import allocation_parameter
 
 if TYPE_CHECKING:
     from search.experiment.schema import Experiment
@@ -103,14 +105,30 @@ def midpoint_schedule(family: str, sparsity: float,
     return FAMILIES[family].suggest(_MiddleTrial(), sparsity, bounds)
 
 
+def _allocation_args(allocation: str, fixed: Mapping[str, Any],
+                     searched: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments `allocation` trains with: those of the `fixed` ones it takes, and the
+    `searched` values."""
+    arguments = ALLOCATIONS[allocation].arguments()
+    return {**{arg: value for arg, value in fixed.items() if arg in arguments}, **searched}
+
+
 def base_config(experiment: Experiment, family: str | None = None,
                 sparsity: float | None = None, *, seed: int | None = None) -> TrainConfig:
     """The training run every trial of `family` at `sparsity` starts from: its schedule
     at the middle of its search bounds (no family: the dense reference, without LR
     coupling, which needs a schedule), the fixed settings, every tuned one at
-    `tuned_middle`; `seed` defaults to the search seed."""
+    `tuned_middle` (the searched arguments of its allocation too); `seed` defaults to the
+    search seed."""
     values = {**experiment.train, **{name: tuned_middle(name, space)
                                      for name, space in experiment.tuned.items()}}
+    allocation = values.get("allocation", SETTINGS["allocation"].default)
+    arguments, middle = ALLOCATIONS[allocation].arguments(), _MiddleTrial()
+    values["allocation_args"] = _allocation_args(
+        allocation, experiment.train.get("allocation_args", {}),
+        {arg: (middle.suggest_int if arguments[arg].kind is int else middle.suggest_float)(
+            arg, *space) for arg, space in experiment.allocation_space.get(allocation,
+                                                                           {}).items()})
     if family is None:
         values["coupling"] = "none"
     return TrainConfig(
@@ -119,24 +137,33 @@ def base_config(experiment: Experiment, family: str | None = None,
             family, sparsity, experiment.search.space.get(family)))
 
 
-def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
+def trial_config(base: TrainConfig, params: Mapping[str, Any],
+                 allocation_args: Mapping[str, Any] | None = None) -> TrainConfig:
     """The run of a trial: `base` with the sampled schedule and training parameters.
 
     `base.schedule` fixes the family, and the final sparsity unless `params` has a sampled
     `final_sparsity`; every other schedule field comes from `params` (or the family's
-    default).
+    default). The allocation (sampled, or `base`'s) trains with its sampled arguments and
+    those of the fixed `allocation_args` it takes (default: `base`'s).
     """
     family = type(base.schedule)
     fields = {f.name for f in dataclasses.fields(family)}
     tunable = {name for name, spec in SETTINGS.items() if spec.metadata["tune"]}
-    unknown = set(params) - fields - tunable
+    allocation = params.get("allocation", base.allocation)
+    searched = {arg: params[allocation_parameter(allocation, arg)]
+                for arg in ALLOCATIONS[allocation].arguments()
+                if allocation_parameter(allocation, arg) in params}
+    unknown = (set(params) - fields - tunable
+               - {allocation_parameter(allocation, arg) for arg in searched})
     if unknown:
         raise ValueError(f"trial parameters {sorted(unknown)} belong to no field of "
                          f"{family.family} or the training space")
     schedule = family(**{"final_sparsity": base.schedule.final_sparsity,
                          **{k: v for k, v in params.items() if k in fields}})
     training = {k: v for k, v in params.items() if k in tunable}
-    return dataclasses.replace(base, schedule=schedule, **training)
+    fixed = base.allocation_args if allocation_args is None else allocation_args
+    return dataclasses.replace(base, schedule=schedule, **training,
+                               allocation_args=_allocation_args(allocation, fixed, searched))
 
 
 def train_config(experiment: Experiment, config: Mapping[str, Any]) -> TrainConfig:
@@ -144,5 +171,5 @@ def train_config(experiment: Experiment, config: Mapping[str, Any]) -> TrainConf
     if is_dense(config):
         return base_config(experiment, seed=config["seed"])
     cfg = trial_config(base_config(experiment, config["family"], config["sparsity"]),
-                       config["params"])
+                       config["params"], experiment.train.get("allocation_args", {}))
     return cfg if config["part"] == SEARCH else dataclasses.replace(cfg, seed=config["seed"])

@@ -323,7 +323,8 @@ class ExperimentSearcher(Searcher):
         define_by_run(trial, family=family,
                       sparsity=sparsity if span is None else (span.min, span.max),
                       bounds=self.experiment.search.space.get(family),
-                      tuned=self.experiment.tuned, fixed=self.experiment.train)
+                      tuned=self.experiment.tuned, fixed=self.experiment.train,
+                      allocation_space=self.experiment.allocation_space)
         return search_config(group, trial.number, trial.params)
 
     def _all_handed_out(self) -> bool:

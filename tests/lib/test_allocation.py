@@ -2,25 +2,30 @@
 under ties and zeros, monotone masks along a One-Cycle ramp, uniform+ and depth, bad input."""
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from oneprune import allocation
-from oneprune.allocation import (
-    ALLOCATIONS,
-    integer_budgets,
-    kept_targets,
-    lamp_prune,
-    lamp_scores,
-)
+from oneprune.allocation import ALLOCATIONS, Allocation, allocation_of, base, lamp
+from oneprune.allocation.base import integer_budgets
+from oneprune.allocation.erk import erk_ratio
+from oneprune.allocation.lamp import lamp_prune, lamp_scores
+from oneprune.config import TrainConfig
+from oneprune.parameters import parameter
 from oneprune.pruning import Pruner
 from oneprune.schedules import OneCycle
 
-WEIGHT_ALLOCATIONS = ALLOCATIONS
-FILTER_ALLOCATIONS = tuple(a for a in ALLOCATIONS if a not in allocation.WEIGHT_ONLY)
+WEIGHT_ALLOCATIONS = tuple(ALLOCATIONS)
+FILTER_ALLOCATIONS = tuple(a for a, cls in ALLOCATIONS.items() if not cls.WEIGHT_ONLY)
+
+
+def depth_args(name: str, exponent: float) -> dict:
+    """`allocation_args` giving depth its exponent (the others take no argument)."""
+    return {"exponent": exponent} if name == "depth" else {}
 
 
 def three_convs() -> nn.Sequential:
@@ -51,13 +56,13 @@ def test_erk_densities_worked_by_hand_with_a_layer_kept_dense():
     # again over the other two: eps = (258.4 - 32) / (13 + 30) = 5.2651.
     shapes = [(4, 3, 3, 3), (8, 4, 1, 1), (16, 8, 3, 3)]
     units = [108, 32, 1152]
-    assert [allocation.erk_ratio(s) for s in shapes] == [13 / 108, 14 / 32, 30 / 1152]
+    assert [erk_ratio(s) for s in shapes] == [13 / 108, 14 / 32, 30 / 1152]
     eps = (0.2 * 1292 - 32) / (13 + 30)
     expected = [eps * 13, 32.0, eps * 30]
-    kept = kept_targets("erk", units, shapes, 1292 - 1033.6)
+    kept = allocation_of("erk").kept_targets(units, shapes, 1292 - 1033.6)
     np.testing.assert_allclose(kept, expected, rtol=1e-12)
     # No layer hits density 1 at 90%: one scale for all, eps = 129.2 / 57.
-    np.testing.assert_allclose(kept_targets("erk", units, shapes, 129.2),
+    np.testing.assert_allclose(allocation_of("erk").kept_targets(units, shapes, 129.2),
                                [129.2 / 57 * r for r in (13, 14, 30)], rtol=1e-12)
     # Integer budgets: round(0.8 * 1292) = 1034 pruned; floors 39 + 0 + 994 = 1033, and the
     # extra unit goes to the first layer (pruned target 39.55, the largest remainder).
@@ -129,10 +134,10 @@ def test_lamp_on_large_layers_scores_a_window_and_stays_exact():
     n = sum(s.numel() for s in layers)
     for sparsity in (0.3, 0.6, 0.9, 0.98):
         total = round(sparsity * n)
-        windows = allocation._lamp_windows(layers, total)
+        windows = lamp._lamp_windows(layers, total)
         assert any(math.isfinite(low) or math.isfinite(high) for low, high in windows)
-        windowed = allocation._lamp_windowed(layers, total, windows)
-        exact = allocation._lamp_windowed(layers, total, [(-math.inf, math.inf)] * 4)
+        windowed = lamp._lamp_windowed(layers, total, windows)
+        exact = lamp._lamp_windowed(layers, total, [(-math.inf, math.inf)] * 4)
         assert windowed is not None and all(map(torch.equal, windowed, exact))
         assert [int(p.sum()) for p in windowed] == reference_lamp_counts(layers, total)
     # A threshold in the middle of a run of ties cannot be decided from a window: the
@@ -161,12 +166,12 @@ def test_exact_totals_under_ties_and_pre_existing_zeros(name):
         model[0].weight.zero_()  # a layer of zeros
         model[1].weight.fill_(0.5)  # a layer of ties
         model[3].weight.mul_(torch.rand(model[3].weight.shape) > 0.5)
-    pruner = Pruner(model, allocation=name, depth_exponent=1.5)
+    pruner = Pruner(model, allocation=name, allocation_args=depth_args(name, 1.5))
     # uniform+ keeps its first layer dense and 20% of its last: at most 86% here
     for sparsity in (0.3, 0.7, 0.85 if name == "uniform_plus" else 0.95):
         pruner.prune_to(sparsity)
         counts, units = pruned_counts(pruner), pruner._units()
-        most = pruner._most_pruned()
+        most = pruner.allocation.most_pruned(units)
         assert sum(counts) == min(round(sparsity * sum(units)), sum(most)), name
         assert all(c <= n - 1 for c, n in zip(counts, units, strict=True))
         assert pruner.sparsity() == sum(counts) / sum(units)
@@ -177,7 +182,8 @@ def test_exact_totals_under_ties_and_pre_existing_zeros(name):
     *((name, "filter") for name in FILTER_ALLOCATIONS)])
 def test_masks_are_monotone_along_a_one_cycle_ramp(name, granularity):
     model = net()
-    pruner = Pruner(model, allocation=name, granularity=granularity, depth_exponent=-2.0)
+    pruner = Pruner(model, allocation=name, granularity=granularity,
+                    allocation_args=depth_args(name, -2.0))
     schedule = OneCycle(0.75 if name == "uniform_plus" else 0.9)  # uniform+: see above
     gen = torch.Generator().manual_seed(2)
     previous = [torch.ones_like(alive) for alive in pruner._alive]
@@ -200,7 +206,7 @@ def test_ties_are_broken_by_position_within_a_layer():
         for conv in model:
             conv.weight.fill_(1.0)
     for name in ("uniform", "erk", "depth", "lamp"):
-        pruner = Pruner(model, allocation=name, depth_exponent=1.0)
+        pruner = Pruner(model, allocation=name, allocation_args=depth_args(name, 1.0))
         pruner.prune_to(0.6)
         for alive, count in zip(pruner._alive, pruned_counts(pruner), strict=True):
             assert not alive[:count].any() and alive[count:].all(), name
@@ -238,11 +244,12 @@ def test_depth_zero_is_uniform_and_its_sign_orders_the_layers():
         Pruner(model, **options).prune_to(0.8)
         return [float((m.weight != 0).float().mean()) for m in model]
 
-    assert densities(allocation="depth", depth_exponent=0.0) == densities(allocation="uniform")
-    rising = densities(allocation="depth", depth_exponent=2.0)
+    assert densities(allocation="depth", allocation_args={"exponent": 0.0}) == densities(
+        allocation="uniform")
+    rising = densities(allocation="depth", allocation_args={"exponent": 2.0})
     assert rising == sorted(rising, reverse=True)  # deeper layers sparser
     np.testing.assert_allclose(rising[0] / rising[-1], math.exp(2.0), rtol=0.02)
-    falling = densities(allocation="depth", depth_exponent=-2.0)
+    falling = densities(allocation="depth", allocation_args={"exponent": -2.0})
     assert falling == sorted(falling)
 
 
@@ -265,3 +272,57 @@ def test_filter_granularity_refuses_erk_in_one_line():
                                          "layer's density from the shape of its weight "
                                          "tensor"):
         Pruner(net(), allocation="erk", granularity="filter")
+
+
+# -- a new allocation: one module ---------------------------------------------------------
+
+
+@pytest.fixture
+def front_loaded():
+    """An allocation defined here, as a user would add one, with an argument of its own:
+    the first `share` of the layers twice as dense as the rest. It registers itself on
+    definition and is removed from the registry afterwards."""
+    @dataclass(frozen=True)
+    class FrontLoaded(Allocation):
+        share: float = parameter(0.5, help="share of the layers kept twice as dense",
+                                 limits={"low": 0.0, "high": 1.0, "low_open": True},
+                                 bounds=(0.25, 0.75))
+
+        name: ClassVar[str] = "front_loaded"
+
+        def density(self, units, shapes):
+            cut = math.ceil(self.share * len(units))
+            return [2.0 if i < cut else 1.0 for i in range(len(units))]
+
+    yield FrontLoaded
+    del base._ALLOCATIONS["front_loaded"]
+
+
+def test_a_new_allocation_registers_and_takes_its_own_arguments(front_loaded):
+    assert ALLOCATIONS["front_loaded"] is front_loaded
+    assert allocation_of("front_loaded", {"share": 0.25}) == front_loaded(share=0.25)
+    model = nn.Sequential(*[nn.Conv2d(8, 8, 3) for _ in range(4)])
+    Pruner(model, allocation="front_loaded", allocation_args={"share": 0.5}).prune_to(0.5)
+    kept = [int((conv.weight != 0).sum()) for conv in model]  # 576 weights each
+    assert kept == [384, 384, 192, 192]  # c (2 + 2 + 1 + 1) 576 = 1152 kept: c = 1/3
+    with pytest.raises(ValueError, match=r"allocation_args.share must be in \(0, 1\]"):
+        Pruner(model, allocation="front_loaded", allocation_args={"share": 2})
+    cfg = TrainConfig(allocation="front_loaded", allocation_args={"share": 0.25})
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_an_allocation_name_cannot_be_taken_twice():
+    with pytest.raises(ValueError, match="allocation 'lamp' is defined twice"):
+        @dataclass(frozen=True)
+        class OtherLAMP(Allocation):
+            name: ClassVar[str] = "lamp"
+    assert ALLOCATIONS["lamp"] is lamp.LAMP
+
+
+def test_an_older_depth_exponent_in_a_saved_config_becomes_depths_argument():
+    old = {**TrainConfig(allocation="depth").to_dict(), "depth_exponent": 1.5}
+    del old["allocation_args"]
+    assert TrainConfig.from_dict(old).allocation_args == {"exponent": 1.5}
+    old = {**TrainConfig().to_dict(), "depth_exponent": 0.0}  # uniform: it had no effect
+    del old["allocation_args"]
+    assert TrainConfig.from_dict(old) == TrainConfig()

@@ -4,10 +4,10 @@ import doctest
 
 import pytest
 
-from oneprune import config, deploy, lr, pruning, schedules
+from oneprune import allocation, config, deploy, lr, parameters, pruning, schedules
 
 
-@pytest.mark.parametrize("module", [schedules, pruning, lr, config, deploy],
+@pytest.mark.parametrize("module", [schedules, parameters, allocation, pruning, lr, config, deploy],
                          ids=lambda module: module.__name__)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from oneprune.allocation import ALLOCATIONS
 from search.experiment.loading import ConfigError, parse_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,9 @@ def accepted_keys() -> set[str]:
         assert section in top
         keys.update(f"{section}.{k}" for k in _allowed(
             {"name": "docs", section: {UNKNOWN: 1}}, section))
+    keys.update(f"allocation_args.{k}" for k in _allowed(
+        {"name": "docs", "allocation": list(ALLOCATIONS), "allocation_args": {UNKNOWN: 1}},
+        "allocation_args"))
     families = _allowed({"name": "docs", "search": {"space": {UNKNOWN: {}}}}, "search.space")
     for family in families:
         keys.update(f"search.space.{family}.{k}" for k in _allowed(

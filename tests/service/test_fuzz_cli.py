@@ -82,7 +82,7 @@ def broken_experiments(draw):
     elif kind == "unknown key":
         section = draw(st.sampled_from(SECTIONS))
         allowed = set(BASE) | {"name", "model", "data_dir", "download", "scope",
-                               "allocation", "depth_exponent",
+                               "allocation", "allocation_args", "depth_exponent",
                                "granularity", "search", "tracking", "faults", "image_size",
                                "val_fraction", "split_seed", "width", "space",
                                "sampler", "seed", "asha", "grace_period", "optimizer",

@@ -10,7 +10,6 @@ from mlflow.tracking import MlflowClient
 from testkit import ROOT
 from testkit.driver import run_search
 
-from oneprune.allocation import DEPTH_SEARCH
 from oneprune.cli import _parser as train_parser
 from oneprune.config import TrainConfig
 from oneprune.schedules import OneCycle
@@ -357,7 +356,7 @@ def test_asha_is_refused_where_it_would_favour_late_pruning(space, grace, epochs
 def test_a_list_of_allocations_is_searched_with_depths_exponent_conditional():
     experiment = parse_experiment({**VALID, "allocation": ["uniform", "erk", "depth"]})
     assert experiment.tuned["allocation"] == ("uniform", "erk", "depth")
-    assert experiment.tuned["depth_exponent"] == DEPTH_SEARCH  # searched by default
+    assert experiment.allocation_space == {"depth": {"exponent": (-4.0, 4.0)}}  # by default
     assert experiment.allocations == ("uniform", "erk", "depth")
     assert base_config(experiment, "agp", 0.9).allocation == "uniform"  # the first choice
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -365,7 +364,7 @@ def test_a_list_of_allocations_is_searched_with_depths_exponent_conditional():
     for _ in range(30):
         trial = study.ask()
         define_by_run(trial, family="agp", sparsity=0.9, bounds=None, tuned=experiment.tuned,
-                      fixed=experiment.train)
+                      fixed=experiment.train, allocation_space=experiment.allocation_space)
         chosen = trial.params["allocation"]
         seen.add(chosen)
         # the exponent exists exactly where allocation is depth: one space for every family
@@ -373,13 +372,32 @@ def test_a_list_of_allocations_is_searched_with_depths_exponent_conditional():
         cfg = trial_config(base_config(experiment, "agp", 0.9), trial.params)
         assert cfg.allocation == chosen
         if chosen == "depth":
-            assert -4.0 <= cfg.depth_exponent <= 4.0
-            assert cfg.depth_exponent == trial.params["depth_exponent"]
+            assert -4.0 <= cfg.allocation_args["exponent"] <= 4.0
+            assert cfg.allocation_args["exponent"] == trial.params["depth_exponent"]
+        else:
+            assert cfg.allocation_args == {}
         study.tell(trial, 0.5)
     assert seen == {"uniform", "erk", "depth"}
     fixed = parse_experiment({**VALID, "allocation": "depth", "depth_exponent": 1.5})
-    assert "depth_exponent" not in fixed.tuned and fixed.train["depth_exponent"] == 1.5
-    assert "depth_exponent" in parse_experiment({**VALID, "allocation": "depth"}).tuned
+    assert fixed.allocation_space == {} and fixed.train["allocation_args"] == {"exponent": 1.5}
+    assert "depth" in parse_experiment({**VALID, "allocation": "depth"}).allocation_space
+
+
+def test_allocation_args_fix_or_range_each_argument_for_the_allocations_that_take_it():
+    ranged = parse_experiment({**VALID, "allocation": ["uniform", "depth"],
+                               "allocation_args": {"exponent": [-2, 1]}})
+    assert ranged.allocation_space == {"depth": {"exponent": (-2.0, 1.0)}}
+    assert "allocation_args" not in ranged.train
+    fixed = parse_experiment({**VALID, "allocation": ["uniform", "depth"],
+                              "allocation_args": {"exponent": 2}})
+    assert fixed.allocation_space == {}
+    assert trial_config(base_config(fixed, "agp", 0.9), {"allocation": "depth"},
+                        fixed.train["allocation_args"]).allocation_args == {"exponent": 2.0}
+    assert trial_config(base_config(fixed, "agp", 0.9), {"allocation": "uniform"},
+                        fixed.train["allocation_args"]).allocation_args == {}
+    assert base_config(fixed, "agp", 0.9).allocation_args == {}  # uniform, the first choice
+    assert parse_experiment({**VALID, "allocation": "depth", "depth_exponent": [-1, 3]}
+                            ).allocation_space == {"depth": {"exponent": (-1.0, 3.0)}}
 
 
 def test_scope_is_the_older_name_of_two_allocations():
@@ -396,6 +414,12 @@ def test_scope_is_the_older_name_of_two_allocations():
      "allocation 'erk' cannot prune filters"),
     ({"allocation": "depth", "depth_exponent": 12}, "depth_exponent must be in [-8, 8]"),
     ({"allocation": "depth", "depth_exponent": [-9, 1]}, "depth_exponent must be in [-8, 8]"),
+    ({"allocation": "depth", "allocation_args": {"exponent": [-9, 1]}},
+     "allocation_args.exponent must be in [-8, 8]"),
+    ({"allocation": "uniform", "allocation_args": {"exponent": 1}},
+     "allocation_args.exponent: no allocation of this study takes it"),
+    ({"allocation": "depth", "allocation_args": {"exponent": 1}, "depth_exponent": 1},
+     "depth_exponent and allocation_args.exponent are two names of one setting"),
 ])
 def test_bad_allocations_are_refused_in_one_line(raw, expected):
     with pytest.raises(ConfigError) as error:
