@@ -27,7 +27,7 @@ import torch
 
 from oneprune import _validate
 from oneprune.allocation import ALLOCATIONS, allocation_of, from_scope
-from oneprune.data import DATASETS, ImageData, load_dataset
+from oneprune.data import DATASETS, ImageData, data_source, load_dataset
 from oneprune.lr import COUPLINGS, LR_MAX, PCT_START, RECOVERY_GAIN, RECOVERY_WINDOW, CoupledLR
 from oneprune.models import MODELS, check_model_args, check_model_name
 from oneprune.pruning import GRANULARITIES, PruneSelection
@@ -211,18 +211,17 @@ class TrainConfig:
         for spec in dataclasses.fields(self):
             value = spec.metadata["check"](spec.name, getattr(self, spec.name))
             object.__setattr__(self, spec.name, value)
+        data = data_source(self.dataset)
         if self.model is None:
-            object.__setattr__(self, "model",
-                               "convnet" if self.dataset == "digits" else "resnet18")
+            object.__setattr__(self, "model", data.default_model)
         if self.width != 1.0 and self.model not in MODELS:
             raise ValueError(f"width scales the built-in models only; size model "
                              f"{self.model!r} through model_args, got width={self.width:g}")
         allocation = allocation_of(self.allocation, self.allocation_args, self.granularity)
         object.__setattr__(self, "allocation_args", {  # as the allocation normalised them
             name: getattr(allocation, name) for name in self.allocation_args})
-        if self.dataset == "imagefolder" and self.data_dir is None:
-            raise ValueError("dataset 'imagefolder' needs data_dir (a folder with train/ "
-                             "and optionally test/ of class folders)")
+        if data.layout is not None and self.data_dir is None:
+            raise ValueError(f"dataset {self.dataset!r} needs data_dir ({data.layout})")
         self.lr_policy()  # the coupling needs a schedule
 
     @classmethod

@@ -1,5 +1,11 @@
 """Datasets as in-memory uint8 tensors, split into train / val / test, and batched on the device.
 
+Every dataset is a source (`DataSource`) that registers itself by name in `DATASETS`: a
+function decorated with `@source(...)`, which reads the files into a train and a test split
+and declares how the training batches are augmented, whether the images are decoded at
+`image_size`, whether `data_dir` is required (and what it must hold) and the model a config
+defaults to. A new dataset is one decorated function here. The built-in ones:
+
 - `digits`: scikit-learn's 8x8 digits (1,797 images, embedded: always available offline).
 - `cifar10`, `cifar100`: torchvision's `CIFAR10` / `CIFAR100` (their files under `data_dir`,
   or downloaded there with `download=True`).
@@ -31,6 +37,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -39,8 +46,6 @@ import torch.nn.functional as F
 from oneprune import _validate
 from oneprune._files import write_atomically
 
-DATASETS = ("digits", "cifar10", "cifar100", "caltech101", "imagefolder")
-RESIZED_DATASETS = ("caltech101", "imagefolder")  # decoded once at `image_size`
 DEFAULT_DATA_DIR = Path("~/.cache/oneprune/data")
 TEST_FRACTION = 0.2
 CALTECH_CACHE_VERSION = 1
@@ -209,13 +214,73 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(means), tuple(stds)
 
 
-def _digits(seed: int) -> tuple[Split, Split, int]:
+@dataclass(frozen=True)
+class SourceRequest:
+    """What a source is asked for: its registered `name`, the folder its files are in
+    (`root`), whether it may `download` them, the side to decode images at, the seed of a
+    test split it carves itself, whether to `verify` checksums, a progress bar, a log."""
+
+    name: str
+    root: Path
+    download: bool
+    image_size: int
+    seed: int
+    verify: bool
+    progress: bool
+    log: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset by name: `read(request)` gives its (train, test, class count); `augment(
+    image_size)` its training augmentation. `resized`: decoded once at `image_size` (so
+    that setting matters, and data loaded at another size is not this config's).
+    `embedded`: it has no files. `layout`: what `data_dir` must hold when the source needs
+    one given (None: it defaults to `DEFAULT_DATA_DIR`). `default_model`: the model a
+    config without one trains."""
+
+    name: str
+    read: Callable[[SourceRequest], tuple[Split, Split, int]]
+    augment: Callable[[int], Augment]
+    resized: bool = False
+    embedded: bool = False
+    layout: str | None = None
+    default_model: str = "resnet18"
+
+
+_DATASETS: dict[str, DataSource] = {}
+DATASETS: Mapping[str, DataSource] = MappingProxyType(_DATASETS)
+"""Every dataset source by name, in the order they were registered."""
+
+
+def source(name: str, *, augment: Callable[[int], Augment], resized: bool = False,
+           embedded: bool = False, layout: str | None = None,
+           default_model: str = "resnet18") -> Callable:
+    """Register the decorated `read(request)` function as the dataset `name` (see
+    `DataSource`); a name is taken once."""
+    def register(read: Callable[[SourceRequest], tuple[Split, Split, int]]):
+        if name in _DATASETS:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        _DATASETS[name] = DataSource(name, read, augment, resized, embedded, layout,
+                                     default_model)
+        return read
+    return register
+
+
+def data_source(name: str) -> DataSource:
+    """The registered source `name`; `ValueError` naming the known ones otherwise."""
+    return DATASETS[_validate.choice("dataset", name, tuple(DATASETS))]
+
+
+@source("digits", embedded=True, default_model="convnet",
+        augment=lambda size: Augment(pad=1, flip=False))  # digits are not mirror-symmetric
+def _digits(request: SourceRequest) -> tuple[Split, Split, int]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     whole = Split(torch.from_numpy(images), torch.from_numpy(digits.target.astype(np.int64)))
-    train, test = _stratified(whole, TEST_FRACTION, seed, "test_fraction")
+    train, test = _stratified(whole, TEST_FRACTION, request.seed, "test_fraction")
     return train, test, 10
 
 
@@ -226,11 +291,14 @@ def _unavailable(name: str, root: Path, download: bool, error: Exception) -> Dat
                                 f"({error}); {how}")
 
 
-def _cifar(name: str, root: Path, download: bool, verify: bool) -> tuple[Split, Split, int]:
+@source("cifar100", augment=lambda size: Augment(pad=4, flip=True))
+@source("cifar10", augment=lambda size: Augment(pad=4, flip=True))  # registered first
+def _cifar(request: SourceRequest) -> tuple[Split, Split, int]:
     from torchvision import datasets
 
+    name, root, download = request.name, request.root, request.download
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    if not verify:  # same files and parser, without torchvision's md5 checks
+    if not request.verify:  # same files and parser, without torchvision's md5 checks
         cls = type(cls.__name__, (cls,), {
             "train_list": [[file, None] for file, _ in cls.train_list],
             "test_list": [[file, None] for file, _ in cls.test_list],
@@ -247,9 +315,11 @@ def _cifar(name: str, root: Path, download: bool, verify: bool) -> tuple[Split, 
     return splits[0], splits[1], num_classes
 
 
-def _caltech101(root: Path, download: bool, image_size: int,
-                seed: int) -> tuple[Split, Split, int]:
+@source("caltech101", resized=True, augment=lambda size: Augment(pad=size // 8, flip=True))
+def _caltech101(request: SourceRequest) -> tuple[Split, Split, int]:
     from torchvision import datasets, transforms
+
+    root, download, image_size = request.root, request.download, request.image_size
 
     resize = transforms.Compose([transforms.Lambda(lambda image: image.convert("RGB")),
                                  _resize(image_size)])
@@ -271,7 +341,7 @@ def _caltech101(root: Path, download: bool, image_size: int,
 
     cached = _cached(Path(dataset.root) / f"oneprune-{image_size}px.pt", signature, build)
     whole = Split(cached["images"], cached["labels"])
-    train, test = _stratified(whole, TEST_FRACTION, seed, "test_fraction")
+    train, test = _stratified(whole, TEST_FRACTION, request.seed, "test_fraction")
     return train, test, len(dataset.categories)
 
 
@@ -363,8 +433,10 @@ def imagefolder_cache(root: Path, image_size: int) -> Path:
     return DEFAULT_DATA_DIR.expanduser() / "imagefolder" / key / name
 
 
-def _imagefolder(root: Path, image_size: int, seed: int, progress: bool,
-                 log: Callable[[str], None]) -> tuple[Split, Split, int]:
+@source("imagefolder", resized=True, layout="a folder with train/<class>/ (and optionally "
+        "test/)", augment=lambda size: Augment(pad=size // 8, flip=True))
+def _imagefolder(request: SourceRequest) -> tuple[Split, Split, int]:
+    root, image_size, log = request.root, request.image_size, request.log
     train_dir, test_dir = root / "train", root / "test"
     if not train_dir.is_dir():
         raise DataUnavailableError(f"data_dir {str(root)!r} has no train/ folder (the "
@@ -381,7 +453,7 @@ def _imagefolder(root: Path, image_size: int, seed: int, progress: bool,
 
     def build() -> dict:
         images, upsampled = _decode([path for path, _ in samples], image_size, root,
-                                    progress)
+                                    request.progress)
         return {"images": images, "upsampled": upsampled,
                 "labels": torch.tensor([label for _, label in samples], dtype=torch.int64)}
 
@@ -397,7 +469,7 @@ def _imagefolder(root: Path, image_size: int, seed: int, progress: bool,
     train = Split(images[:n], labels[:n])
     if test_samples:
         return train, Split(images[n:], labels[n:]), len(classes)
-    train, test = _stratified(train, TEST_FRACTION, seed, "test_fraction")
+    train, test = _stratified(train, TEST_FRACTION, request.seed, "test_fraction")
     return train, test, len(classes)
 
 
@@ -442,32 +514,21 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         ValueError: a bad argument (naming it and its range).
         DataUnavailableError: the files are missing or unreadable and were not downloaded.
     """
-    _validate.choice("dataset", name, DATASETS)
+    data = data_source(name)
     val_fraction = _validate.real("val_fraction", val_fraction, **_validate.VAL_FRACTION)
     seed = _validate.integer("seed", seed, **_validate.SEED)
     image_size = _validate.integer("image_size", image_size, **_validate.IMAGE_SIZE)
     root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
-    if name == "imagefolder" and (data_dir is None or not root.is_dir()):
-        raise DataUnavailableError("dataset 'imagefolder' needs data_dir (--data-dir), a "
-                                   "folder with train/<class>/ (and optionally test/): "
-                                   + ("none given" if data_dir is None
-                                      else f"{str(root)!r} does not exist"))
-    if name != "digits" and not download and not root.is_dir():
+    if data.layout is not None and (data_dir is None or not root.is_dir()):
+        raise DataUnavailableError(f"dataset {name!r} needs data_dir (--data-dir), "
+                                   f"{data.layout}: " + ("none given" if data_dir is None
+                                                         else f"{str(root)!r} does not exist"))
+    if not data.embedded and not download and not root.is_dir():
         raise DataUnavailableError(f"data_dir {str(root)!r} does not exist; pass "
                                    f"download=True (--download) or an existing folder")
-
-    if name == "digits":
-        train, test, num_classes = _digits(seed)
-        augment = Augment(pad=1, flip=False)  # digits are not mirror-symmetric
-    elif name in ("cifar10", "cifar100"):
-        train, test, num_classes = _cifar(name, root, download, verify)
-        augment = Augment(pad=4, flip=True)
-    elif name == "caltech101":
-        train, test, num_classes = _caltech101(root, download, image_size, seed)
-        augment = Augment(pad=image_size // 8, flip=True)
-    else:
-        train, test, num_classes = _imagefolder(root, image_size, seed, progress, log)
-        augment = Augment(pad=image_size // 8, flip=True)
+    train, test, num_classes = data.read(SourceRequest(name, root, download, image_size, seed,
+                                                       verify, progress, log))
+    augment = data.augment(image_size)
     train, val = _stratified(train, val_fraction, seed, "val_fraction")
     mean, std = _channel_stats(train.images)
     return ImageData(name, train, val, test, num_classes, mean, std, augment, seed,

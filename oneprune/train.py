@@ -42,7 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from oneprune.config import TrainConfig
-from oneprune.data import RESIZED_DATASETS, Batches, ImageData
+from oneprune.data import Batches, ImageData, data_source
 from oneprune.distributed import all_sum, gather, rank_and_world_size
 from oneprune.models import MIN_IMAGE_SIZE, build_model
 from oneprune.pruning import Pruner
@@ -241,7 +241,7 @@ def check_data(cfg: TrainConfig, data: ImageData) -> None:
             "val_fraction": data.val_fraction}
     wanted = {"dataset": cfg.dataset, "split_seed": cfg.split_seed,
               "val_fraction": cfg.val_fraction}
-    if cfg.dataset in RESIZED_DATASETS:
+    if data_source(cfg.dataset).resized:
         made["image_size"], wanted["image_size"] = data.image_size, cfg.image_size
     for key, value in made.items():
         if value != wanted[key]:

@@ -7,7 +7,18 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from oneprune.data import Augment, Batches, DataUnavailableError, Split, load_dataset
+from oneprune import data as data_module
+from oneprune.config import TrainConfig
+from oneprune.data import (
+    DATASETS,
+    Augment,
+    Batches,
+    DataUnavailableError,
+    Split,
+    load_dataset,
+    source,
+)
+from oneprune.train import train
 
 
 def class_counts(split, classes):
@@ -142,3 +153,36 @@ def test_augmentation_crops_and_flips_each_image_on_its_own():
         offsets.add(match[0][:2])
         flips += match[0][2]
     assert len(offsets) > 10 and 16 < flips < 48
+
+
+@pytest.fixture
+def stripes():
+    """A dataset source defined here, as a user would add one: 200 generated 8x8 images of
+    horizontal or vertical stripes (two classes), no files. It registers itself and is
+    removed from the registry afterwards."""
+    @source("stripes", embedded=True, default_model="convnet",
+            augment=lambda size: Augment(pad=1, flip=False))
+    def _stripes(request):
+        generator = torch.Generator().manual_seed(request.seed)
+        labels = torch.randint(0, 2, (200,), generator=generator)
+        bars = (torch.arange(8) % 2 * 255).to(torch.uint8)
+        images = torch.where(labels[:, None, None, None] == 0, bars[None, None, :, None],
+                             bars[None, None, None, :]).expand(200, 1, 8, 8).clone()
+        split = Split(images, labels)
+        return data_module._stratified(split, 0.2, request.seed, "test_fraction") + (2,)
+
+    yield DATASETS["stripes"]
+    del data_module._DATASETS["stripes"]
+
+
+def test_a_new_dataset_source_registers_and_trains_like_a_built_in_one(stripes):
+    assert stripes.name == "stripes" and not stripes.resized
+    cfg = TrainConfig(dataset="stripes", schedule=None, epochs=3, lr_max=1e-2)
+    assert cfg.model == "convnet"  # the source's default model
+    data = cfg.load_data()
+    assert (data.num_classes, data.in_channels, data.image_size) == (2, 1, 8)
+    assert len(data.train) + len(data.val) + len(data.test) == 200
+    assert train(cfg, data=data).test_acc > 0.9  # stripes are easy
+    with pytest.raises(ValueError, match="dataset 'stripes' is registered twice"):
+        source("stripes", augment=stripes.augment)(lambda request: None)
+
