@@ -26,13 +26,13 @@ from oneprune.models import user_code_path, user_module
 from search.experiment.loading import DEFAULT_EXPERIMENT, ConfigError, load_experiment
 from search.experiment.schema import Experiment
 from search.plan.trials import base_config
-from search.tracking.record import sweep_title
 from search.tracking.registry import handover_lines
 from search.tracking.runs import browse_lines, check_tracking_uri
 from search.tuner.searcher import check_optuna_storage
 from search.tuner.storage import writable as writable_storage
 from search.tuner.study import StudyInterrupted, StudyRefused, load_data, run_experiment
-from search.verdict.fixed import importance_table, sweep_rows, sweep_table
+from search.verdict.importance import importance_table
+from search.verdict.sweep import sweep_rows, sweep_table, sweep_title
 
 DEFAULT_STORAGE = "ray_results"  # in the working folder, like ./mlflow.db
 

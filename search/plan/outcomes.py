@@ -50,17 +50,27 @@ class FamilyOutcome:
     trials: int = 0
     trials_completed: int = 0
     trials_diverged: int = 0  # ended by a non-finite loss (not completed)
-    search_seconds: float = 0.0
+    search_trial_seconds: list[float] = field(default_factory=list)  # each trial's training
     test_accs: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)  # of `test_accs`, in the same order
     val_accs: list[float] = field(default_factory=list)  # each final run's, at its end
-    final_seconds: float = 0.0
+    final_run_seconds: list[float] = field(default_factory=list)  # each final run's training
     histories: list[list[dict]] = field(default_factory=list)
     importances: dict[str, float] = field(default_factory=dict)  # fANOVA, of the search
     # A sparsity range: every completed search trial (`FrontPoint`) and the
     # share of the feasible box its front dominates.
     points: list = field(default_factory=list)
     hypervolume: float = math.nan
+
+    @property
+    def search_seconds(self) -> float:
+        """The training seconds of its search trials, in all."""
+        return sum(self.search_trial_seconds)
+
+    @property
+    def final_seconds(self) -> float:
+        """The training seconds of its final runs, in all."""
+        return sum(self.final_run_seconds)
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,7 @@ def aggregate(experiment: Experiment,
             outcome = FamilyOutcome(family, schedule=None, lr_policy=None,
                                     trials=len(searched))
             for record in searched:
-                outcome.search_seconds += record.result.get("train_seconds", 0.0)
+                outcome.search_trial_seconds.append(record.result.get("train_seconds", 0.0))
                 if record.result.get("diverged"):
                     outcome.trials_diverged += 1
                 elif completed(record, experiment.epochs):
@@ -182,7 +192,7 @@ def aggregate(experiment: Experiment,
                 outcome.test_accs.append(record.result["test_acc"])
                 outcome.seeds.append(record.config["seed"])
                 outcome.val_accs.append(record.result.get(METRIC, math.nan))
-                outcome.final_seconds += record.result["train_seconds"]
+                outcome.final_run_seconds.append(record.result["train_seconds"])
                 outcome.histories.append([{key: row[key] for key in ("epoch", METRIC,
                                                                     "sparsity")}
                                           for row in record.history])

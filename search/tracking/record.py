@@ -1,12 +1,13 @@
 """The verdict of each study, written to MLflow once its Tuner is done.
 
 Each family run is closed with its search metrics, the importances of its searched
-parameters (`search.verdict.importance`) and its best config (the dense reference's with its
-config and mean test accuracy); the comparison run gets the table and figures
-(`search.verdict.fixed`, or under a sparsity range `search.verdict.range`: each family's front and
-hypervolume, and how sparse its re-run point got within `max_drop` of dense); each family's
-model is registered (`search.tracking.registry`: the final runs' models were logged as they ended).
-An experiment with several sparsities also gets a `sweep` run, accuracy against sparsity.
+parameters (`search.verdict.importance`) and its best config (the dense reference's with
+its config and mean test accuracy); the comparison run gets the table and figures
+(`search.verdict.fixed`, or under a sparsity range `search.verdict.sparsity_range`: each
+family's front and hypervolume, and how sparse its re-run point got within `max_drop` of
+dense); each family's model is registered (`search.tracking.registry`: the final runs'
+models were logged as they ended). An experiment with several sparsities also gets a
+`sweep` run, accuracy against sparsity (`search.verdict.sweep`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from search.plan.outcomes import FamilyOutcome, sparsest_then_most_accurate
 from search.plan.pareto import pareto_front
 from search.plan.trials import DENSE, base_config, final_config, optuna_study_name, train_config
 from search.tracking import registry, runs
-from search.verdict.fixed import write_report, write_sweep
+from search.verdict.fixed import write_report
 from search.verdict.importance import study_importances
-from search.verdict.range import write_front_report
+from search.verdict.sparsity_range import write_front_report
+from search.verdict.sweep import sweep_title, write_sweep
 
 
 @dataclass(frozen=True)
@@ -126,9 +128,3 @@ def record_sweep(client: MlflowClient, experiment: Experiment,
                     sweep_title(experiment))
         runs.finish_report_run(client, runs.open_experiment(client, experiment.name),
                                    "sweep", folder)
-
-
-def sweep_title(experiment: Experiment) -> str:
-    """The heading of an experiment's accuracy-against-sparsity table and figure."""
-    return (f"{experiment.name}: {base_config(experiment).model} on {experiment.dataset}, "
-            f"test accuracy against sparsity, {experiment.epochs} epochs")

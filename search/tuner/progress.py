@@ -17,7 +17,7 @@ from ray import tune
 from search.experiment.schema import Experiment
 from search.plan.outcomes import METRIC, TrialRecord, accuracy_floor, select_best
 from search.plan.trials import DENSE, FINAL, SEARCH, group_of
-from search.verdict.fixed import format_params
+from search.verdict.columns import format_params
 
 
 def _label(experiment: Experiment, config: Mapping) -> str:

@@ -16,7 +16,13 @@ the ones sampled, only the box around them is common.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 import optuna
+from matplotlib.figure import Figure
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -24,6 +30,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 from optuna.trial import FrozenTrial, TrialState
+
+from oneprune.schedules import schedule_parameters
+from search.plan.outcomes import FamilyOutcome
+from search.verdict.columns import percent
 
 MIN_TRIALS = 3  # completed trials below which no importance is computed
 SEED = 0  # of fANOVA's forest: the same study gives the same importances
@@ -82,3 +92,47 @@ def study_importances(storage: str, study_name: str) -> dict[str, float]:
     except KeyError:
         return {}
     return param_importances(study)
+
+
+def _importance_params(outcomes: Sequence[FamilyOutcome]) -> list[str]:
+    """Every parameter some family has an importance for: the schedules' first, in the
+    order their classes declare them, then the training settings in the order first seen."""
+    seen = list(dict.fromkeys(name for o in outcomes for name in o.importances))
+    order = list(schedule_parameters())
+    return sorted(seen, key=lambda name: order.index(name) if name in order else len(order))
+
+
+def importance_table(outcomes: Sequence[FamilyOutcome]) -> str:
+    """Each family's fANOVA importances (% of the explained variance of validation
+    accuracy over its search) as a Markdown table; '' when no family has any."""
+    names = _importance_params(outcomes)
+    if not names:
+        return ""
+    lines = ["| family | " + " | ".join(names) + " |",
+             "| --- |" + " --- |" * len(names)]
+    for outcome in outcomes:
+        if outcome.importances:
+            cells = [percent(outcome.importances.get(name, math.nan)) for name in names]
+            lines.append(f"| {outcome.family} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_importance(outcomes: Sequence[FamilyOutcome], path: Path, title: str) -> Path:
+    """The importance table as a heat map: families down, parameters across."""
+    names = _importance_params(outcomes)
+    rated = [o for o in outcomes if o.importances]
+    values = np.array([[o.importances.get(n, np.nan) for n in names] for o in rated])
+    fig = Figure(figsize=(1.2 + 0.9 * len(names), 1.2 + 0.5 * len(rated)),
+                 layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="Blues", vmin=0.0, vmax=1.0)
+    for (i, j), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.0%}", ha="center", va="center",
+                    color="white" if value > 0.6 else "black", fontsize="small")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(rated)), [o.family for o in rated])
+    fig.colorbar(image, ax=ax, label="share of variance (fANOVA)")
+    ax.set_title(title, fontsize="medium")
+    fig.savefig(path, format="png", dpi=120)
+    return path

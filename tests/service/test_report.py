@@ -2,6 +2,7 @@
 sparsity range's verdict: how sparse each family got within the drop from dense."""
 
 import csv
+import math
 
 import pytest
 from testkit.accuracies import AGP, ONE_CYCLE, SEEDS
@@ -11,15 +12,12 @@ from oneprune.schedules import AGP as AGP_SCHEDULE
 from oneprune.schedules import OneCycle
 from search.plan.outcomes import FamilyOutcome
 from search.plan.pareto import FrontPoint
-from search.verdict.fixed import (
-    comparison_rows,
-    importance_table,
-    markdown_table,
-    sweep_rows,
-    write_report,
-    write_sweep,
-)
-from search.verdict.range import front_rows, write_front_report
+from search.verdict import fixed, sparsity_range
+from search.verdict.columns import Column, Table
+from search.verdict.fixed import write_report
+from search.verdict.importance import importance_table
+from search.verdict.sparsity_range import write_front_report
+from search.verdict.sweep import sweep_rows, write_sweep
 
 
 def test_the_table_shows_the_paired_interval_and_the_seeds_ahead():
@@ -28,9 +26,10 @@ def test_the_table_shows_the_paired_interval_and_the_seeds_ahead():
                 FamilyOutcome("agp", None, None, test_accs=list(AGP), seeds=SEEDS),
                 FamilyOutcome("dense", None, None, test_accs=list(ONE_CYCLE[:3] + 0.05),
                               seeds=SEEDS[:3])]
-    rows = comparison_rows(outcomes)
+    table = Table(outcomes)
+    rows = table.rows(fixed.COLUMNS)
     assert [row["diff_method"] for row in rows] == ["", "paired", "welch"]
-    one_cycle, agp, dense = markdown_table(rows).splitlines()[2:]
+    one_cycle, agp, dense = table.markdown(fixed.COLUMNS, rows).splitlines()[2:]
     assert "| – | – |" in one_cycle  # no difference to itself
     assert agp.startswith("| agp |") and "| 4/5 |" in agp and "(Welch)" not in agp
     assert "(Welch)" in dense and "| 3/3 |" in dense
@@ -85,7 +84,8 @@ def test_a_range_verdict_gives_each_familys_sparsity_drop_and_seeds_within_it(tm
         FamilyOutcome("iterative", None, None, points=[FrontPoint(0, 0.9, 0.5, False)],
                       hypervolume=0.0),
         FamilyOutcome("dense", None, None, test_accs=list(dense_accs), seeds=SEEDS)]
-    rows = {row["family"]: row for row in front_rows(outcomes, max_drop=1.0)}
+    rows = {row["family"]: row
+            for row in Table(outcomes, max_drop=1.0).rows(sparsity_range.COLUMNS)}
     assert rows["agp"]["drop_from_dense"] == pytest.approx(0.007)
     assert rows["agp"]["drop_method"] == "paired"
     assert (rows["agp"]["seeds_within_drop"], rows["agp"]["paired_seeds"]) == (4, 5)
@@ -102,3 +102,22 @@ def test_a_range_verdict_gives_each_familys_sparsity_drop_and_seeds_within_it(tm
     assert "not on accuracy at one sparsity" in (tmp_path / "comparison.md").read_text()
     assert {"pareto.png", "comparison.csv", "schedules.png", "curves.png"} <= {
         path.name for path in tmp_path.iterdir()}
+
+
+def test_a_new_column_is_one_declaration_shown_in_the_markdown_and_the_csv(tmp_path):
+    """A column over each search trial's own training seconds, appended to the fixed
+    table's list, appears in the printed table, comparison.md and comparison.csv."""
+    slowest = Column(
+        lambda row: {"slowest_trial_s": max(row.outcome.search_trial_seconds,
+                                            default=math.nan)},
+        "slowest trial s", lambda values, table: f"{values['slowest_trial_s']:.1f}")
+    outcomes = [FamilyOutcome("one_cycle", None, None, test_accs=list(ONE_CYCLE), seeds=SEEDS,
+                              search_trial_seconds=[1.5, 3.0, 2.0]),
+                FamilyOutcome("dense", None, None, test_accs=list(AGP), seeds=SEEDS)]
+    header, _, one_cycle, dense = write_report(
+        outcomes, tmp_path, "t", columns=[*fixed.COLUMNS, slowest]).splitlines()
+    assert header.endswith("| best params | slowest trial s |")
+    assert one_cycle.endswith("| 3.0 |") and dense.endswith("| nan |")
+    assert "| slowest trial s |" in (tmp_path / "comparison.md").read_text()
+    rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
+    assert [row["slowest_trial_s"] for row in rows] == ["3.0", "nan"]
