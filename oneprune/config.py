@@ -1,8 +1,8 @@
 """What defines one training run: `TrainConfig`, every field declared once with `setting`.
 
 A field's `setting(...)` carries its check, its help text, its place in an experiment file
-(`search/config.py` reads it) and whether a study may tune it (`search/space.py`), so the
-command line (`oneprune.cli`), the experiment files and the search space are all derived
+(`search.experiment.keys` reads it) and whether a study may tune it (`search.plan.space`),
+so the command line (`oneprune.cli`), the experiment files and the search space are all derived
 from this one declaration.
 
     >>> from oneprune.config import TrainConfig

@@ -2,6 +2,8 @@
 key, through the library and through the real CLI (exit 2, nothing written to MLflow)."""
 
 import copy
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -48,6 +50,18 @@ def with_value(path, value):
 def test_shipped_experiments_load(path):
     experiment = load_experiment(path)
     assert experiment.final_seeds >= 3 and set(experiment.families) >= {"one_cycle"}
+
+
+@pytest.mark.slow  # a subprocess
+def test_loading_an_experiment_imports_neither_ray_nor_mlflow():
+    """The schema and its checks are pure: a file is validated (on a laptop, in an editor's
+    check, in the docs build) without Ray Tune, Ray or MLflow."""
+    script = ("import sys; from search.experiment.loading import load_experiment; "
+              f"load_experiment({str(ROOT / 'experiments' / 'quick.yaml')!r}); "
+              "print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_paper_grid_is_complete():
