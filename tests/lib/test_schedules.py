@@ -108,24 +108,36 @@ def test_done_when_command_value():
 sparsity = st.floats(0.0, 0.99, allow_nan=False)
 
 
+def allowed_values(spec):
+    """Values of a schedule parameter well beyond its default search range (three times as
+    wide, within what its check allows): a property must hold for any valid schedule."""
+    low, high = spec.bounds
+    span = high - low
+    low, high = low - span, high + 2 * span
+    limits = spec.limits
+    if "low" in limits:
+        low = max(low, limits["low"] + (0.1 if limits.get("low_open") else 0.0))
+    if "high" in limits:
+        high = min(high, limits["high"] - (0.1 if limits.get("high_open") else 0.0))
+    if spec.kind is int:
+        return st.integers(math.ceil(low), math.floor(high))
+    return st.floats(low, high)
+
+
 @st.composite
 def schedules(draw, families=tuple(FAMILIES)):
-    """Any valid schedule of any family."""
-    family = draw(st.sampled_from(families))
+    """Any valid schedule of any family: its progress parameters anywhere in [0, 1], its
+    other parameters from `allowed_values`."""
+    cls = FAMILIES[draw(st.sampled_from(families))]
     s_i, s_f = sorted([draw(sparsity), draw(sparsity)])
     start = draw(st.floats(0.0, 0.98))
-    end = draw(st.floats(start + 1e-3, 1.0))
-    if family == "one_shot":
-        return OneShot(s_f, start, initial_sparsity=s_i)
-    extra = {
-        "one_cycle": lambda: {"alpha": draw(st.floats(0.1, 60.0)),
-                              "beta": draw(st.floats(-20.0, 60.0))},
-        "agp": lambda: {"power": draw(st.floats(0.1, 10.0))},
-        "iterative": lambda: {"steps": draw(st.integers(1, 50))},
-        "linear": dict,
-        "cosine": dict,
-    }[family]()
-    return FAMILIES[family](s_f, start, end, initial_sparsity=s_i, **extra)
+    params = {"start": start}
+    if "end" in cls.parameters():
+        params["end"] = draw(st.floats(start + 1e-3, 1.0))
+    for name, spec in cls.parameters().items():
+        if spec.searched and name not in params:
+            params[name] = draw(allowed_values(spec))
+    return cls(s_f, initial_sparsity=s_i, **params)
 
 
 @given(schedules(), st.lists(st.floats(0.0, 1.0), min_size=2, max_size=50))
