@@ -9,7 +9,10 @@ No Ray cluster is started: the head's MLflow start and stop commands run in bash
 Ray's SSH runner runs them, in a scratch HOME with fake ray, pip and mlflow executables.
 """
 
+import base64
 import copy
+import getpass
+import hashlib
 import inspect
 import os
 import re
@@ -18,7 +21,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+import zipfile
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -403,6 +409,8 @@ def test_head_commands_start_one_mlflow_and_ray_down_stops_it(path, tmp_path):
     for tool in ("pip", "python", "python3"):
         (fake / tool).write_text("#!/bin/bash\n")
     (fake / "curl").write_text("#!/bin/bash\nexit 7\n")
+    for tool in ("sudo", "apt-get", "tmux"):               # nothing installs for real
+        (fake / tool).write_text(f'#!/bin/bash\necho "{tool} $*" >> "$HOME/apt.calls"\n')
     for tool in fake.iterdir():
         tool.chmod(0o755)
     (tmp_path / ".bashrc").write_text(f'export PATH="{fake}:$PATH"\n')
@@ -515,3 +523,326 @@ def test_the_open_file_limit_rises_to_65536_or_the_hard_limit(path, hard):
     assert real.stderr == "" and real.returncode == 0
     limit, soft = real.stdout.split()
     assert soft == str(65536 if limit == "unlimited" else min(int(limit), 65536))
+
+
+# -- the torch check: a node without a GPU must have got the +cpu build -----------------------
+
+
+def torch_lines(config):
+    """The torch install line and the check right after it."""
+    setup = commands(config, "setup_commands")
+    (install,) = [cmd for cmd in setup if "torch==" in cmd]
+    (check,) = [cmd for cmd in setup if "ONEPRUNE_ALLOW_CUDA_TORCH" in cmd]
+    assert setup.index(check) == setup.index(install) + 1  # before Ray and the project
+    return install, check
+
+
+def default_cpu_index(install):
+    return re.search(r"\$\{ONEPRUNE_TORCH_CPU_INDEX:-([^}]+)\}", install).group(1)
+
+
+def test_both_files_install_and_check_torch_alike():
+    assert torch_lines(load(AWS)) == torch_lines(load(LOCAL))
+
+
+def run_on_node(cmd, home, path):
+    """`cmd` as Ray's SSH runner runs it (bash --login -i, ~/.bashrc first)."""
+    line = " ".join(_with_interactive(cmd))
+    return subprocess.run(["bash", "-c", line], env={"HOME": str(home), "PATH": path,
+                                                     "TERM": "dumb"},
+                          cwd=home, timeout=60, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, start_new_session=True)
+
+
+@pytest.mark.parametrize("gpu, version, allow, stops", [
+    (False, "2.14.1+cpu", None, False),
+    (False, "2.14.1", None, True),                          # PyPI's CUDA build
+    (False, "2.14.1+cu130", None, True),                    # PyTorch's CUDA index
+    (False, None, None, True),                              # no torch at all
+    (False, "2.14.1", "1", False),                          # the user said CUDA is fine
+    (False, "2.14.1", "0", True),
+    (False, "2.14.1", "yes", True),                         # only 1 says so
+    (True, "2.14.1", None, False),                          # a GPU node wants CUDA torch
+])
+def test_a_torch_without_cpu_stops_ray_up_on_a_node_without_a_gpu(tmp_path, gpu, version,
+                                                                  allow, stops):
+    """The check line, run as Ray runs it, in a scratch HOME whose ~/.bashrc puts a fake
+    `pip` (`pip show torch` answers `version`) and, on a GPU node, a fake `nvidia-smi` first.
+    Ray's updater stops `ray up` on a setup command's non-zero status."""
+    install, check = torch_lines(load(LOCAL))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    shown = f'echo "Name: torch"; echo "Version: {version}"' if version else "exit 1"
+    (fake / "pip").write_text(f'#!/bin/bash\n[ "$1 $2" = "show torch" ] && {{ {shown}; }}\n'
+                              'exit 0\n')
+    (fake / "nvidia-smi").write_text("#!/bin/bash\necho 'GPU 0: NVIDIA A10G'\n" if gpu else
+                                     "#!/bin/bash\necho 'No devices were found'; exit 6\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    bashrc = f'export PATH="{fake}:$PATH"\n'
+    if allow is not None:
+        bashrc += f"export ONEPRUNE_ALLOW_CUDA_TORCH={allow}\n"
+    (tmp_path / ".bashrc").write_text(bashrc)
+    done = run_on_node(check, tmp_path, "/usr/bin:/bin")
+    said = [ln for ln in (done.stdout + done.stderr).splitlines() if "oneprune" in ln]
+    if not stops:
+        assert done.returncode == 0 and said == [], done.stderr
+        return
+    assert done.returncode != 0
+    (line,) = said                                           # one line, on stderr
+    assert line in done.stderr and line.startswith("oneprune: ")
+    for needed in ("ONEPRUNE_TORCH_CPU_INDEX=", default_cpu_index(install), "2.14.1+cpu",
+                   "~/.bashrc", "rm -rf ~/venv", "ONEPRUNE_ALLOW_CUDA_TORCH=1"):
+        assert needed in line, needed
+
+
+def make_wheel(folder, name, version):
+    """A minimal pure-Python wheel (enough for pip to install and `pip show`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": f"__version__ = {version!r}\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = hashlib.sha256(text.encode()).digest()
+        record.append(f"{path},sha256={base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
+                      f",{len(text.encode())}")
+    record.append(f"{dist}/RECORD,,")
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
+        for path, text in files.items():
+            wheel.writestr(path, text)
+        wheel.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
+
+
+@pytest.mark.slow
+def test_the_real_pip_takes_cpu_wheels_from_a_wheelhouse_not_from_a_folder_index(tmp_path):
+    """The install line and the check, with the real pip in a fresh venv, on wheels made
+    here (no network: pip's config files are off, its index is a file:// URL that lists
+    nothing, and a proxy that does not exist would catch any http request). A wheelhouse
+    (PIP_NO_INDEX, PIP_FIND_LINKS) that holds both builds gives +cpu and passes the check;
+    a folder in ONEPRUNE_TORCH_CPU_INDEX is passed over, pip takes the plain (CUDA) build
+    from the other source, and the check stops."""
+    install, check = torch_lines(load(LOCAL))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    no_gpu = tmp_path / "no-gpu"                           # whatever this machine has
+    no_gpu.mkdir()
+    (no_gpu / "nvidia-smi").write_text("#!/bin/bash\nexit 6\n")
+    (no_gpu / "nvidia-smi").chmod(0o755)
+    plain, cpu, wheelhouse = tmp_path / "plain", tmp_path / "cpu", tmp_path / "wheelhouse"
+    for folder, suffix in ((plain, ""), (cpu, "+cpu"), (wheelhouse, ""), (wheelhouse, "+cpu")):
+        make_wheel(folder, "torch", f"2.14.1{suffix}")
+        make_wheel(folder, "torchvision", f"0.29.1{suffix}")
+    base = {"HOME": str(tmp_path), "PATH": f"{venv}/bin:{no_gpu}:/usr/bin:/bin",
+            "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_RETRIES": "0", "PIP_TIMEOUT": "5", "http_proxy": "http://127.0.0.1:9",
+            "https_proxy": "http://127.0.0.1:9", "PIP_INDEX_URL": f"file://{tmp_path}/none"}
+
+    def on_cpu_node(**env):
+        subprocess.run([f"{venv}/bin/pip", "uninstall", "-q", "-y", "torch", "torchvision"],
+                       env={**base}, capture_output=True, timeout=120)
+        installed = subprocess.run(["bash", "-c", install], env={**base, **env}, timeout=300,
+                                   capture_output=True, text=True)
+        assert installed.returncode == 0, installed.stderr
+        shown = subprocess.run([f"{venv}/bin/pip", "show", "torch", "torchvision"],
+                               env=base, capture_output=True, text=True, timeout=120).stdout
+        checked = subprocess.run(["bash", "-c", check], env={**base, **env}, timeout=120,
+                                 capture_output=True, text=True)
+        return re.findall(r"^Version: (\S+)$", shown, flags=re.M), checked
+
+    versions, checked = on_cpu_node(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheelhouse))
+    assert versions == ["2.14.1+cpu", "0.29.1+cpu"]
+    assert checked.returncode == 0 and checked.stderr == ""
+    versions, checked = on_cpu_node(PIP_FIND_LINKS=str(plain), ONEPRUNE_TORCH_CPU_INDEX=str(cpu))
+    assert versions == ["2.14.1", "0.29.1"]
+    assert checked.returncode != 0 and checked.stderr.startswith("oneprune: ")
+
+
+# -- what listens where: the metrics ports the header's firewall rule closes ------------------
+
+
+def metrics_export_ports(config):
+    starts = [c for c in commands(config, "head_start_ray_commands",
+                                  "worker_start_ray_commands") if "ray start" in c]
+    return {int(m) for c in starts for m in re.findall(r"--metrics-export-port=(\d+)", c)}, \
+        starts
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_metrics_port_is_fixed_and_named_in_the_header(path):
+    """Ray 2.60's three Prometheus endpoints answer without the token (measured; see the
+    guide): the agent's on --metrics-export-port (random unless set: every node must set
+    the same), the dashboard's and the autoscaler's on Ray's constants. The header names
+    each one, and the on-prem header's firewall rule drops exactly these."""
+    from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
+    from ray.dashboard.consts import DASHBOARD_METRIC_PORT
+
+    ports, starts = metrics_export_ports(load(path))
+    assert len(ports) == 1 and len(starts) == 2
+    assert all("--metrics-export-port=" in c for c in starts)
+    expected = ports | {AUTOSCALER_METRIC_PORT, DASHBOARD_METRIC_PORT}
+    text = " ".join(header(path).split())
+    for port in expected:
+        assert re.search(rf"\b{port}\b", text), port
+    assert "answer" in text and "without a token" in text
+    if path == LOCAL:
+        (rule,) = [ln.strip() for ln in header(path).splitlines() if "nft add rule" in ln]
+        dropped = re.search(r"tcp dport '\{ ([\d, ]+) \}' drop", rule).group(1)
+        assert {int(p) for p in dropped.split(",")} == expected
+        assert "iif != lo" in rule                         # the node itself still reads them
+        assert "sudo nft delete table inet oneprune" in text
+
+
+def test_the_metrics_servers_bind_all_interfaces_in_this_ray():
+    """What the headers say Ray cannot be told otherwise: each of the three metrics servers
+    binds 127.0.0.1 only when the node's address is a loopback one, and `ray start` turns
+    a loopback --node-ip-address into the machine's address."""
+    from ray._private import services
+    from ray.autoscaler.v2 import monitor as monitor_v2
+    from ray.dashboard import head
+    from ray.dashboard.modules.reporter import reporter_agent
+
+    for module in (head, monitor_v2):                       # the dashboard, the autoscaler
+        assert '{"addr": get_localhost_ip()} if is_localhost(' in inspect.getsource(module)
+    assert 'address=get_localhost_ip() if is_localhost(self._ip) else ""' in \
+        inspect.getsource(reporter_agent)
+    assert services.resolve_ip_for_localhost("127.0.0.1") != "127.0.0.1"
+
+
+# -- what `ray down` leaves, and the command that removes it ----------------------------------
+
+
+def leftovers_block():
+    text = header(LOCAL)
+    return text[text.index("What `ray down` leaves"):text.index("After `ray down`")]
+
+
+PATHS = re.compile(r"(?:~|/tmp|/dev/shm)/[\w.\-/*$]*[\w*$]")
+
+
+def removal_loop():
+    (line,) = [ln.strip() for ln in header(LOCAL).splitlines()
+               if ln.strip().startswith("for host in ") and " ssh " in ln]
+    argv = shlex.split(line)                              # as your shell passes it
+    ssh = argv.index("ssh")
+    assert argv[ssh + 1:ssh + 3] == ["-i", load(LOCAL)["auth"]["ssh_private_key"]]
+    assert argv[ssh + 3] == f"{load(LOCAL)['auth']['ssh_user']}@$host"
+    assert argv[:3] == ["for", "host", "in"] and argv[ssh - 1] == "do"
+    assert argv[ssh + 4].endswith(";") and argv[ssh + 5:] == ["done"]   # '...'; done
+    return [h.rstrip(";") for h in argv[3:ssh - 1]], argv[ssh + 4][:-1]
+
+
+def removed_paths(remote):
+    rm = remote[remote.index("rm -rf ") + len("rm -rf "):remote.index(";")].split()
+    found = re.search(r"find (/tmp/ray) -mindepth 1 -maxdepth 1 -user \"\$USER\" "
+                      r"-exec rm -rf \{\} \+", remote)
+    edited = re.findall(r" (~/\.bashrc)$", remote)
+    return set(rm) | {found.group(1)} | set(edited)
+
+
+def test_the_removal_command_removes_what_the_header_lists():
+    listed = set(PATHS.findall(leftovers_block()))
+    assert {"~/venv", "~/.ray", "/tmp/ray", "~/run.py", "~/.config/mlflow"} <= listed
+    hosts, remote = removal_loop()
+    assert removed_paths(remote) == listed
+    config = load(LOCAL)
+    assert hosts == [config["provider"]["head_ip"], *config["provider"]["worker_ips"]]
+    # Every file the YAML's commands and file_mounts put in ~ is on the list (or stays on
+    # purpose: the data folder), so a new one cannot be forgotten here.
+    written = set()
+    for cmd in commands(config):
+        written |= {f"~/{m}" for m in re.findall(r">>? ~/([\w.\-/]+)", cmd)}
+        written |= {f"~/{m}" for m in re.findall(r"(?:\$HOME|~)/(mlflow\.\w+)", cmd)}
+        written |= set(re.findall(r"(?:mkdir -p|-m venv) (~/[\w.\-/]+)", cmd))
+    written |= {path.split("/", 2)[0] + "/" + path.split("/")[1] for path in config["file_mounts"]}
+    written |= {"~/ray_bootstrap_config.yaml", "~/ray_bootstrap_key.pem",  # ray up's
+                f"~/{os.path.basename('search/run.py')}"}              # ray submit's
+    stays = {str(DEFAULT_DATA_DIR).replace(str(Path.home()), "~")}
+    assert written - listed <= stays, written - listed
+    kept = " ".join(header(LOCAL).split())
+    assert "What stays on purpose: the datasets in ~/.cache/oneprune" in kept
+
+
+def test_ray_records_no_host_keys_so_the_header_does():
+    """`ray up` connects with StrictHostKeyChecking=no and UserKnownHostsFile=/dev/null
+    (Ray's SSHOptions), so nothing records the nodes' keys; the header's ssh-keyscan line
+    records those of exactly the machines the removal loop visits."""
+    from ray.autoscaler._private.command_runner import SSHOptions
+
+    options = SSHOptions("~/.ssh/id_ed25519").arg_dict
+    assert options["StrictHostKeyChecking"] == "no"
+    assert options["UserKnownHostsFile"] == os.devnull
+    (scan,) = [ln.strip() for ln in header(LOCAL).splitlines()
+               if ln.strip().startswith("ssh-keyscan ")]
+    argv = shlex.split(scan)
+    assert argv[:2] == ["ssh-keyscan", "-H"] and argv[-2:] == [">>", "~/.ssh/known_hosts"]
+    assert argv[2:-2] == removal_loop()[0]
+
+
+@pytest.mark.slow
+def test_the_removal_command_leaves_only_what_stays_on_purpose(tmp_path):
+    """The removal command's remote part, run by bash as ssh runs it on a node, in a
+    scratch HOME holding every listed leftover; its /tmp and /dev/shm paths point at
+    scratch folders (the only change). The data, the user's own ~/.bashrc line and an
+    unrelated folder in shared memory stay."""
+    _, remote = removal_loop()
+    root = tmp_path / "node"
+    home, tmp, shm = root / "home", root / "tmp", root / "shm"
+    local = remote.replace("/tmp/", f"{tmp}/").replace("/dev/shm/", f"{shm}/")
+    assert local.count(f"{tmp}/") == remote.count("/tmp/")
+    assert local.count(f"{shm}/") == remote.count("/dev/shm/")
+    outside = local.replace(f"{tmp}/", "").replace(f"{shm}/", "")
+    assert not re.search(r"/tmp\b|/dev/shm\b", outside), local   # nothing of this machine's
+    user = getpass.getuser()
+    session = tmp / "ray" / "session_2026-01-01_00-00-00_000000_1"
+    files = [home / "venv/bin/pip", home / "oneprune/pyproject.toml", home / ".ray/auth_token",
+             home / "run.py", home / "mlflow.db", home / "mlflow.log", home / "mlflow.pid",
+             home / "optuna.db", home / ".oneprune_head.sh", home / ".config/mlflow/telemetry.json",
+             home / "ray_bootstrap_config.yaml", home / "ray_bootstrap_key.pem",
+             session / "logs/raylet.out", tmp / "ray/cluster-oneprune-onprem.state",
+             tmp / "ray/cluster-oneprune-onprem.lock", tmp / f"torchinductor_{user}/x/y",
+             shm / "tmpab12cd34/periodic_tasks.mlflow-huey-store",
+             shm / "tmpab12cd34/periodic_tasks.mlflow-huey-store-wal"]
+    data = home / ".cache/oneprune/data/cifar-10-batches-py/data_batch_1"
+    other = shm / "tmpzz99other/not-mlflow"
+    for path in [*files, data, other]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    (tmp / "ray/session_latest").symlink_to(session)
+    mine = "export ONEPRUNE_TORCH_CPU_INDEX=https://mirror.example/torch-cpu/simple"
+    (home / ".bashrc").write_text("export RAY_AUTH_MODE=token\nsource ~/venv/bin/activate\n"
+                                  f"{mine}\nsource ~/.oneprune_head.sh\n")
+    done = subprocess.run(["bash", "-c", local], cwd=home, timeout=60, capture_output=True,
+                          text=True, env={"HOME": str(home), "USER": user,
+                                          "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    for path in files:
+        assert not path.exists(), path
+    assert not (tmp / "ray").exists() and not (shm / "tmpab12cd34").exists()
+    assert data.read_text() == "x" and other.read_text() == "x"
+    assert (home / ".bashrc").read_text() == mine + "\n"
+
+
+# -- the rest a node needs --------------------------------------------------------------------
+
+
+def test_tmux_is_required_where_the_guide_runs_ray_with_tmux():
+    guide = (ROOT / "docs" / "guide" / "cluster.md").read_text()
+    assert "ray submit --tmux cluster-local.yaml" in guide  # else drop what follows
+    needs = " ".join(header(LOCAL).split())
+    assert re.search(r"the head also needs [^.]*\btmux\b", needs)
+    assert any(c.startswith("command -v tmux > /dev/null || (sudo apt-get")
+               for c in load(AWS)["head_setup_commands"])
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_the_header_explains_ray_autoscalers_placement_group_warning(path):
+    from ray.autoscaler.v2 import event_logger
+
+    words = "No available node types can fulfill placement group requests"
+    source = re.sub(r'"\s+"', "", inspect.getsource(event_logger))  # joined literals
+    assert words in source                                 # Ray's own words
+    assert "No available node types can fulfill placement group requests" in \
+        " ".join(header(path).split())
