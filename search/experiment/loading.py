@@ -55,7 +55,7 @@ from search.plan.neutral_asha import check_neutral_asha
 from search.plan.space import allocation_parameter
 from search.plan.trials import base_config, trial_config
 
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "quick.yaml"
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[2] / "experiments" / "quick.yaml"
 __all__ = ["DEFAULT_EXPERIMENT", "ConfigError", "load_experiment", "parse_experiment"]
 
 

@@ -15,7 +15,12 @@ from testkit.driver import run_search
 from oneprune.cli import _parser as train_parser
 from oneprune.config import TrainConfig
 from oneprune.schedules import OneCycle
-from search.experiment.loading import ConfigError, load_experiment, parse_experiment
+from search.experiment.loading import (
+    DEFAULT_EXPERIMENT,
+    ConfigError,
+    load_experiment,
+    parse_experiment,
+)
 from search.experiment.schema import Faults, SparsityRange
 from search.plan.space import define_by_run
 from search.plan.trials import base_config, midpoint_schedule, trial_config
@@ -62,6 +67,11 @@ def test_loading_an_experiment_imports_neither_ray_nor_mlflow():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_default_experiment_is_the_shipped_quick_study():
+    assert DEFAULT_EXPERIMENT == ROOT / "experiments" / "quick.yaml"
+    assert load_experiment(DEFAULT_EXPERIMENT).name == "quick"
 
 
 def test_paper_grid_is_complete():
