@@ -25,7 +25,7 @@ from oneprune.cli import OneLineParser
 from oneprune.models import user_code_path, user_module
 from search.experiment.loading import DEFAULT_EXPERIMENT, ConfigError, load_experiment
 from search.experiment.schema import Experiment
-from search.plan.trials import base_config
+from search.experiment.train_configs import base_config
 from search.tracking.registry import handover_lines
 from search.tracking.runs import browse_lines, check_tracking_uri
 from search.tuner.searcher import check_optuna_storage

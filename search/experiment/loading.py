@@ -34,7 +34,7 @@ exponent over [-4, 4]): a conditional parameter, only in trials that chose that 
 A `TrainConfig` is built for every family at both ends of every tuned range and of the
 sparsities (a range's min and max), every searched allocation argument is checked at both
 ends, and ASHA is only accepted where it is neutral
-(`search.plan.neutral_asha.check_neutral_asha`), so a file that loads can run.
+(`search.experiment.neutral_asha.check_neutral_asha`), so a file that loads can run.
 """
 
 from __future__ import annotations
@@ -50,10 +50,9 @@ import yaml
 
 from oneprune.allocation import ALLOCATIONS, allocation_of
 from search.experiment.keys import SECTIONS, SETTINGS, Tuned, section
+from search.experiment.neutral_asha import check_neutral_asha
 from search.experiment.schema import ConfigError, Experiment, SparsityRange
-from search.plan.neutral_asha import check_neutral_asha
-from search.plan.space import allocation_parameter
-from search.plan.trials import base_config, trial_config
+from search.experiment.train_configs import allocation_parameter, base_config, trial_config
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[2] / "experiments" / "quick.yaml"
 __all__ = ["DEFAULT_EXPERIMENT", "ConfigError", "load_experiment", "parse_experiment"]

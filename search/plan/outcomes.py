@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from oneprune.lr import CoupledLR
 from oneprune.schedules import Schedule
+from search.experiment.train_configs import base_config
 from search.plan.pareto import FrontPoint, hypervolume, pareto_front
 from search.plan.stats import mean_interval
 from search.plan.trials import (
@@ -25,7 +26,6 @@ from search.plan.trials import (
     FINAL,
     SEARCH,
     Group,
-    base_config,
     group_of,
     target_sparsity,
     train_config,

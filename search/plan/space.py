@@ -4,8 +4,8 @@
 parameters it suggests (`final_sparsity` where a sparsity range is searched, `start`, `end`,
 `alpha`, ..., `lr_max`, `coupling`, `recovery_gain`, `allocation`, and the searched
 arguments of the allocation drawn, e.g. `depth_exponent`) become the `params` of the Tune
-trial's config, and `search.plan.trials.trial_config` turns them into the `TrainConfig` the
-trial trains.
+trial's config, and `search.experiment.train_configs.trial_config` turns them into the
+`TrainConfig` the trial trains.
 """
 
 from __future__ import annotations
@@ -16,14 +16,9 @@ from typing import Any
 from oneprune.allocation import ALLOCATIONS
 from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES
+from search.experiment.train_configs import allocation_parameter
 
 SETTINGS = TrainConfig.settings()
-
-
-def allocation_parameter(allocation: str, argument: str) -> str:
-    """The search parameter of an allocation's argument: `<allocation>_<argument>`
-    (`depth_exponent`), so that two allocations' arguments of one name stay apart."""
-    return f"{allocation}_{argument}"
 
 
 def suggest_training(trial, tuned: Mapping[str, tuple],

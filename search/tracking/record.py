@@ -21,9 +21,10 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from search.experiment.schema import Experiment
+from search.experiment.train_configs import base_config
 from search.plan.outcomes import FamilyOutcome, sparsest_then_most_accurate
 from search.plan.pareto import pareto_front
-from search.plan.trials import DENSE, base_config, final_config, optuna_study_name, train_config
+from search.plan.trials import DENSE, final_config, optuna_study_name, train_config
 from search.tracking import registry, runs
 from search.verdict.fixed import write_report
 from search.verdict.importance import study_importances

@@ -4,7 +4,7 @@
 bracket, so a trial is only ever compared with trials of its own family; final runs are
 never stopped. Its first rung is the grace period, which an experiment file is only
 accepted with once every family's trials have reached their final sparsity
-(`search.plan.neutral_asha`): a rung never compares a still-dense trial with a pruned
+(`search.experiment.neutral_asha`): a rung never compares a still-dense trial with a pruned
 one. It also tells the searcher of every trial Tune adds, including the trials
 `Tuner.restore` brings back.
 """

@@ -35,6 +35,7 @@ from oneprune.data import ImageData
 from oneprune.train import check_data, check_model
 from search.environment import environment
 from search.experiment.schema import Experiment
+from search.experiment.train_configs import base_config
 from search.plan.outcomes import (
     TrialRecord,
     accuracy_floor,
@@ -45,7 +46,6 @@ from search.plan.trials import (
     DENSE,
     FINAL,
     SEARCH,
-    base_config,
     final_seeds,
     group_of,
     optuna_study_name,

@@ -29,7 +29,8 @@ from ray import tune
 
 from oneprune.data import ImageData
 from search.experiment.schema import Experiment
-from search.plan.trials import FINAL, SEARCH, base_config, group_of, train_config
+from search.experiment.train_configs import base_config
+from search.plan.trials import FINAL, SEARCH, group_of, train_config
 from search.tracking import registry
 from search.tracking.runs import (
     DIVERGED,

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
+from search.experiment.train_configs import base_config
 from search.plan.outcomes import FamilyOutcome
 from search.plan.stats import mean_interval
-from search.plan.trials import DENSE, base_config
+from search.plan.trials import DENSE
 from search.verdict.columns import percent, write_csv
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from search.experiment.loading import (
     parse_experiment,
 )
 from search.experiment.schema import Faults, SparsityRange
+from search.experiment.train_configs import base_config, midpoint_schedule, trial_config
 from search.plan.space import define_by_run
-from search.plan.trials import base_config, midpoint_schedule, trial_config
 from search.tuner.study import load_data
 
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from oneprune.schedules import AGP, OneCycle
 from oneprune.train import initial_model
 from search.experiment.loading import parse_experiment
+from search.experiment.train_configs import base_config
 from search.plan.outcomes import TrialRecord, accuracy_floor, aggregate, select_best
 from search.plan.pareto import FrontPoint, hypervolume, pareto_front
-from search.plan.trials import base_config, final_config, final_seeds, search_config, train_config
+from search.plan.trials import final_config, final_seeds, search_config, train_config
 
 EPOCHS = 3
 

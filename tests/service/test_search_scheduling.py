@@ -22,7 +22,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from search.experiment.loading import ConfigError, parse_experiment
-from search.plan.neutral_asha import first_neutral_rung
+from search.experiment.neutral_asha import first_neutral_rung
 from search.plan.pareto import FrontPoint, hypervolume
 from search.plan.trials import target_sparsity
 from search.tuner.scheduler import GroupScheduler
