@@ -86,3 +86,17 @@ def check_fields(instance: Any) -> None:
     for name, spec in parameters_of(type(instance)).items():
         value = spec.check(f"{type(instance).__name__}.{name}", getattr(instance, name))
         object.__setattr__(instance, name, value)
+
+
+def register(registry: dict[str, type], kind: str, name: str | None, cls: type) -> None:
+    """Enter the class `cls` in `registry` as `name` (a plug-in's `__init_subclass__`; None:
+    an intermediate base, not entered). A name another class holds is refused; the same
+    class defined again (its module reloaded) takes its place."""
+    if name is None:
+        return
+    known = registry.get(name)
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if known is not None and f"{known.__module__}.{known.__qualname__}" != where:
+        raise ValueError(f"{kind} {name!r} is defined twice: by {known.__module__}."
+                         f"{known.__qualname__} and {where}")
+    registry[name] = cls

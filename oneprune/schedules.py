@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from oneprune import _validate
-from oneprune.parameters import Parameter, check_fields, parameter, parameters_of
+from oneprune.parameters import Parameter, check_fields, parameter, parameters_of, register
 
 _SPARSITY = {"low": 0.0, "high": 1.0, "high_open": True}
 _PROGRESS_FROM = {"low": 0.0, "high": 1.0, "high_open": True}  # start: may be 0, not 1
@@ -119,16 +119,7 @@ class Schedule(ABC):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("family")
-        if name is None:
-            return
-        known = _FAMILIES.get(name)
-        if known is not None and (known.__module__, known.__qualname__) != (
-                cls.__module__, cls.__qualname__):
-            raise ValueError(f"schedule family {name!r} is defined twice: by "
-                             f"{known.__module__}.{known.__qualname__} and "
-                             f"{cls.__module__}.{cls.__qualname__}")
-        _FAMILIES[name] = cls
+        register(_FAMILIES, "schedule family", cls.__dict__.get("family"), cls)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from oneprune import _validate
-from oneprune.parameters import Parameter, check_fields, parameters_of
+from oneprune.parameters import Parameter, check_fields, parameters_of, register
 from oneprune.ranking import smallest
 
 _ALLOCATIONS: dict[str, type[Allocation]] = {}
@@ -53,16 +53,7 @@ class Allocation:
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("name")
-        if name is None:
-            return
-        known = _ALLOCATIONS.get(name)
-        if known is not None and (known.__module__, known.__qualname__) != (
-                cls.__module__, cls.__qualname__):
-            raise ValueError(f"allocation {name!r} is defined twice: by "
-                             f"{known.__module__}.{known.__qualname__} and "
-                             f"{cls.__module__}.{cls.__qualname__}")
-        _ALLOCATIONS[name] = cls
+        register(_ALLOCATIONS, "allocation", cls.__dict__.get("name"), cls)
 
     def __post_init__(self) -> None:
         check_fields(self)
