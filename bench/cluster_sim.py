@@ -63,8 +63,7 @@ def _draw(config: dict, salt: str) -> float:
     return float(np.random.default_rng(seed).standard_normal())
 
 
-def sleeping_trial(config, *, experiment, data, train_storage, model_storage,
-                   scale: float):
+def sleeping_trial(config, *, experiment, data, folders, scale: float):
     """Sleep like a trial of the grid, and report like one."""
     from ray import tune
 

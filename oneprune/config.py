@@ -32,6 +32,7 @@ from oneprune.lr import COUPLINGS, LR_MAX, PCT_START, RECOVERY_GAIN, RECOVERY_WI
 from oneprune.models import MODELS, check_model_args, check_model_name
 from oneprune.pruning import GRANULARITIES, PruneSelection
 from oneprune.schedules import OneCycle, Schedule, schedule_from_dict
+from oneprune.starts import SCRATCH
 
 OPTIMIZERS = ("adam", "sgd")
 GROUPS = ("data", "model", "optimisation", "pruning", "run")
@@ -93,6 +94,13 @@ def _allocation_args(key: str, value) -> dict[str, Any]:
     return dict(value)
 
 
+def _init(key: str, value) -> str:
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value).strip():
+        raise ValueError(f"{key} must be 'scratch' or the path of the weights to start from, "
+                         f"got {value!r}")
+    return os.fspath(value)
+
+
 def _model_or_none(key: str, value) -> str | None:
     return None if value is None else check_model_name(key, value)
 
@@ -151,6 +159,10 @@ class TrainConfig:
         help="more keyword arguments of the model's constructor (KEY=VALUE, repeatable)")
     width: float = setting(1.0, group="model", check=_real(**_validate.WIDTH),
                            help="channel multiplier of the built-in models")
+    init: str = setting(SCRATCH, group="model", where=None, check=_init,
+                        help="the weights it starts from: scratch (the model's random "
+                             "initialisation, from the seed), or a state_dict .pt file, a "
+                             ".safetensors file or a folder saved with --out")
     epochs: int = setting(15, group="optimisation", check=_integer(low=1, high=10_000),
                           help="training epochs (the whole budget)")
     batch_size: int = setting(64, group="optimisation", check=_integer(low=2, high=65_536),

@@ -46,6 +46,7 @@ from oneprune.data import Batches, ImageData, data_source
 from oneprune.distributed import all_sum, gather, rank_and_world_size
 from oneprune.models import MIN_IMAGE_SIZE, build_model
 from oneprune.pruning import Pruner
+from oneprune.starts import SCRATCH, fit_weights, read_weights, weights_digest
 from oneprune.state import check_resume
 
 EVAL_BATCH_SIZE = 1024
@@ -71,6 +72,7 @@ class TrainResult:
     mean: tuple[float, ...] = ()  # the normalisation of the inputs, in [0, 1] units
     std: tuple[float, ...] = ()
     image_size: int | None = None
+    init_digest: str | None = None  # of the weights it started from (None: scratch)
 
     def metrics(self) -> dict[str, Any]:
         """JSON-ready summary (what `--out` writes to metrics.json)."""
@@ -82,13 +84,15 @@ class TrainResult:
                 "target_sparsity": (0.0 if self.config.schedule is None
                                     else self.config.schedule.final_sparsity),
                 "seconds": self.seconds, "diverged": self.diverged,
+                "init": self.config.init, "init_digest": self.init_digest,
                 "history": self.history, "layers": layers}
 
 
 def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
           data: ImageData | None = None, progress: bool = False, test: bool = True,
           checkpoint: Callable[[dict, dict], Any] | None = None,
-          resume: Mapping[str, Any] | None = None) -> TrainResult:
+          resume: Mapping[str, Any] | None = None,
+          initial: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
     """Train `cfg` once, pruning along its schedule; call `report` after every epoch.
 
     `data` may be passed in already loaded (e.g. once for many runs); it must have been
@@ -97,7 +101,9 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
     `checkpoint(metrics, state)` is called after every epoch on every rank (all ranks hold
     the same state; save it once, e.g. with `save_state`, during the call: its tensors are
     the live ones); `resume=state` continues the run from it with the same config, data
-    and world size.
+    and world size. A config whose `init` is not "scratch" starts from those weights:
+    `initial` if given (its tensors), else read from the file `init` names
+    (`oneprune.starts.read_weights`); `ValueError` when they do not fit the model.
     """
     rank, world_size = rank_and_world_size()
     device = cfg.resolve_device()
@@ -108,7 +114,11 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
     check_data(cfg, data)
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = initial_model(cfg, data).to(device, memory_format=memory_format)
+    model = initial_model(cfg, data)
+    start = starting_weights(cfg, initial)
+    if start is not None:
+        fit_weights(model, start, f"init {cfg.init!r}")
+    model = model.to(device, memory_format=memory_format)
     pruner = new_pruner(cfg, model, data)
     net = model
     if world_size > 1:
@@ -212,7 +222,7 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
                        history[-1]["val_acc"], history[-1]["sparsity"],
                        time.perf_counter() - started, history, model, pruner, diverged,
                        data.num_classes, data.in_channels, data.mean, data.std,
-                       data.image_size)
+                       data.image_size, None if start is None else weights_digest(start))
 
 
 @torch.no_grad()
@@ -261,6 +271,17 @@ def initial_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
     return new_model(cfg, data)
 
 
+def starting_weights(cfg: TrainConfig, initial: Mapping[str, torch.Tensor] | None = None,
+                     ) -> Mapping[str, torch.Tensor] | None:
+    """The weights a run of `cfg` starts from: None for `init: scratch`, else `initial` or
+    the file `cfg.init` names."""
+    if cfg.init == SCRATCH:
+        if initial is not None:
+            raise ValueError("initial weights were given, but the config's init is 'scratch'")
+        return None
+    return read_weights(cfg.init) if initial is None else initial
+
+
 def new_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
     """`cfg`'s model, freshly initialised for `data`'s classes and channels."""
     return build_model(cfg.model, data.num_classes, data.in_channels, cfg.width,
@@ -297,15 +318,19 @@ def new_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 def check_model(cfg: TrainConfig, data: ImageData, *,
                 sparsities: tuple[float, ...] | None = None,
-                allocations: tuple[str, ...] | None = None) -> None:
-    """Raise `ValueError` (one line) unless `cfg`'s model can be built for `data`, has
-    layers to prune, can be pruned to each of `sparsities` (default: the schedule's final
-    one) by each of `allocations` (default: `cfg.allocation`), and maps a batch of `data`'s
-    images to one logit per class: the checks worth making before any trial starts (a
-    user's model is otherwise unknown)."""
+                allocations: tuple[str, ...] | None = None,
+                initial: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Raise `ValueError` (one line) unless `cfg`'s model can be built for `data`, takes the
+    weights it starts from (`initial`, if given), has layers to prune, can be pruned to
+    each of `sparsities` (default: the schedule's final one) by each of `allocations`
+    (default: `cfg.allocation`), and maps a batch of `data`'s images to one logit per class:
+    the checks worth making before any trial starts (a user's model is otherwise
+    unknown)."""
     check_data(cfg, data)
     with torch.random.fork_rng(devices=[]):
         model = new_model(cfg, data)
+    if initial is not None:
+        fit_weights(model, initial, f"init {cfg.init!r}")
     Pruner.of(model, cfg.prune)  # raises when nothing is left to prune
     if sparsities is None:
         sparsities = () if cfg.schedule is None else (cfg.schedule.final_sparsity,)

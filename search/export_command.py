@@ -19,22 +19,18 @@ cannot be exported) gets one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from oneprune._validate import first_line
 from oneprune.cli import OneLineParser
 from oneprune.deploy import LAYERS_FILE, Deployable, save_layers, save_onnx, save_program
 from oneprune.saving import deployable_of, load_pruned
-from search.environment import environment
 from search.experiment.schema import DEFAULT_TRACKING_URI
+from search.tracking.downloads import saved_folder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,30 +46,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="MLflow tracking URI of a models:/ source (default: "
                              "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     return parser
-
-
-@contextlib.contextmanager
-def _saved_folder(source: str, tracking_uri: str) -> Iterator[Path]:
-    """The `save_pruned` folder of `source`: itself, or the files a study logged with its
-    model (downloaded from MLflow)."""
-    if not source.startswith("models:/"):
-        yield Path(source)
-        return
-    import mlflow  # slow to import: only for a models:/ source
-
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            with environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # no bar per file
-                folder = mlflow.artifacts.download_artifacts(
-                    artifact_uri=source, dst_path=scratch, tracking_uri=tracking_uri)
-        except Exception as error:  # MLflow raises many kinds: not found, store, network
-            reason = first_line(error)
-            raise ValueError(f"cannot read {source} from {tracking_uri}: {reason}") from None
-        files = Path(folder) / "extra_files"
-        if not files.is_dir():
-            raise ValueError(f"{source} is not a model a oneprune study logged (it has no "
-                             f"extra_files/config.json)")
-        yield files
 
 
 def _onnx_agreement(ready: Deployable, path: Path) -> str:
@@ -98,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.getcwd() not in sys.path:  # a model module in the working folder, as `python -m`
         sys.path.append(os.getcwd())
     try:
-        with _saved_folder(args.source, args.tracking_uri) as folder:
+        with saved_folder(args.source, args.tracking_uri) as folder:
             ready = deployable_of(load_pruned(folder), slim=args.slim)
         args.out.mkdir(parents=True, exist_ok=True)
         written = [save_program(ready, args.out / "model.pt2")]

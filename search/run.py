@@ -26,6 +26,7 @@ from oneprune.models import user_code_path, user_module
 from search.experiment.loading import DEFAULT_EXPERIMENT, ConfigError, load_experiment
 from search.experiment.schema import Experiment
 from search.experiment.train_configs import base_config
+from search.tracking.downloads import given_weights
 from search.tracking.registry import handover_lines
 from search.tracking.runs import browse_lines, check_tracking_uri
 from search.tuner.searcher import check_optuna_storage
@@ -124,7 +125,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace):
                                      {k: v for k, v in overrides.items() if v is not None})
         if args.num_cpus is not None and args.num_cpus < 1:
             raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
-        data = load_data(experiment, progress=True)
+        given = (given_weights(experiment.init, experiment.tracking_uri) if experiment.given
+                 else None)  # before the data: a wrong start is refused at once
+        data = load_data(experiment, progress=True, given=given)
         storage = writable_storage(args.storage_path)
         check_tracking_uri(experiment.tracking_uri)
         check_optuna_storage(experiment.optuna_storage_url)
@@ -136,8 +139,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace):
         parser.exit(2, f"{parser.prog}: error: cannot reach the Ray cluster at "
                        f"{args.address!r}: {error}\n")
     try:
-        return run_experiment(experiment, data, storage_path=storage,
-                              resume=args.resume), experiment
+        return run_experiment(experiment, data, storage_path=storage, resume=args.resume,
+                              given=given), experiment
     except StudyRefused as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 

@@ -20,8 +20,12 @@ from oneprune.allocation import ALLOCATIONS, SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES
 from search.experiment.schema import (
+    ARM_SEPARATOR,
+    DENSE_START,
     KILL_POINTS,
     SAMPLERS,
+    SCRATCH,
+    STARTS,
     ConfigError,
     Faults,
     Resources,
@@ -78,18 +82,45 @@ def _name(key: str, value) -> str:
     return value
 
 
-def _choices(allowed: Sequence[str]) -> Callable[[str, Any], tuple[str, ...]]:
+def _choices(allowed: Sequence[str] | None) -> Callable[[str, Any], tuple[str, ...]]:
+    """A value of `allowed` or a non-empty list of distinct ones (None: any names)."""
     def parse(key: str, value) -> tuple[str, ...]:
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)} or a non-empty list "
-                              f"of them, got {value!r}")
+            what = "a name" if allowed is None else f"one of {', '.join(allowed)}"
+            raise ConfigError(f"{key} must be {what} or a non-empty list of them, "
+                              f"got {value!r}")
         for item in values:
-            _validate.choice(key, item, allowed)
+            if allowed is not None:
+                _validate.choice(key, item, allowed)
+            elif not isinstance(item, str):
+                raise ConfigError(f"{key} must be a name or a list of names, got {value!r}")
         if len(set(values)) != len(values):
             raise ConfigError(f"{key} lists a value twice: {value!r}")
         return tuple(values)
     return parse
+
+
+def _arms(key: str, value) -> tuple[str, ...]:
+    """Families, each compared as an arm: `family`, or `family-start` (a start of `STARTS`)
+    to run it from another starting point than the study's `init`."""
+    arms = _choices(None)(key, value)
+    for arm in arms:
+        family, separator, start = arm.partition(ARM_SEPARATOR)
+        _validate.choice(key, family, tuple(FAMILIES))
+        if separator:
+            _validate.choice(f"{key} ({arm}): the start after {ARM_SEPARATOR!r}", start,
+                             STARTS)
+    return arms
+
+
+def _init(key: str, value) -> str:
+    """`scratch`, `dense`, or weights: a file or folder path, or an MLflow model URI
+    (models:/..., runs:/...); what it names is read and checked when the study starts."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be {SCRATCH}, {DENSE_START}, the path of a weights "
+                          f"file or folder, or an MLflow model URI, got {value!r}")
+    return value
 
 
 _SPARSITY = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
@@ -291,8 +322,14 @@ _TOP = {
     "sparsity": Key(_sparsities, "Final sparsity in (0, 1); a list of them (one study "
                     "each); or a range {min, max, max_drop} searched as a second "
                     "objective."),
-    "families": Key(_choices(tuple(FAMILIES)), "Schedule families compared, each searched "
-                    "alike."),
+    "families": Key(_arms, "Schedule families compared, each searched alike; "
+                    "family-start (scratch, dense or given) runs one from another start than "
+                    "init, e.g. one_shot-dense: the pipeline train, prune, fine-tune."),
+    "init": Key(_init, "Where the runs start: scratch (random weights), dense (the study's "
+                "dense reference of the same seed), or given weights: a state_dict .pt, a "
+                ".safetensors file, a folder saved by python -m oneprune --out, or an "
+                "MLflow model URI (models:/name/1, runs:/...); then the dense reference is "
+                "that model fine-tuned, and the model as given is evaluated too."),
     "trials_per_family": Key(_checked(_validate.integer, low=1, high=100_000),
                              "Search trials per family (the equal budget)."),
     "final_seeds": Key(_checked(_validate.integer, low=2, high=1_000),

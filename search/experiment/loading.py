@@ -51,7 +51,13 @@ import yaml
 from oneprune.allocation import ALLOCATIONS, allocation_of
 from search.experiment.keys import SECTIONS, SETTINGS, Tuned, section
 from search.experiment.neutral_asha import check_neutral_asha
-from search.experiment.schema import ConfigError, Experiment, SparsityRange
+from search.experiment.schema import (
+    GIVEN,
+    SCRATCH,
+    ConfigError,
+    Experiment,
+    SparsityRange,
+)
 from search.experiment.train_configs import allocation_parameter, base_config, trial_config
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[2] / "experiments" / "quick.yaml"
@@ -82,6 +88,7 @@ def parse_experiment(raw: Any) -> Experiment:
             values["allocation_args"] = {**values.get("allocation_args", {}),
                                          **values.pop("depth_exponent")}
         arguments = values.pop("allocation_args", {})
+        init = values.pop("init", SCRATCH)  # the study's start, not one run's (`init` below)
         given = {key: values.pop(key) for key in list(values) if key in SETTINGS}
         given.update(values.pop("training", {}))
         train = {k: v for k, v in given.items() if not isinstance(v, Tuned)}
@@ -91,7 +98,9 @@ def parse_experiment(raw: Any) -> Experiment:
         fixed, space = _allocation_arguments(arguments, allocations)
         if fixed:
             train["allocation_args"] = fixed
-        experiment = Experiment(**values, train=train, tuned=tuned, allocation_space=space)
+        experiment = Experiment(**values, init=init, train=train, tuned=tuned,
+                                allocation_space=space)
+        _check_arms(experiment)
         _check_runnable(experiment)
     except ConfigError:
         raise
@@ -127,6 +136,19 @@ def _allocation_arguments(given: Mapping[str, Any], allocations: tuple[str, ...]
         if ranges:
             space[name] = ranges
     return fixed, space
+
+
+def _check_arms(experiment: Experiment) -> None:
+    """Each arm a distinct (family, start), and `-given` only where `init` names weights."""
+    seen = {}
+    for arm in experiment.families:
+        start = experiment.start_of(arm)
+        if start == GIVEN and not experiment.given:
+            raise ConfigError(f"families: {arm} starts from given weights, but init does not "
+                              f"name any (a weights file or folder, or an MLflow model URI)")
+        twin = seen.setdefault((experiment.family_of(arm), start), arm)
+        if twin != arm:
+            raise ConfigError(f"families: {arm} and {twin} are one arm ({start} start)")
 
 
 def _check_runnable(experiment: Experiment) -> None:

@@ -24,8 +24,9 @@ def first_neutral_rung(experiment: Experiment) -> tuple[int, str, float]:
     sparsity, whatever its sampled schedule (`Schedule.latest_end` of each family's space),
     with the family and progress that set it. Before it, a trial that prunes late is still
     dense and would look better to ASHA than one that pruned early."""
+    families = dict.fromkeys(experiment.family_of(arm) for arm in experiment.families)
     latest, family = max((FAMILIES[f].latest_end(experiment.search.space.get(f)), f)
-                         for f in experiment.families)
+                         for f in families)
     return math.ceil(latest * experiment.epochs - 1e-9), family, latest
 
 

@@ -25,6 +25,11 @@ KILL_POINTS = ("registering",)  # where a test-only fault may kill the driver
 SAMPLERS = ("tpe", "random")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 OPTUNA_FILE = "optuna.db"  # the default Optuna storage: this file beside a sqlite MLflow store
+# Where an arm's run starts: random weights, the study's dense reference of the same seed,
+# or the weights `init` names (a file or an MLflow model URI).
+SCRATCH, DENSE_START, GIVEN = "scratch", "dense", "given"
+STARTS = (SCRATCH, DENSE_START, GIVEN)
+ARM_SEPARATOR = "-"  # `one_shot-dense`: family one_shot, started from the dense reference
 
 
 class ConfigError(ValueError):
@@ -117,9 +122,44 @@ class Experiment:
     tracking_uri: str = DEFAULT_TRACKING_URI
     optuna_storage: str | None = None
     faults: Faults | None = None
+    init: str = SCRATCH
     train: Mapping[str, Any] = field(default_factory=dict)
     tuned: Mapping[str, tuple] = field(default_factory=dict)
     allocation_space: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict)
+
+    @staticmethod
+    def family_of(arm: str) -> str:
+        """The schedule family an arm (`families` entry) trains: `one_shot-dense` is
+        one_shot."""
+        return arm.partition(ARM_SEPARATOR)[0]
+
+    @property
+    def given(self) -> bool:
+        """Whether `init` names weights the study is given (a file or an MLflow URI)."""
+        return self.init not in (SCRATCH, DENSE_START)
+
+    def start_of(self, arm: str) -> str:
+        """Where an arm's runs start (`STARTS`): its `-start`, else the study's `init`
+        (weights a file or URI names: `given`). The dense reference starts from the given
+        weights, if any (it is then that model fine-tuned), else from scratch."""
+        start = arm.partition(ARM_SEPARATOR)[2]
+        if start:
+            return start
+        if arm == "dense":
+            return GIVEN if self.given else SCRATCH
+        return GIVEN if self.given else self.init
+
+    @property
+    def dense_starts(self) -> bool:
+        """Whether some arm starts from the dense reference (whose weights its runs then
+        keep for them)."""
+        return any(self.start_of(arm) == DENSE_START for arm in self.families)
+
+    @property
+    def compares_starts(self) -> bool:
+        """Whether any run starts from other than random weights (the verdict then counts
+        what each model cost, its start included)."""
+        return self.given or any(self.start_of(arm) != SCRATCH for arm in self.families)
 
     @property
     def allocations(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from oneprune.allocation import ALLOCATIONS
 from oneprune.config import TrainConfig
 from oneprune.schedules import FAMILIES, Schedule
+from search.experiment.schema import GIVEN
 
 if TYPE_CHECKING:
     from search.experiment.schema import Experiment
@@ -71,11 +72,12 @@ def _allocation_args(allocation: str, fixed: Mapping[str, Any],
 
 def base_config(experiment: Experiment, family: str | None = None,
                 sparsity: float | None = None, *, seed: int | None = None) -> TrainConfig:
-    """The training run every trial of `family` at `sparsity` starts from: its schedule
-    at the middle of its search bounds (no family: the dense reference, without LR
-    coupling, which needs a schedule), the fixed settings, every tuned one at
-    `tuned_middle` (the searched arguments of its allocation too); `seed` defaults to the
-    search seed."""
+    """The training run every trial of `family` (an arm: `one_shot`, `one_shot-dense`) at
+    `sparsity` starts from: its schedule at the middle of its search bounds (no family: the
+    dense reference, without LR coupling, which needs a schedule), the fixed settings,
+    every tuned one at `tuned_middle` (the searched arguments of its allocation too), its
+    starting point (`init`: scratch, dense, or the weights the study is given); `seed`
+    defaults to the search seed."""
     values = {**experiment.train, **{name: tuned_middle(name, space)
                                      for name, space in experiment.tuned.items()}}
     allocation = values.get("allocation", SETTINGS["allocation"].default)
@@ -87,10 +89,12 @@ def base_config(experiment: Experiment, family: str | None = None,
                                                                            {}).items()})
     if family is None:
         values["coupling"] = "none"
-    return TrainConfig(
-        **values, seed=experiment.search.seed if seed is None else seed,
-        schedule=None if family is None else midpoint_schedule(
-            family, sparsity, experiment.search.space.get(family)))
+    start = experiment.start_of(family or "dense")
+    schedule = None if family is None else midpoint_schedule(
+        experiment.family_of(family), sparsity,
+        experiment.search.space.get(experiment.family_of(family)))
+    return TrainConfig(**values, seed=experiment.search.seed if seed is None else seed,
+                       schedule=schedule, init=experiment.init if start == GIVEN else start)
 
 
 def trial_config(base: TrainConfig, params: Mapping[str, Any],

@@ -14,7 +14,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from oneprune.lr import CoupledLR
 from oneprune.schedules import Schedule
@@ -22,6 +22,7 @@ from search.experiment.train_configs import base_config
 from search.plan.pareto import FrontPoint, hypervolume, pareto_front
 from search.plan.stats import mean_interval
 from search.plan.trials import (
+    AS_GIVEN,
     DENSE,
     FINAL,
     SEARCH,
@@ -44,6 +45,8 @@ class FamilyOutcome:
     family: str
     schedule: Schedule | None
     lr_policy: CoupledLR | None
+    start: str = "scratch"  # where its runs start: scratch, dense or given
+    epochs: int = 0  # what each of its runs trained (the model as given: none)
     best_params: dict = field(default_factory=dict)
     best_val_acc: float = math.nan
     best_number: int | None = None  # the Optuna trial of `best_params`
@@ -160,10 +163,12 @@ def aggregate(experiment: Experiment,
         outcomes = []
         floor = accuracy_floor(experiment, by_group.get((FINAL, (sparsity, DENSE)), []),
                                sparsity)
-        for family in (*experiment.families, DENSE):
+        for family in (*experiment.families, DENSE, *([AS_GIVEN] if experiment.given else [])):
             group = (sparsity, family)
             searched = by_group.get((SEARCH, group), [])
             outcome = FamilyOutcome(family, schedule=None, lr_policy=None,
+                                    start=experiment.start_of(family),
+                                    epochs=0 if family == AS_GIVEN else experiment.epochs,
                                     trials=len(searched))
             for record in searched:
                 outcome.search_trial_seconds.append(record.result.get("train_seconds", 0.0))
@@ -199,6 +204,32 @@ def aggregate(experiment: Experiment,
             outcomes.append(outcome)
         studies[sparsity] = outcomes
     return studies
+
+
+class ModelCost(NamedTuple):
+    """What one final model of a row cost to train in all, its start included: epochs and
+    seconds (the mean over its seeds), and whether given weights came before them (whose
+    cost the study does not know)."""
+
+    epochs: int
+    seconds: float
+    given: bool
+
+
+def model_cost(outcome: FamilyOutcome, dense: FamilyOutcome | None) -> ModelCost:
+    """`ModelCost` of `outcome`'s models: its own runs', plus, from the dense reference,
+    the dense run of the same seed (epochs and seconds); the model as given costs nothing
+    the study spent."""
+    seconds = list(outcome.final_run_seconds)
+    epochs = outcome.epochs
+    if outcome.start == "dense" and dense is not None:
+        dense_by_seed = dict(zip(dense.seeds, dense.final_run_seconds, strict=True))
+        seconds = [s + dense_by_seed.get(seed, math.nan)
+                   for seed, s in zip(outcome.seeds, seconds, strict=True)]
+        epochs += dense.epochs
+    return ModelCost(epochs, statistics.fmean(seconds) if seconds else math.nan,
+                     outcome.start == "given" or (outcome.start == "dense" and dense is not None
+                                                  and dense.start == "given"))
 
 
 def sparsest_then_most_accurate(outcome: FamilyOutcome) -> tuple[float, float]:

@@ -7,10 +7,16 @@ searcher, the trainable, the MLflow logger and the aggregation read it alike:
     {"part": "search", "sparsity": 0.9, "family": "agp", "number": 3, "params": {...}}
     {"part": "final", "sparsity": 0.9, "family": "agp", "seed": 1, "params": {...}}
     {"part": "final", "sparsity": 0.9, "family": "dense", "seed": 1, "params": {}}
+    {"part": "start", "sparsity": 0.9, "family": "dense", "seed": 0, "params": {}}
+    {"part": "final", "sparsity": 0.9, "family": "given", "seed": 1, "params": {}}
 
 A search trial is trial `number` of its (sparsity, family) Optuna study and `params` are
 the values it sampled; a final re-run trains its family's best `params` with a fresh
-`seed`; the dense reference trains without pruning. `train_config` turns any of them into
+`seed`; the dense reference trains without pruning. A family is an arm of the study
+(`one_shot-dense`: one_shot from the dense reference). Where an arm starts from the dense
+reference, the dense reference also trains with the search seed (part `start`), for the
+arm's search trials to start from; where the study is given weights, the model as given is
+evaluated once (family `given`, no training). `train_config` turns any of them into
 its `TrainConfig`: the family's `base_config` (the schedule at the middle of its bounds,
 every tuned setting at the middle of its range) with the sampled `params` (`trial_config`,
 both in `search.experiment.train_configs`).
@@ -30,8 +36,9 @@ from search.experiment.train_configs import base_config, trial_config
 if TYPE_CHECKING:
     from search.experiment.schema import Experiment
 
-SEARCH, FINAL = "search", "final"
+SEARCH, FINAL, START = "search", "final", "start"
 DENSE = "dense"  # the family name of the dense reference
+AS_GIVEN = "given"  # the family name of the model the study is given, evaluated as it is
 
 Group = tuple[float, str]  # (sparsity, family): one Optuna study, one ASHA bracket
 
@@ -46,6 +53,12 @@ def final_config(group: Group, seed: int, params: Mapping[str, Any]) -> dict:
             "params": dict(params)}
 
 
+def start_config(sparsity: float, seed: int) -> dict:
+    """The dense reference trained with the search `seed`: what the search trials of an arm
+    from `dense` start from."""
+    return {"part": START, "sparsity": sparsity, "family": DENSE, "seed": seed, "params": {}}
+
+
 def group_of(config: Mapping[str, Any]) -> Group:
     return (config["sparsity"], config["family"])
 
@@ -56,8 +69,9 @@ def optuna_study_name(experiment: Experiment, group: Group) -> str:
 
 
 def is_dense(config: Mapping[str, Any]) -> bool:
-    """A run of the dense reference (its group's sparsity names the study, not the run)."""
-    return config["family"] == DENSE
+    """A run of the dense reference (its group's sparsity names the study, not the run),
+    or of the model as given (which it is then fine-tuned from)."""
+    return config["family"] in (DENSE, AS_GIVEN)
 
 
 def target_sparsity(config: Mapping[str, Any]) -> float:
@@ -73,7 +87,8 @@ def final_seeds(experiment: Experiment) -> list[int]:
 
 
 def train_config(experiment: Experiment, config: Mapping[str, Any]) -> TrainConfig:
-    """The training run a trial's `config` stands for."""
+    """The training run a trial's `config` stands for (the model as given: the dense
+    reference's, which it evaluates without training)."""
     if is_dense(config):
         return base_config(experiment, seed=config["seed"])
     cfg = trial_config(base_config(experiment, config["family"], config["sparsity"]),

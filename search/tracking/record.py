@@ -20,12 +20,14 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from search.experiment.schema import Experiment
+from search.experiment.schema import SCRATCH, Experiment
 from search.experiment.train_configs import base_config
-from search.plan.outcomes import FamilyOutcome, sparsest_then_most_accurate
+from search.plan.outcomes import FamilyOutcome, model_cost, sparsest_then_most_accurate
 from search.plan.pareto import pareto_front
-from search.plan.trials import DENSE, final_config, optuna_study_name, train_config
+from search.plan.trials import AS_GIVEN, DENSE, final_config, optuna_study_name, train_config
 from search.tracking import registry, runs
+from search.verdict import fixed
+from search.verdict.columns import MODEL_COST
 from search.verdict.fixed import write_report
 from search.verdict.importance import study_importances
 from search.verdict.sparsity_range import write_front_report
@@ -58,11 +60,18 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
     span = experiment.sparsity_range
     test_acc_means = {o.family: sum(o.test_accs) / len(o.test_accs)
                       for o in outcomes if o.test_accs}
+    dense = next(o for o in outcomes if o.family == DENSE)
     for outcome in outcomes:
-        if outcome.family == DENSE:
+        cost = {}
+        if experiment.compares_starts:  # what its models cost, their start included
+            epochs, seconds, _ = model_cost(outcome, dense)
+            cost = {"model_epochs": epochs, "model_seconds": seconds}
+        if outcome.family in (DENSE, AS_GIVEN):
+            mean = test_acc_means.get(outcome.family)
             runs.finish_family(
-                client, family_run_ids[(sparsity, DENSE)], base_config(experiment).to_dict(),
-                {"test_acc_mean": test_acc_means[DENSE]} if DENSE in test_acc_means else {})
+                client, family_run_ids[(sparsity, outcome.family)],
+                base_config(experiment).to_dict(),
+                {**({} if mean is None else {"test_acc_mean": mean}), **cost})
             continue
         outcome.importances = study_importances(
             experiment.optuna_storage_url, optuna_study_name(experiment, (sparsity,
@@ -70,7 +79,7 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         run_id = family_run_ids[(sparsity, outcome.family)]
         metrics = {"trials": outcome.trials, "trials_completed": outcome.trials_completed,
                    "trials_diverged": outcome.trials_diverged,
-                   "search_seconds": outcome.search_seconds}
+                   "search_seconds": outcome.search_seconds, **cost}
         if span is not None:
             metrics.update(hypervolume=outcome.hypervolume,
                            trials_feasible=sum(p.feasible for p in outcome.points),
@@ -90,17 +99,20 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
             "best_val_acc": outcome.best_val_acc, **metrics,
             **{f"importance.{param}": value for param, value in outcome.importances.items()}})
     headline = {f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()}
+    starts = f", from {experiment.init}" if experiment.init != SCRATCH else ""
+    extra = [MODEL_COST] if experiment.compares_starts else []
     with tempfile.TemporaryDirectory() as folder:
         if span is None:
             title = (f"{name}: {model} on {experiment.dataset} at "
-                     f"{sparsity:.0%} sparsity, {experiment.epochs} epochs")
-            table = write_report(outcomes, Path(folder), title)
+                     f"{sparsity:.0%} sparsity, {experiment.epochs} epochs{starts}")
+            table = write_report(outcomes, Path(folder), title, columns=[*fixed.COLUMNS,
+                                                                         *extra])
         else:
             title = (f"{name}: {model} on {experiment.dataset}, how sparse within "
                      f"{span.max_drop:g} point(s) of dense (sparsity searched in "
-                     f"[{span.min:.0%}, {span.max:.0%}]), {experiment.epochs} epochs")
+                     f"[{span.min:.0%}, {span.max:.0%}]), {experiment.epochs} epochs{starts}")
             table = write_front_report(outcomes, Path(folder), title, floor=floor,
-                                       max_drop=span.max_drop)
+                                       max_drop=span.max_drop, extra=extra)
             headline.update({f"hypervolume.{o.family}": o.hypervolume for o in outcomes
                              if o.family != DENSE})
             headline.update({f"sparsity_reached.{o.family}": o.schedule.final_sparsity
@@ -114,7 +126,8 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
             runs.ROLE: "final", runs.FAMILY: family, runs.SEED: str(seed)}
         )[0].info.run_id
 
-    models = registry.hand_over(experiment.tracking_uri, name, outcomes, final_run, title,
+    trained = [o for o in outcomes if o.family != AS_GIVEN]  # the model as given: the user's
+    models = registry.hand_over(experiment.tracking_uri, name, trained, final_run, title,
                                 rank=None if span is None else sparsest_then_most_accurate,
                                 registered=registered)
     return StudyResult(name, sparsity, title, table, outcomes, experiment_id, models)

@@ -16,7 +16,11 @@ and with the source tags MLflow's fluent API sets (`mlflow.source.name`, `mlflow
     role=final       the seed re-runs of each family's best config and of the dense
                      reference, children of their family's run, with the dataset input
                      too, and each with its trained model as a logged model
-                     (`search.tracking.registry`)
+                     (`search.tracking.registry`); a run that started from given
+                     weights or the dense reference is tagged oneprune.init_digest (of
+                     those weights); the model as given, evaluated, is family `given`
+    role=start       (where arms start from the dense reference) the dense reference
+                     trained with the search seed, which their search trials start from
     role=comparison  the table (comparison.md / .csv) and plots (schedules.png, curves.png,
                      importance.png)
     role=sweep       (an experiment with several sparsities, in the MLflow experiment named
@@ -52,6 +56,7 @@ STOPPED_EARLY = "oneprune.stopped_early"
 ERROR = "oneprune.error"
 WORKERS = "oneprune.workers"
 STATUS = "oneprune.status"
+INIT_DIGEST = "oneprune.init_digest"  # SHA-256 of the weights a run started from
 DIVERGED = "diverged"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # The MLflow 3 UI opens an experiment on its GenAI overview unless the URL asks for runs.

@@ -16,13 +16,13 @@ from ray import tune
 
 from search.experiment.schema import Experiment
 from search.plan.outcomes import METRIC, TrialRecord, accuracy_floor, select_best
-from search.plan.trials import DENSE, FINAL, SEARCH, group_of
+from search.plan.trials import DENSE, FINAL, SEARCH, START, group_of
 from search.verdict.columns import format_params
 
 
 def _label(experiment: Experiment, config: Mapping) -> str:
     study = experiment.study_name(config["sparsity"])
-    return f"{study} {config['family'] if config['part'] == SEARCH else FINAL}"
+    return f"{study} {config['family'] if config['part'] == SEARCH else config['part']}"
 
 
 def _ended(trials, trial) -> list:
@@ -49,6 +49,8 @@ class TrialProgress(tune.Callback):
         exp = self.experiment
         if config["part"] == SEARCH:
             return exp.trials_per_family
+        if config["part"] == START:
+            return 1
         # Dense, and every family of this sparsity but those whose search found nothing.
         searches = [_records(trials, {**config, "family": family}, SEARCH)
                     for family in exp.families]
@@ -57,7 +59,7 @@ class TrialProgress(tune.Callback):
         unknown = exp.sparsity_range is not None and floor is None
         failed = sum(len(ended) == exp.trials_per_family and not unknown
                      and select_best(ended, exp.epochs, floor) is None for ended in searches)
-        return (len(exp.families) + 1 - failed) * exp.final_seeds
+        return (len(exp.families) + 1 - failed) * exp.final_seeds + exp.given  # as given
 
     def _line(self, trials, trial, what: str) -> None:
         label = _label(self.experiment, trial.config)

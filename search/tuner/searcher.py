@@ -4,10 +4,14 @@
 in Optuna's RDB storage, driven by ask/tell with the family's define-by-run space. It hands
 out, in this order:
 
-1. the final re-runs of a (sparsity, family) whose search has ended (every one of its
-   `trials_per_family` trials finished), with its best config and each final seed;
-2. the dense references (any time: they depend on nothing);
-3. a search trial of the (sparsity, family) with the fewest trials in flight,
+1. what other runs start from: the dense reference with the search seed (where an arm
+   starts from `dense`) and the model as given (where `init` names weights);
+2. the final re-runs of a (sparsity, family) whose search has ended (every one of its
+   `trials_per_family` trials finished), with its best config and each final seed whose
+   starting point is there (an arm from `dense`: the dense run of that seed has ended);
+3. the dense references (any time: they depend on nothing);
+4. a search trial of the (sparsity, family) with the fewest trials in flight (an arm from
+   `dense` once the dense run with the search seed has ended),
 
 so every family of every sparsity gets exactly `trials_per_family` search trials, and a
 family's final runs are handed out as soon as its own search is over (Tune starts them in
@@ -43,19 +47,22 @@ from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from oneprune._validate import first_line
-from search.experiment.schema import Experiment
+from search.experiment.schema import DENSE_START, Experiment
 from search.plan.outcomes import METRIC, TrialRecord, accuracy_floor, objectives, select_best
 from search.plan.space import define_by_run
 from search.plan.trials import (
+    AS_GIVEN,
     DENSE,
     FINAL,
     SEARCH,
+    START,
     Group,
     final_config,
     final_seeds,
     group_of,
     optuna_study_name,
     search_config,
+    start_config,
 )
 
 SLOTS_REFRESH_SECONDS = 5.0
@@ -265,11 +272,27 @@ class ExperimentSearcher(Searcher):
             TrialRecord(e["config"], e["result"], e["error"]) for e in self._trials.values()
             if not e["live"]], self.experiment.sparsity[0] if sparsity is None else sparsity)
 
+    def _dense_ended(self, sparsity: float, seed: int) -> bool:
+        """Whether the dense reference's run with `seed` (the search seed: its `start` run)
+        has ended, so that an arm from `dense` may start from its weights (a failed one
+        too: the runs that needed it then fail, saying so)."""
+        part = START if seed == self.experiment.search.seed else FINAL
+        return any(not entry["live"] for entry in self._trials.values()
+                   if entry["config"]["part"] == part and entry["config"]["seed"] == seed
+                   and group_of(entry["config"]) == (sparsity, DENSE))
+
+    def _can_start(self, group: Group, seed: int) -> bool:
+        """Whether a run of `group` with `seed` has what it starts from."""
+        return (self.experiment.start_of(group[1]) != DENSE_START
+                or self._dense_ended(group[0], seed))
+
     def _finals_wanted(self) -> tuple[list[dict], bool]:
-        """Every final run that can be handed out now (dense references, and each ended
-        search's best config with every final seed; under a sparsity range, once the
-        floor is known), and whether every search has ended. Cached until a trial ends or
-        is added: Tune asks for trials far more often."""
+        """Every final run that can be handed out now (dense references, the dense runs with
+        the search seed that arms from `dense` start from, the model as given, and each
+        ended search's best config with every final seed whose start is there; under a
+        sparsity range, once the floor is known), and whether every search has ended and
+        no final run waits for its start. Cached until a trial ends or is added: Tune asks
+        for trials far more often."""
         if self._wanted is None:
             live, handed_out = set(), Counter()
             for entry in self._trials.values():
@@ -280,8 +303,15 @@ class ExperimentSearcher(Searcher):
             ended = [group for group in self.groups if group not in live
                      and handed_out[group] == self.experiment.trials_per_family]
             seeds = final_seeds(self.experiment)
-            # Families' final runs before the dense references: they wait on nothing else.
-            wanted, ranged = [], self.experiment.sparsity_range is not None
+            # What others start from first; then families' final runs before the dense
+            # references, which wait on nothing else.
+            wanted, ranged, waiting = [], self.experiment.sparsity_range is not None, 0
+            if self.experiment.dense_starts:
+                wanted += [start_config(sparsity, self.experiment.search.seed)
+                           for sparsity in self.experiment.sparsity]
+            if self.experiment.given:
+                wanted += [final_config((sparsity, AS_GIVEN), seeds[0], {})
+                           for sparsity in self.experiment.sparsity]
             for group in ended:
                 floor = self._floor(group[0])
                 if ranged and floor is None:
@@ -289,18 +319,23 @@ class ExperimentSearcher(Searcher):
                 best = select_best(self._records(SEARCH, group), self.experiment.epochs,
                                    floor)
                 if best is not None:
+                    ready = [seed for seed in seeds if self._can_start(group, seed)]
+                    waiting += len(seeds) - len(ready)
                     wanted += [final_config(group, seed, best.config["params"])
-                               for seed in seeds]
+                               for seed in ready]
             wanted += [final_config((sparsity, DENSE), seed, {})
                        for sparsity in self.experiment.sparsity for seed in seeds]
-            self._wanted = (wanted, len(ended) == len(self.groups))
+            self._wanted = (wanted, len(ended) == len(self.groups) and not waiting)
         return self._wanted
 
     def _next_final(self) -> dict | None:
-        handed_out = {(group_of(e["config"]), e["config"]["seed"])
-                      for e in self._trials.values() if e["config"]["part"] == FINAL}
+        def key(config):
+            return config["part"], group_of(config), config["seed"]
+
+        handed_out = {key(e["config"]) for e in self._trials.values()
+                      if e["config"]["part"] != SEARCH}
         return next((config for config in self._finals_wanted()[0]
-                     if (group_of(config), config["seed"]) not in handed_out), None)
+                     if key(config) not in handed_out), None)
 
     def _next_search(self) -> dict | None:
         """A new trial of the open search with the fewest live trials (then the fewest
@@ -313,11 +348,13 @@ class ExperimentSearcher(Searcher):
                 counts = load[group_of(entry["config"])]
                 counts[0] += entry["live"]
                 counts[1] += 1
-        open_groups = [g for g in self.groups if load[g][1] < self.experiment.trials_per_family]
+        open_groups = [g for g in self.groups if load[g][1] < self.experiment.trials_per_family
+                       and self._can_start(g, self.experiment.search.seed)]
         if not open_groups:
             return None
         group = min(open_groups, key=lambda g: load[g])
-        sparsity, family = group
+        sparsity, arm = group
+        family = self.experiment.family_of(arm)
         span = self.experiment.sparsity_range
         trial = self.study(group).ask()
         define_by_run(trial, family=family,

@@ -3,8 +3,10 @@ where every node must reach it), read and written through pyarrow's filesystems,
 Tune does.
 
 Under `<storage>/<experiment>`: Tune's state and trials, the Ray Train runs of
-distributed trials (`train/<trial id>`), and the trained models final runs hand to the
-driver (`models/<trial id>`, deleted once logged to MLflow).
+distributed trials (`train/<trial id>`), the trained models final runs hand to the
+driver (`models/<trial id>`, deleted once logged to MLflow), and the weights runs start
+from (`starts/`: the given weights, and the dense reference's of each seed where arms start
+from it; deleted once the study has its verdict).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow
@@ -29,6 +32,41 @@ def join(storage_path: str, *names: str) -> str:
 def tune_path(storage_path: str, experiment_name: str) -> str:
     """Where an experiment's Tuner keeps its state."""
     return join(storage_path, experiment_name)
+
+
+@dataclass(frozen=True)
+class StudyFolders:
+    """An experiment's folders under the storage path: its Tuner's state (`tune`), the Ray
+    Train runs of distributed trials (`train`), the models final runs hand to the driver
+    (`models`) and the weights runs start from (`starts`). Every trial gets it."""
+
+    tune: str
+
+    @classmethod
+    def of(cls, storage_path: str, experiment_name: str) -> StudyFolders:
+        return cls(tune_path(storage_path, experiment_name))
+
+    @property
+    def train(self) -> str:
+        return join(self.tune, "train")
+
+    @property
+    def models(self) -> str:
+        return join(self.tune, "models")
+
+    @property
+    def starts(self) -> str:
+        return join(self.tune, "starts")
+
+    @property
+    def given_weights(self) -> str:
+        """Where the study keeps the weights it is given (`init`), for every run and resume."""
+        return join(self.starts, "given.safetensors")
+
+    def dense_weights(self, sparsity: float, seed: int) -> str:
+        """Where the dense reference of the study at `sparsity` keeps its trained weights of
+        `seed`, for the runs of arms from `dense` with that seed."""
+        return join(self.starts, f"dense-s{sparsity:g}-seed{seed}.safetensors")
 
 
 def delete(path: str) -> None:
@@ -59,6 +97,29 @@ def upload(folder: str | os.PathLike, path: str) -> None:
     pyarrow.fs.copy_files(str(Path(folder).resolve()), inner,
                           source_filesystem=pyarrow.fs.LocalFileSystem(),
                           destination_filesystem=filesystem)
+
+
+def upload_file(local: str | os.PathLike, path: str) -> None:
+    """Copy the local file `local` to `path` (a local path or a URI)."""
+    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
+    filesystem.create_dir(inner.rpartition("/")[0])
+    pyarrow.fs.copy_files(str(Path(local).resolve()), inner,
+                          source_filesystem=pyarrow.fs.LocalFileSystem(),
+                          destination_filesystem=filesystem)
+
+
+@contextlib.contextmanager
+def local_file(path: str) -> Iterator[str]:
+    """The file `path` as a local file: itself if it is one, else a temporary download."""
+    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        yield inner
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        local = str(Path(folder) / inner.rpartition("/")[2])
+        pyarrow.fs.copy_files(inner, local, source_filesystem=filesystem,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        yield local
 
 
 @contextlib.contextmanager

@@ -22,16 +22,20 @@ anything runs), `_fresh_tuner` or `Tuner.restore` and `_fit` run the trials, the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import mlflow
 import optuna
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from oneprune.data import ImageData
+from oneprune.starts import read_weights, weights_digest, write_weights
 from oneprune.train import check_data, check_model
 from search.environment import environment
 from search.experiment.schema import Experiment
@@ -43,9 +47,11 @@ from search.plan.outcomes import (
     select_best,
 )
 from search.plan.trials import (
+    AS_GIVEN,
     DENSE,
     FINAL,
     SEARCH,
+    START,
     final_seeds,
     group_of,
     optuna_study_name,
@@ -134,7 +140,7 @@ def _fresh_tuner(experiment: Experiment, trainable, storage_path: str,
 
 
 def _trainable(trial_function: Callable, experiment: Experiment, data_ref: ray.ObjectRef,
-               train_storage: str, model_storage: str):
+               folders: storage.StudyFolders):
     """`trial_function` with its arguments and resources: a single-process trial holds its
     CPUs and GPUs; a distributed one is a light Tune driver (a token of memory, since Tune
     wants some request) whose Ray Train workers hold them."""
@@ -147,7 +153,7 @@ def _trainable(trial_function: Callable, experiment: Experiment, data_ref: ray.O
         data = (data_ref,)  # workers fetch it; the tuple keeps Tune from resolving it
     return tune.with_resources(
         tune.with_parameters(trial_function, experiment=experiment, data=data,
-                             train_storage=train_storage, model_storage=model_storage),
+                             folders=folders),
         request)
 
 
@@ -183,12 +189,19 @@ def _fit(tuner: tune.Tuner, train_storage: str | None) -> list[TrialRecord]:
 
 
 def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
-    """Raise `StudyInterrupted` unless every search ran its budget and every best config and
-    dense reference ran every final seed (a Tuner stopped between two trials ends with all
-    of its trials finished, yet short)."""
+    """Raise `StudyInterrupted` unless every search ran its budget, every best config and
+    dense reference ran every final seed, and what the study starts from ran (a Tuner
+    stopped between two trials ends with all of its trials finished, yet short)."""
     seeds = set(final_seeds(experiment))
     for sparsity in experiment.sparsity:
         floor = accuracy_floor(experiment, records, sparsity)
+        extra = ([(START, DENSE, experiment.search.seed)] if experiment.dense_starts else []) \
+            + ([(FINAL, AS_GIVEN, min(seeds))] if experiment.given else [])
+        for part, family, seed in extra:
+            if not any(r.config["part"] == part and group_of(r.config) == (sparsity, family)
+                       and r.config["seed"] == seed for r in records):
+                raise StudyInterrupted(f"the {family} run with seed {seed} at {sparsity:g} "
+                                       f"did not run")
         for family in (*experiment.families, DENSE):
             group = (sparsity, family)
             searched = [r for r in records
@@ -202,22 +215,48 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
                                        f"{sparsity:g} did not all run")
 
 
-def load_data(experiment: Experiment, progress: bool = False) -> ImageData:
+def load_data(experiment: Experiment, progress: bool = False,
+              given: Mapping[str, torch.Tensor] | None = None) -> ImageData:
     """The experiment's dataset and splits, checked against its model (`ValueError`: files
-    missing or unreadable, a model that cannot be built for them, takes no such images,
-    has nothing to prune or cannot be pruned to a sparsity by one of the allocations);
-    `progress`: a bar while an image folder is first decoded."""
+    missing or unreadable, a model that cannot be built for them, does not take the `given`
+    weights the study starts from, takes no such images, has nothing to prune or cannot be
+    pruned to a sparsity by one of the allocations); `progress`: a bar while an image
+    folder is first decoded."""
     data = base_config(experiment).load_data(progress=progress)
     check_model(base_config(experiment, experiment.families[0], experiment.sparsity[0]), data,
-                sparsities=experiment.trained_sparsities, allocations=experiment.allocations)
+                sparsities=experiment.trained_sparsities, allocations=experiment.allocations,
+                initial=given)
     return data
+
+
+def _keep_given(experiment: Experiment, given: Mapping[str, torch.Tensor] | None,
+                folders: storage.StudyFolders, echo: Callable[[str], None]) -> None:
+    """Store the weights the study is given where every run reads them, once: a resumed
+    study goes on from the weights it started with, even if `init`'s file changed since
+    (it says so)."""
+    if not experiment.given:
+        return
+    if given is None:
+        raise StudyRefused(f"init {experiment.init!r} names weights, but none were read")
+    path = folders.given_weights
+    if storage.exists(path):
+        with storage.local_file(path) as local:
+            kept = weights_digest(read_weights(local))
+        if kept != weights_digest(given):
+            echo(f"[{experiment.name}] init {experiment.init!r} changed since the study "
+                 f"started; it goes on from the weights it started with ({kept[:12]})")
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        storage.upload_file(write_weights(given, Path(folder) / "given.safetensors"), path)
 
 
 def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str,
                    resume: bool = False, echo: Callable[[str], None] = print,
-                   trial_function: Callable = run_trial) -> list[StudyResult]:
+                   trial_function: Callable = run_trial,
+                   given: Mapping[str, torch.Tensor] | None = None) -> list[StudyResult]:
     """Run (or resume) every study of `experiment` in one Tuner on the connected Ray
-    cluster; returns each study's verdict. `data` comes from `load_data(experiment)`.
+    cluster; returns each study's verdict. `data` comes from `load_data(experiment)`,
+    `given` are the weights `init` names (`search.tracking.downloads.given_weights`).
     `trial_function` runs one trial (`trainable.run_trial`'s signature); benchmarks and
     tests pass a stand-in that sleeps instead of training."""
     check_data(base_config(experiment), data)
@@ -232,12 +271,12 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
         (sparsity, family): runs.ensure_run(
             client, experiment_ids[sparsity],
             {runs.ROLE: "family", runs.FAMILY: family}, family)
-        for sparsity in experiment.sparsity for family in (*experiment.families, DENSE)}
-    path = storage.tune_path(storage_path, experiment.name)
+        for sparsity in experiment.sparsity for family in (
+            *experiment.families, DENSE, *([AS_GIVEN] if experiment.given else []))}
+    folders = storage.StudyFolders.of(storage_path, experiment.name)
+    path = folders.tune
     distributed = experiment.resources.workers_per_trial > 1
-    train_storage, model_storage = storage.join(path, "train"), storage.join(path, "models")
-    trainable = _trainable(trial_function, experiment, ray.put(data), train_storage,
-                           model_storage)
+    trainable = _trainable(trial_function, experiment, ray.put(data), folders)
     slots = concurrent_slots(experiment)
     span = experiment.sparsity_range
     over, chosen = ("", "each best config") if span is None else (
@@ -267,10 +306,11 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
             storage.delete(path)  # nothing to resume from: a Tuner killed before its first state
             tuner = _fresh_tuner(experiment, trainable, storage_path, [
                 trial_logger(experiment, experiment_ids, family_run_ids, data,
-                                      model_storage),
+                             folders.models),
                 TrialProgress(experiment), JsonLoggerCallback(), CSVLoggerCallback()])
-        records = _fit(tuner, train_storage if distributed else None)
-    storage.delete(model_storage)  # every final run's model is in MLflow now
+        _keep_given(experiment, given, folders, echo)
+        records = _fit(tuner, folders.train if distributed else None)
+    storage.delete(folders.models)  # every final run's model is in MLflow now
     _check_complete(experiment, records)
     outcomes = aggregate(experiment, records)
     studies = [record_study(client, experiment, sparsity, experiment_ids[sparsity],
@@ -281,4 +321,5 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
                for sparsity in experiment.sparsity]
     if len(studies) > 1:
         record_sweep(client, experiment, studies)
+    storage.delete(folders.starts)  # every run that starts from them has ended
     return studies

@@ -37,15 +37,18 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from oneprune.config import TrainConfig
-from oneprune.data import ImageData
+from oneprune.data import Batches, ImageData
 from oneprune.distributed import gather, rank_and_world_size
+from oneprune.pruning import Pruner
 from oneprune.saving import save_pruned
+from oneprune.starts import fit_weights, read_weights, weights_digest, write_weights
 from oneprune.state import load_state, save_state
-from oneprune.train import train
-from search.experiment.schema import Experiment, Faults
-from search.plan.trials import FINAL, train_config
+from oneprune.train import EVAL_BATCH_SIZE, evaluate, initial_model, train
+from search.experiment.schema import DENSE_START, GIVEN, Experiment, Faults
+from search.plan.trials import AS_GIVEN, DENSE, FINAL, train_config
 from search.tuner import storage
 from search.tuner.faults import with_faults
+from search.tuner.storage import StudyFolders
 
 STATE_FILE = "state.pt"
 TRAIN_MAX_FAILURES = 2  # worker-group restarts within one attempt of a distributed trial
@@ -61,18 +64,42 @@ def _mask_digest(state: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def _read_start(path: str | None) -> dict[str, torch.Tensor] | None:
+    """The weights a run starts from, read from the storage path (None: scratch)."""
+    if path is None:
+        return None
+    if not storage.exists(path):
+        raise FileNotFoundError(f"the weights this run starts from are not at {path}: the "
+                                f"run that makes them failed")
+    with storage.local_file(path) as local:
+        return read_weights(local)
+
+
+def _keep_weights(model: torch.nn.Module, path: str) -> None:
+    """Store a trained model's weights at `path` for the runs that start from them."""
+    with tempfile.TemporaryDirectory() as folder:
+        storage.upload_file(write_weights(model.state_dict(), Path(folder) / "w.safetensors"),
+                            path)
+
+
 def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | None,
             test: bool, every: int, faults: Faults | None,
-            report: Callable[[dict, Path | None], None], model_path: str | None) -> None:
-    """Train `cfg` from `start` (a saved state, or None), calling `report(metrics, folder)`
-    after every epoch on every rank, with a folder holding rank 0's checkpoint after every
-    `every`-th epoch but the last (None otherwise, and on other ranks: a finished run needs
-    none). With `test` (a final run), the last report comes after the test split and adds
-    `test_acc` and `test_loss`, and rank 0 first writes the trained model to `model_path`
-    (`save_pruned`'s files, which the driver logs to MLflow). `faults`: this
-    trial's test-only injected faults (None, always in a real study: none)."""
+            report: Callable[[dict, Path | None], None], model_path: str | None,
+            initial_path: str | None, keep_path: str | None) -> None:
+    """Train `cfg` from `start` (a saved state, or None) and the weights at `initial_path`
+    (None: scratch), calling `report(metrics, folder)` after every epoch on every rank, with
+    a folder holding rank 0's checkpoint after every `every`-th epoch but the last (None
+    otherwise, and on other ranks: a finished run needs none); every report carries the
+    digest of the starting weights (`init_digest`). With `test` (a final run), the last
+    report comes after the test split and adds `test_acc` and `test_loss`, and rank 0 first
+    writes the trained model to `model_path` (`save_pruned`'s files, which the driver logs to
+    MLflow); with `keep_path`, rank 0 stores the trained weights there (the dense reference,
+    for the runs that start from it). `faults`: this trial's test-only injected faults
+    (None, always in a real study: none)."""
     node = ray.get_runtime_context().get_node_id()
     held: dict[str, Any] = {}
+    initial = _read_start(initial_path)
+    init_digest = "" if initial is None else weights_digest(initial)
 
     def on_epoch(metrics: dict, state: dict) -> None:
         epoch = metrics["epoch"]
@@ -80,8 +107,9 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
                    "train_seconds": sum(row["epoch_seconds"] for row in state["history"]),
                    "resumed_from": 0 if start is None else start["epoch"],
                    # strings, not lists: Tune's TensorBoard logger warns about lists
-                   "rank_nodes": " ".join(gather(node))}
+                   "rank_nodes": " ".join(gather(node)), "init_digest": init_digest}
         if dist.is_initialized():  # one rank has nothing to compare its masks with
+            metrics["rank_inits"] = " ".join(gather(init_digest))  # what each rank loaded
             masks = gather(_mask_digest(state))
             if len(set(masks)) > 1:
                 raise RuntimeError(f"the ranks' pruning masks differ after epoch {epoch}")
@@ -98,7 +126,10 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
 
     if faults:
         on_epoch = with_faults(on_epoch, faults, resumed=start is not None)
-    result = train(cfg, data=data, test=test, checkpoint=on_epoch, resume=start)
+    result = train(cfg, data=data, test=test, checkpoint=on_epoch, resume=start,
+                   initial=initial)
+    if keep_path is not None and rank_and_world_size()[0] == 0:
+        _keep_weights(result.model, keep_path)
     if test:  # a final run: its model goes to the driver, before the last report
         if model_path is not None and rank_and_world_size()[0] == 0:
             with tempfile.TemporaryDirectory() as folder:
@@ -147,20 +178,62 @@ def _distributed_worker(config: Mapping[str, Any]) -> None:
     _epochs(TrainConfig.from_dict(config["train"]), data,
             start=_start_from(ray.train.get_checkpoint()), test=config["test"],
             every=config["checkpoint_every"], faults=config["faults"],
-            report=_train_report, model_path=config["model_path"])
+            report=_train_report, model_path=config["model_path"],
+            initial_path=config["initial_path"], keep_path=config["keep_path"])
+
+
+def _evaluate_as_given(cfg: TrainConfig, data: ImageData, initial_path: str) -> None:
+    """The model a study is given, evaluated as it is (no training): one report with its
+    validation and test accuracy at epoch 0, and the share of zeros in the layers the study
+    prunes (its sparsity as given)."""
+    initial = _read_start(initial_path)
+    device = cfg.resolve_device()
+    model = initial_model(cfg, data)
+    fit_weights(model, initial, f"init {cfg.init!r}")
+    model.to(device)
+    loader = {"mean": data.mean, "std": data.std, "device": device}
+    val_loss, val_acc = evaluate(model, Batches(data.val, EVAL_BATCH_SIZE, **loader))
+    test_loss, test_acc = evaluate(model, Batches(data.test, EVAL_BATCH_SIZE, **loader))
+    modules = dict(model.named_modules())
+    weights = [modules[name].weight for name in Pruner.of(model, cfg.prune).layer_names]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    tune.report({"epoch": 0, "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss,
+                 "test_acc": test_acc, "sparsity": zeros, "train_seconds": 0.0,
+                 "diverged": False, "init_digest": weights_digest(initial)})
+
+
+def _start_paths(experiment: Experiment, config: Mapping[str, Any], folders: StudyFolders,
+                 ) -> tuple[str | None, str | None]:
+    """Where a trial's starting weights are (None: scratch), and where it keeps its trained
+    weights for others (None: nowhere; the dense reference where arms start from it)."""
+    family, seed = config["family"], config.get("seed", experiment.search.seed)
+    start = experiment.start_of(family)
+    initial = (folders.given_weights if start == GIVEN else
+               folders.dense_weights(config["sparsity"], seed) if start == DENSE_START
+               else None)
+    keep = (folders.dense_weights(config["sparsity"], seed)
+            if family == DENSE and experiment.dense_starts else None)
+    return initial, keep
 
 
 def run_trial(config: Mapping[str, Any], *, experiment: Experiment, data: TrialData,
-              train_storage: str, model_storage: str) -> None:
+              folders: StudyFolders) -> None:
     """A trial of the experiment's Tuner (`config` as `search.plan` describes it): in this
     process, or as a `TorchTrainer` of `resources.workers_per_trial` DDP workers whose Train
-    runs live under `train_storage` (shared storage on a multi-node cluster: a restarted
+    runs live under `folders.train` (shared storage on a multi-node cluster: a restarted
     worker may land on another node). A final run's last report adds its test accuracy,
-    and its trained model goes to `model_storage/<trial id>` first; a search trial never
-    sees the test split."""
+    and its trained model goes to `folders.models/<trial id>` first; a search trial never
+    sees the test split. Weights a run starts from, or keeps for others, are under
+    `folders.starts`; the model as given is only evaluated."""
     cfg = train_config(experiment, config)
+    initial_path, keep_path = _start_paths(experiment, config, folders)
+    if config["family"] == AS_GIVEN:
+        _prepare_process()
+        _evaluate_as_given(cfg, data if isinstance(data, ImageData) else ray.get(data[0]),
+                           initial_path)
+        return
     test = config["part"] == FINAL
-    model_path = storage.join(model_storage, tune.get_context().get_trial_id()) \
+    model_path = storage.join(folders.models, tune.get_context().get_trial_id()) \
         if test else None
     faults = experiment.faults and experiment.faults.for_family(config["family"])
     resources = experiment.resources
@@ -168,19 +241,20 @@ def run_trial(config: Mapping[str, Any], *, experiment: Experiment, data: TrialD
         _prepare_process()
         _epochs(cfg, data, start=_start_from(tune.get_checkpoint()), test=test,
                 every=experiment.checkpoint_every, faults=faults, report=_tune_report,
-                model_path=model_path)
+                model_path=model_path, initial_path=initial_path, keep_path=keep_path)
         return
     trainer = TorchTrainer(
         _distributed_worker,
         train_loop_config={"train": cfg.to_dict(), "data": data, "test": test,
                            "checkpoint_every": experiment.checkpoint_every,
-                           "faults": faults, "model_path": model_path},
+                           "faults": faults, "model_path": model_path,
+                           "initial_path": initial_path, "keep_path": keep_path},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial, use_gpu=resources.gpus_per_trial > 0,
             resources_per_worker={"CPU": resources.cpus_per_trial,
                                   "GPU": resources.gpus_per_trial}),
         run_config=ray.train.RunConfig(
-            name=tune.get_context().get_trial_id(), storage_path=train_storage,
+            name=tune.get_context().get_trial_id(), storage_path=folders.train,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=TRAIN_MAX_FAILURES),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))

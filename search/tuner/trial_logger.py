@@ -30,12 +30,13 @@ from ray import tune
 from oneprune.data import ImageData
 from search.experiment.schema import Experiment
 from search.experiment.train_configs import base_config
-from search.plan.trials import FINAL, SEARCH, group_of, train_config
+from search.plan.trials import FINAL, SEARCH, START, group_of, train_config
 from search.tracking import registry
 from search.tracking.runs import (
     DIVERGED,
     ERROR,
     FAMILY,
+    INIT_DIGEST,
     METRICS,
     PARENT,
     ROLE,
@@ -227,6 +228,8 @@ class TrialLogger(tune.Callback):
             return
         if "epoch" in result:
             self._log_result(trial_id, config, result)
+        if result.get("init_digest"):  # what it started from, when not from scratch
+            self.client.set_tag(run_id, INIT_DIGEST, result["init_digest"])
         last_step = self._runs[trial_id][1]
         if last_step < self.epochs and not result.get("diverged"):
             self.client.set_tag(run_id, STOPPED_EARLY, f"after epoch {last_step}")
@@ -288,9 +291,10 @@ def describe_run(trial_id: str, config: Mapping[str, Any], *, experiment: Experi
     if config["part"] == SEARCH:
         identity = {ROLE: "trial", FAMILY: family, TRIAL_ID: trial_id}
         name = f"trial {trial_id}"
-    else:
-        identity = {ROLE: "final", FAMILY: family, SEED: str(config["seed"])}
-        name = f"{family} seed {config['seed']}"
+    else:  # a final run, or the dense run arms from dense start their search from
+        identity = {ROLE: config["part"], FAMILY: family, SEED: str(config["seed"])}
+        name = f"{family} seed {config['seed']}" + (
+            " (start of the search)" if config["part"] == START else "")
     parent = family_run_ids.get(group_of(config))
     tags = {WORKERS: str(experiment.resources.workers_per_trial)}
     if parent:
@@ -316,10 +320,11 @@ def trial_logger(experiment: Experiment, experiment_ids: Mapping[float, str],
     logs the model each final run leaves under `models_root`, with two test images as the
     input example."""
     scopes = [(experiment_id, {ROLE: role}) for experiment_id in experiment_ids.values()
-              for role in ("trial", "final")]
+              for role in ("trial", FINAL, START)]
     trained_on = dataset(data, experiment)
     inputs = {part: DatasetInput(trained_on, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-              for part, context in ((SEARCH, "training"), (FINAL, "training+testing"))}
+              for part, context in ((SEARCH, "training"), (FINAL, "training+testing"),
+                                    (START, "training"))}
     example = (data.test.images[:2].float() / 255.0).numpy()
     return TrialLogger(experiment.tracking_uri, scopes,
                        functools.partial(describe_run, experiment=experiment,

@@ -23,11 +23,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from search.plan.outcomes import FamilyOutcome
+from search.plan.outcomes import FamilyOutcome, model_cost
 from search.plan.stats import Difference, mean_interval, paired_difference
-from search.plan.trials import DENSE
+from search.plan.trials import AS_GIVEN, DENSE
 
 REFERENCE = "one_cycle"  # the family every other is compared with
+UNPRUNED = (DENSE, AS_GIVEN)  # rows of models the study did not prune
 NO_DIFFERENCE = Difference(math.nan, math.nan, math.nan, "", 0, 0)
 
 
@@ -70,6 +71,10 @@ class Table:
     @cached_property
     def dense(self) -> FamilyOutcome | None:
         return self._family(DENSE)
+
+    def epochs(self, family: str) -> int:
+        """What each run of `family` trained itself (its start not counted)."""
+        return self._family(family).epochs
 
     def rows(self, columns: Sequence[Column]) -> list[dict[str, Any]]:
         """One row per family (dense last): every column's fields, in column order."""
@@ -115,7 +120,9 @@ class Row:
 
     @property
     def is_dense(self) -> bool:
-        return self.outcome.family == DENSE
+        """A row of a model the study did not prune: the dense reference, or the model as
+        it was given."""
+        return self.outcome.family in UNPRUNED
 
     @property
     def is_reference(self) -> bool:
@@ -219,3 +226,20 @@ COMPUTE_SECONDS = Column(
     "compute s", lambda values, table: f"{values['compute_seconds']:.0f}")
 BEST_PARAMS = Column(lambda row: {"best_params": format_params(row.outcome.best_params)},
                      "best params", lambda values, table: values["best_params"] or "–")
+
+
+def _cost_cell(values: Mapping[str, Any], table: Table) -> str:
+    epochs, seconds, start = (values[key] for key in ("model_epochs", "model_seconds",
+                                                      "start"))
+    if values["family"] == AS_GIVEN:
+        return "given"
+    own = table.epochs(values["family"])
+    trained = f"{epochs} ({epochs - own} dense + {own})" if start == "dense" else str(epochs)
+    return f"{'given + ' if values['model_given'] else ''}{trained}, {seconds:.1f} s"
+
+
+MODEL_COST = Column(  # where runs start from other than random weights
+    lambda row: {"start": row.outcome.start,
+                 **dict(zip(("model_epochs", "model_seconds", "model_given"),
+                            model_cost(row.outcome, row.table.dense), strict=True))},
+    "cost per model (epochs, s)", _cost_cell)

@@ -28,6 +28,7 @@ from search.verdict.columns import (
     NO_DIFFERENCE,
     TEST_ACCURACY,
     TRIALS,
+    UNPRUNED,
     Column,
     Row,
     Table,
@@ -48,7 +49,7 @@ def _reached(row: Row) -> float:
 
 
 def _reached_cell(values: Mapping[str, Any], table: Table) -> str:
-    if values["family"] != "dense" and math.isnan(values["sparsity"]):
+    if values["family"] not in UNPRUNED and math.isnan(values["sparsity"]):
         return f"none within {table.max_drop:g} pt"
     return percent(values["sparsity"])
 
@@ -68,7 +69,7 @@ SEEDS_WITHIN_DROP = Column(
                  "paired_seeds": row.drop_from_dense[0].paired_seeds},
     lambda table: f"within {table.max_drop:g} pt on seeds",
     lambda values, table: (f"{values['seeds_within_drop']}/{values['paired_seeds']}"
-                           if values["family"] != "dense" and values["paired_seeds"]
+                           if values["family"] not in UNPRUNED and values["paired_seeds"]
                            else "–"))
 
 
@@ -98,12 +99,12 @@ def _front(row: Row) -> dict[str, int]:
 
 FRONT = Column(
     _front, "front (feasible/completed)",
-    lambda values, table: ("–" if values["family"] == "dense" else
+    lambda values, table: ("–" if values["family"] in UNPRUNED else
                            f"{values['front_points']} ({values['trials_feasible']}/"
                            f"{values['trials_completed']})"))
 HYPERVOLUME = Column(
     lambda row: {"hypervolume": row.outcome.hypervolume}, "hypervolume",
-    lambda values, table: ("–" if values["family"] == "dense"
+    lambda values, table: ("–" if values["family"] in UNPRUNED
                            else f"{values['hypervolume']:.3f}"))
 
 COLUMNS: list[Column] = [
@@ -181,10 +182,10 @@ def plot_fronts(outcomes: Sequence[FamilyOutcome], floor: float, path: Path,
 
 
 def write_front_report(outcomes: Sequence[FamilyOutcome], folder: Path, title: str, *,
-                       floor: float, max_drop: float) -> str:
-    """`search.verdict.fixed.write_report` with the range verdict as the comparison, plus
-    pareto.csv and pareto.png; returns the Markdown table."""
-    markdown = write_report(outcomes, folder, title, columns=COLUMNS,
+                       floor: float, max_drop: float, extra: Sequence[Column] = ()) -> str:
+    """`search.verdict.fixed.write_report` with the range verdict (and the `extra` columns)
+    as the comparison, plus pareto.csv and pareto.png; returns the Markdown table."""
+    markdown = write_report(outcomes, folder, title, columns=[*COLUMNS, *extra],
                             table=Table(outcomes, max_drop), note=verdict_note(floor, max_drop))
     write_csv(pareto_rows(outcomes), folder / "pareto.csv", PARETO_COLUMNS)
     plot_fronts(outcomes, floor, folder / "pareto.png", title)

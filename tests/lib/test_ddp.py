@@ -1,6 +1,7 @@
 """Under real DDP (gloo, two spawned processes): every rank computes identical masks on its
 own, whatever the allocation; and `train` shards the data, keeps the masks and replicas
-identical, and reports from rank 0. One process group runs both (spawning is the cost)."""
+identical, reports from rank 0, and starts every rank from the weights it is given. One
+process group runs all three (spawning is the cost)."""
 
 import dataclasses
 import functools
@@ -14,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from oneprune.allocation import ALLOCATIONS
 from oneprune.config import TrainConfig
+from oneprune.models import ConvNet
 from oneprune.pruning import Pruner
 from oneprune.schedules import OneCycle
 from oneprune.train import train
@@ -72,8 +74,34 @@ def _train(rank: int, data) -> dict:
             "steps": reports[-1]["step"] if reports else 0, "sparsity": result.sparsity}
 
 
+def _start(rank: int, data) -> dict:
+    """A run from given weights: every rank's first forward pass (its replica, on its own
+    first batch) is the given model's on that batch."""
+    torch.manual_seed(123)
+    given = ConvNet(num_classes=10, in_channels=1).state_dict()
+    seen = []
+
+    def first_forward(module, args, output):
+        if isinstance(module, ConvNet) and not seen:
+            seen.append((args[0].detach().clone(), output.detach().clone()))
+
+    hook = nn.modules.module.register_module_forward_hook(first_forward)
+    try:
+        train(dataclasses.replace(CONFIG, epochs=1, init="given", seed=7,
+                                  schedule=OneCycle(0.8, start=0.3)), data=data,
+              initial=given)
+    finally:
+        hook.remove()
+    reference = ConvNet(num_classes=10, in_channels=1)
+    reference.load_state_dict(given)
+    with torch.no_grad():
+        same = torch.tensor([float(torch.equal(reference.train()(seen[0][0]), seen[0][1]))])
+    return {"first_forward_is_the_given_model": _all_gather(same)}
+
+
 def _both(rank: int, data) -> dict:
-    return {"prune": _train_and_prune(rank), "train": _train(rank, data)}
+    return {"prune": _train_and_prune(rank), "train": _train(rank, data),
+            "start": _start(rank, data)}
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +133,7 @@ def test_ddp_training_keeps_masks_identical_and_shards_the_data(group, digits):
     assert abs(got["sparsity"] - 0.8) < 1e-3
     single = train(dataclasses.replace(CONFIG, epochs=1), data=digits)
     assert single.history[-1]["step"] == 1293 // 32
+
+
+def test_every_rank_starts_from_the_given_weights(group):
+    assert [float(v) for v in group["start"]["first_forward_is_the_given_model"]] == [1.0, 1.0]

@@ -42,7 +42,7 @@ def stand_in(seconds: dict, accuracy: dict):
     a final run too)."""
     from ray import tune
 
-    def trial(config, *, experiment, data, train_storage, model_storage):
+    def trial(config, *, experiment, data, folders):
         started = time.time()
         value = accuracy[config["family"]](config)
         for epoch in range(1, experiment.epochs + 1):
