@@ -30,7 +30,7 @@ from ray import tune
 from oneprune.data import ImageData
 from search.experiment.schema import Experiment
 from search.experiment.train_configs import base_config
-from search.plan.trials import FINAL, SEARCH, START, group_of, train_config
+from search.plan.trials import AS_GIVEN, FINAL, SEARCH, START, group_of, train_config
 from search.tracking import registry
 from search.tracking.runs import (
     DIVERGED,
@@ -238,9 +238,11 @@ class TrialLogger(tune.Callback):
             self._log_model(run_id, config, model)
 
     def _model_of(self, trial) -> str | None:
-        """Where a final run left its trained model (None for anything else)."""
+        """Where a final run left its trained model (None for anything else, and for the
+        model as given, which the study did not train)."""
         if self.log_model is None or trial.config["part"] != FINAL or (
-                trial.last_result or {}).get("test_acc") is None:
+                trial.last_result or {}).get("test_acc") is None \
+                or trial.config["family"] == AS_GIVEN:
             return None
         return storage.join(self.models_root, trial.trial_id)
 
