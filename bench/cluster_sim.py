@@ -3,7 +3,7 @@ service's real code path.
 
     python bench/cluster_sim.py --json bench/results/cluster_sim.json
 
-Runs `search.study.run_experiment` (the real searcher, per-family ASHA, final re-runs,
+Runs `search.tuner.study.run_experiment` (the real searcher, per-family ASHA, final re-runs,
 dense references, MLflow logging, Optuna storage, aggregation) on one file of the paper's
 grid (`experiments/paper/resnet18_cifar10.yaml`: 3 sparsities x 4 families x 20 trials x
 25 epochs, ASHA from epoch 5, 3 final seeds of each best config and of dense), on a local

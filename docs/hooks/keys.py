@@ -84,7 +84,7 @@ def _defaults(section: str) -> dict[str, Any]:
 
 
 def keys_table(section: str) -> list[str]:
-    """The Markdown table of one section of `search.keys.SECTIONS`."""
+    """The Markdown table of one section of `search.experiment.keys.SECTIONS`."""
     from oneprune.config import TrainConfig
     from search.experiment.keys import SECTIONS
 

@@ -28,7 +28,7 @@ before every dense reference has is told to Optuna once they have; until then Op
 counts it as running. A family's final runs re-run its sparsest feasible trial.
 
 The searcher learns of every trial Tune adds, including the trials `Tuner.restore` brings
-back, from `search.scheduler.GroupScheduler`: it then forgets the trials the restored state
+back, from `search.tuner.scheduler.GroupScheduler`: it then forgets the trials the restored state
 lost (Tune's snapshot and the searcher's can be a moment apart when a driver is killed) and
 hands them out again, so budgets stay exact across a resume.
 """

@@ -4,7 +4,7 @@
 run (role=trial) is found by its Tune trial id, a final run's (role=final) by family and
 seed, each a child of its family's run, with the whole training config as params, metrics
 per epoch (step = epoch), the dataset as an MLflow dataset input (`dataset`: name, digest,
-split sizes), and for a final run its trained model (`search.registry.log_final_model`).
+split sizes), and for a final run its trained model (`search.tracking.registry.log_final_model`).
 Writes go through one writer thread, in order, so Tune's event loop never waits for the
 tracking store; a resumed study finds its runs again and logs each step once.
 """

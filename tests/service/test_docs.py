@@ -2,7 +2,7 @@
 every key the parser accepts, and the site builds (`mkdocs build --strict`) with the pages
 a newcomer needs, linked to each other.
 
-The accepted keys are not read from `search.config.SECTIONS` (what the reference is
+The accepted keys are not read from `search.experiment.keys.SECTIONS` (what the reference is
 generated from): they are asked of the parser, by handing it an unknown key in each
 section and reading the "allowed: ..." list of its one-line error.
 """

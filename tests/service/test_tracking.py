@@ -1,4 +1,4 @@
-"""The MLflow mirror of a study's trials (`search.trial_logger.TrialLogger`) on a real sqlite
+"""The MLflow mirror of a study's trials (`search.tuner.trial_logger.TrialLogger`) on a real sqlite
 store: a run that a killed driver left half-written is completed, never duplicated."""
 
 from mlflow.entities import Dataset, DatasetInput
