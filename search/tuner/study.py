@@ -10,8 +10,9 @@ The Tuner's state lives under `storage_path/<experiment name>`: Tune keeps the n
 checkpoint of each trial, and once the Tuner is done the finished trials' checkpoints are
 deleted (a finished trial is never run again). `resume=True` continues an interrupted run with
 `Tuner.restore`; MLflow runs are found again by their tags, never duplicated. A distributed
-trial's Ray Train run lives in `<that folder>/train/<trial id>`. The storage path is a
-local folder or a URI (s3://...: shared storage for a multi-node cluster).
+trial's Ray Train run lives in `<that folder>/train/<trial id>`, and the weights runs start
+from in `<that folder>/starts/` until the verdict is written. The storage path is a local
+folder or a URI (s3://...: shared storage for a multi-node cluster).
 
 It reads start -> fit -> verdict: `check_can_start` refuses what cannot start (before
 anything runs), `_fresh_tuner` or `Tuner.restore` and `_fit` run the trials, then

@@ -17,6 +17,12 @@ every rank (`rank_nodes`) and, for a distributed trial, a digest of every rank's
 masks (`rank_masks`; a trial whose ranks disagree fails). A final run writes its trained
 model to the storage path before its last report, for the driver to log
 (`search.tracking.registry`).
+
+A run that does not start from random weights reads them from the study's storage path
+(`StudyFolders.starts`: the weights the study is given, or the dense reference's of the
+same seed) on every rank, and every report carries their digest (`init_digest`; for a
+distributed trial, every rank's, `rank_inits`); the dense reference keeps its trained weights
+there where an arm starts from it, and the model as given is evaluated, not trained.
 """
 
 from __future__ import annotations
