@@ -109,30 +109,20 @@ def upload_file(local: str | os.PathLike, path: str) -> None:
 
 
 @contextlib.contextmanager
-def local_file(path: str) -> Iterator[str]:
-    """The file `path` as a local file: itself if it is one, else a temporary download."""
+def local_copy(path: str) -> Iterator[str]:
+    """`path` (a folder or a file) as a local one: itself if it is, else a temporary
+    download."""
     filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
     if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
         yield inner
         return
     with tempfile.TemporaryDirectory() as folder:
-        local = str(Path(folder) / inner.rpartition("/")[2])
+        local = folder
+        if filesystem.get_file_info(inner).type == pyarrow.fs.FileType.File:
+            local = str(Path(folder) / inner.rpartition("/")[2])
         pyarrow.fs.copy_files(inner, local, source_filesystem=filesystem,
                               destination_filesystem=pyarrow.fs.LocalFileSystem())
         yield local
-
-
-@contextlib.contextmanager
-def local_copy(path: str) -> Iterator[str]:
-    """`path` as a local folder: itself if it is one, else a temporary download."""
-    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
-    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
-        yield inner
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        pyarrow.fs.copy_files(inner, folder, source_filesystem=filesystem,
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())
-        yield folder
 
 
 def writable(storage: str) -> str:

@@ -241,7 +241,7 @@ def _keep_given(experiment: Experiment, given: Mapping[str, torch.Tensor] | None
         raise StudyRefused(f"init {experiment.init!r} names weights, but none were read")
     path = folders.given_weights
     if storage.exists(path):
-        with storage.local_file(path) as local:
+        with storage.local_copy(path) as local:
             kept = weights_digest(read_weights(local))
         if kept != weights_digest(given):
             echo(f"[{experiment.name}] init {experiment.init!r} changed since the study "

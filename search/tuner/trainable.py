@@ -77,7 +77,7 @@ def _read_start(path: str | None) -> dict[str, torch.Tensor] | None:
     if not storage.exists(path):
         raise FileNotFoundError(f"the weights this run starts from are not at {path}: the "
                                 f"run that makes them failed")
-    with storage.local_file(path) as local:
+    with storage.local_copy(path) as local:
         return read_weights(local)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from testkit.distributed import run_distributed
+from testkit.forward import first_forward
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -79,19 +80,10 @@ def _start(rank: int, data) -> dict:
     first batch) is the given model's on that batch."""
     torch.manual_seed(123)
     given = ConvNet(num_classes=10, in_channels=1).state_dict()
-    seen = []
-
-    def first_forward(module, args, output):
-        if isinstance(module, ConvNet) and not seen:
-            seen.append((args[0].detach().clone(), output.detach().clone()))
-
-    hook = nn.modules.module.register_module_forward_hook(first_forward)
-    try:
+    with first_forward(ConvNet) as seen:
         train(dataclasses.replace(CONFIG, epochs=1, init="given", seed=7,
                                   schedule=OneCycle(0.8, start=0.3)), data=data,
               initial=given)
-    finally:
-        hook.remove()
     reference = ConvNet(num_classes=10, in_channels=1)
     reference.load_state_dict(given)
     with torch.no_grad():

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
+from testkit.forward import first_forward
 
 from oneprune.config import TrainConfig
 from oneprune.models import ConvNet
@@ -43,19 +43,10 @@ def test_every_format_reads_the_same_weights(trained, name):
 def test_a_run_from_a_file_starts_from_exactly_its_model(trained):
     """The first forward pass of the run (train mode, its first batch) equals the file's
     model's on the same batch; and the run records the digest of what it started from."""
-    seen = []
-
-    def first_forward(module, args, output):
-        if isinstance(module, ConvNet) and not seen:
-            seen.append((args[0].detach().clone(), output.detach().clone()))
-
-    hook = nn.modules.module.register_module_forward_hook(first_forward)
-    try:
+    with first_forward(ConvNet) as seen:
         cfg = TrainConfig(init=str(trained["folder"] / "model.safetensors"), epochs=1,
                           seed=9, schedule=OneCycle(0.9, start=0.2, end=0.9))  # t=0: dense
         result = train(cfg)
-    finally:
-        hook.remove()
     images, logits = seen[0]
     reference = ConvNet(num_classes=10, in_channels=1)
     reference.load_state_dict(trained["state"])
