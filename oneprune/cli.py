@@ -20,7 +20,7 @@ from oneprune.allocation import SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
 from oneprune.saving import save_pruned
 from oneprune.schedules import FAMILIES, Schedule, schedule_from_dict, schedule_parameters
-from oneprune.train import TrainResult, check_model, starting_weights, train
+from oneprune.train import TrainResult, check_model, starting_weights, teacher_weights, train
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -164,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--out {str(args.out)!r} cannot be a folder here: "
                                  f"{error.strerror}") from None
         start = starting_weights(cfg)  # before the data: a wrong file is refused at once
+        teacher = teacher_weights(cfg)
         data = cfg.load_data(progress=not args.quiet)
-        check_model(cfg, data, initial=start)
+        check_model(cfg, data, initial=start, teacher=teacher)
     except ValueError as error:  # includes DataUnavailableError
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    result = train(cfg, data=data, progress=not args.quiet, initial=start)
+    result = train(cfg, data=data, progress=not args.quiet, initial=start, teacher=teacher)
     print(_summary(result))
     if args.out is not None:
         files = save_pruned(result, args.out)

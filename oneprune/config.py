@@ -28,6 +28,7 @@ import torch
 from oneprune import _validate
 from oneprune.allocation import ALLOCATIONS, allocation_of, from_scope
 from oneprune.data import DATASETS, ImageData, data_source, load_dataset
+from oneprune.distill import NO_TEACHER
 from oneprune.lr import COUPLINGS, LR_MAX, PCT_START, RECOVERY_GAIN, RECOVERY_WINDOW, CoupledLR
 from oneprune.models import MODELS, check_model_args, check_model_name
 from oneprune.pruning import GRANULARITIES, PruneSelection
@@ -43,6 +44,7 @@ TUNE = ("log", "linear", "choice", None)
 def setting(default: Any = dataclasses.MISSING, *, help: str, group: str,
             check: Callable[[str, Any], Any], where: str | None = "top",
             tune: str | None = None, flags: tuple[str, ...] = (),
+            default_range: tuple[float, float] | None = None,
             default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
     """A `TrainConfig` field and everything derived from it, declared once.
 
@@ -52,12 +54,14 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, group: str,
     `where` places it in an experiment file: a top-level key ("top"), a key of its
     `training:` section ("training") or none (None: set per trial by the service).
     `tune` says what a study may search: "log" / "linear" (a [low, high] range), "choice"
-    (a list of values) or nothing.
+    (a list of values) or nothing; `default_range` is the range a study searches a "log" or
+    "linear" setting over where it wants it searched and the file gives none (the
+    distillation settings, for the arms with a teacher).
     """
     if group not in GROUPS or where not in WHERE or tune not in TUNE:
         raise ValueError(f"setting: group {group!r}, where {where!r} or tune {tune!r} unknown")
     metadata = {"help": help, "group": group, "check": check, "where": where, "tune": tune,
-                "flags": flags}
+                "flags": flags, "default_range": default_range}
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -97,6 +101,13 @@ def _allocation_args(key: str, value) -> dict[str, Any]:
 def _init(key: str, value) -> str:
     if not isinstance(value, str | os.PathLike) or not os.fspath(value).strip():
         raise ValueError(f"{key} must be 'scratch' or the path of the weights to start from, "
+                         f"got {value!r}")
+    return os.fspath(value)
+
+
+def _teacher(key: str, value) -> str:
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value).strip():
+        raise ValueError(f"{key} must be '{NO_TEACHER}' or the path of the teacher's weights, "
                          f"got {value!r}")
     return os.fspath(value)
 
@@ -163,6 +174,10 @@ class TrainConfig:
                         help="the weights it starts from: scratch (the model's random "
                              "initialisation, from the seed), or a state_dict .pt file, a "
                              ".safetensors file or a folder saved with --out")
+    teacher: str = setting(NO_TEACHER, group="model", where=None, check=_teacher,
+                           help="the weights of a teacher of the same model to distil from "
+                                "(a state_dict .pt, a .safetensors file or a folder saved "
+                                "with --out), or none; used where --distill-weight > 0")
     epochs: int = setting(15, group="optimisation", check=_integer(low=1, high=10_000),
                           help="training epochs (the whole budget)")
     batch_size: int = setting(64, group="optimisation", check=_integer(low=2, high=65_536),
@@ -182,6 +197,15 @@ class TrainConfig:
     momentum: float = setting(0.9, group="optimisation", where="training", tune="linear",
                               check=_real(low=0.0, high=1.0, high_open=True),
                               help="SGD momentum")
+    distill_weight: float = setting(
+        0.0, group="optimisation", where="training", tune="linear",
+        check=_real(low=0.0, high=1.0), default_range=(0.0, 1.0),
+        help="weight w of the distillation term: (1 - w) * CE + w * T^2 * KL(teacher || "
+             "student); 0 trains without the teacher")
+    distill_temperature: float = setting(
+        4.0, group="optimisation", where="training", tune="log",
+        check=_real(low=0.0, high=100.0, low_open=True), default_range=(1.0, 8.0),
+        help="temperature T that softens both networks' outputs in the distillation term")
     schedule: Schedule | None = setting(OneCycle(final_sparsity=0.9), group="pruning",
                                         where=None, check=_schedule_or_none,
                                         help="the pruning schedule (None: dense)")
@@ -232,6 +256,9 @@ class TrainConfig:
         allocation = allocation_of(self.allocation, self.allocation_args, self.granularity)
         object.__setattr__(self, "allocation_args", {  # as the allocation normalised them
             name: getattr(allocation, name) for name in self.allocation_args})
+        if self.distill_weight > 0 and self.teacher == NO_TEACHER:
+            raise ValueError(f"distill_weight={self.distill_weight:g} needs a teacher, but "
+                             f"teacher is {NO_TEACHER!r}")
         if data.layout is not None and self.data_dir is None:
             raise ValueError(f"dataset {self.dataset!r} needs data_dir ({data.layout})")
         self.lr_policy()  # the coupling needs a schedule

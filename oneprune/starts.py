@@ -44,25 +44,25 @@ from oneprune.saving import CONFIG_FILE, MODEL_FILE, SPARSE_FILE, from_sparse
 SCRATCH = "scratch"
 
 
-def read_weights(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_weights(source: str | os.PathLike, role: str = "init") -> dict[str, torch.Tensor]:
     """The tensors of a state_dict file (`.pt`, `.pth`, ...), a `.safetensors` file or a
-    folder this project saved; `ValueError` (one line) when there is none or it holds
-    something other than named tensors."""
+    folder this project saved; `ValueError` (one line, naming the `role` of the weights:
+    init, teacher) when there is none or it holds something other than named tensors."""
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
-            raise ValueError(f"init {str(source)!r} is a folder but not one this project saved "
+            raise ValueError(f"{role} {str(source)!r} is a folder but not one this project saved "
                              f"(it has no {CONFIG_FILE})")
         sparse = path / SPARSE_FILE
-        state = _torch_file(sparse if sparse.is_file() else path / MODEL_FILE, source)
+        state = _torch_file(sparse if sparse.is_file() else path / MODEL_FILE, source, role)
         if sparse.is_file():
             try:
                 state = from_sparse(state)
             except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"init {str(source)!r}: {SPARSE_FILE} is broken "
+                raise ValueError(f"{role} {str(source)!r}: {SPARSE_FILE} is broken "
                                  f"({first_line(error)})") from None
     elif not path.is_file():
-        raise ValueError(f"init {str(source)!r}: no such file or folder")
+        raise ValueError(f"{role} {str(source)!r}: no such file or folder")
     elif path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -70,28 +70,28 @@ def read_weights(source: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             state = load_file(path)
         except (SafetensorError, OSError) as error:
-            raise ValueError(f"init {str(source)!r} is not a safetensors file "
+            raise ValueError(f"{role} {str(source)!r} is not a safetensors file "
                              f"({first_line(error)})") from None
     else:
-        state = _torch_file(path, source)
+        state = _torch_file(path, source, role)
     if not isinstance(state, Mapping) or not state:
-        raise ValueError(f"init {str(source)!r} holds no state_dict (a mapping of tensor "
+        raise ValueError(f"{role} {str(source)!r} holds no state_dict (a mapping of tensor "
                          f"names to tensors), got {type(state).__name__}")
     for name, tensor in state.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"init {str(source)!r} is not a state_dict: its entry {name!r} "
+            raise ValueError(f"{role} {str(source)!r} is not a state_dict: its entry {name!r} "
                              f"is a {type(tensor).__name__}, not a tensor")
     return dict(state)
 
 
-def _torch_file(path: Path, source) -> object:
+def _torch_file(path: Path, source, role: str) -> object:
     try:
         with warnings.catch_warnings():  # torch's notes on the pickle protocol: not ours
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:
         reason = first_line(error).split(". ")[0]  # torch's advice after it is not for here
-        raise ValueError(f"init {str(source)!r} is not a weights file torch.load reads "
+        raise ValueError(f"{role} {str(source)!r} is not a weights file torch.load reads "
                          f"with weights_only=True ({reason})") from None
 
 

@@ -8,6 +8,8 @@ trains at t = 1 with the schedule's final sparsity):
     target = schedule(t)                    # prune_to only when it moved by > resolution
     lr = coupled one-cycle LR at t          # oneprune.lr
     forward, backward, optimizer step, pruner.apply_masks()
+                                            # with a teacher (distill_weight > 0): the loss
+                                            # adds its soft targets, oneprune.distill
 
 Per epoch: validation loss and accuracy, a `report(metrics)` call (rank 0 only) and a
 `checkpoint(metrics, state)` call (every rank); `train(..., resume=state)` continues from
@@ -43,6 +45,7 @@ from tqdm import tqdm
 
 from oneprune.config import TrainConfig
 from oneprune.data import Batches, ImageData, data_source
+from oneprune.distill import NO_TEACHER, distillation_loss, frozen_teacher
 from oneprune.distributed import all_sum, gather, rank_and_world_size
 from oneprune.models import MIN_IMAGE_SIZE, build_model
 from oneprune.pruning import Pruner
@@ -73,6 +76,7 @@ class TrainResult:
     std: tuple[float, ...] = ()
     image_size: int | None = None
     init_digest: str | None = None  # of the weights it started from (None: scratch)
+    teacher_digest: str | None = None  # of its teacher's weights (None: no teacher)
 
     def metrics(self) -> dict[str, Any]:
         """JSON-ready summary (what `--out` writes to metrics.json)."""
@@ -85,6 +89,7 @@ class TrainResult:
                                     else self.config.schedule.final_sparsity),
                 "seconds": self.seconds, "diverged": self.diverged,
                 "init": self.config.init, "init_digest": self.init_digest,
+                "teacher": self.config.teacher, "teacher_digest": self.teacher_digest,
                 "history": self.history, "layers": layers}
 
 
@@ -92,7 +97,8 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
           data: ImageData | None = None, progress: bool = False, test: bool = True,
           checkpoint: Callable[[dict, dict], Any] | None = None,
           resume: Mapping[str, Any] | None = None,
-          initial: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+          initial: Mapping[str, torch.Tensor] | None = None,
+          teacher: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
     """Train `cfg` once, pruning along its schedule; call `report` after every epoch.
 
     `data` may be passed in already loaded (e.g. once for many runs); it must have been
@@ -103,7 +109,9 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
     the live ones); `resume=state` continues the run from it with the same config, data
     and world size. A config whose `init` is not "scratch" starts from those weights:
     `initial` if given (its tensors), else read from the file `init` names
-    (`oneprune.starts.read_weights`); `ValueError` when they do not fit the model.
+    (`oneprune.starts.read_weights`); `ValueError` when they do not fit the model. A config
+    with a `teacher` distils from it (`oneprune.distill`) where `distill_weight` > 0: from
+    `teacher` if given (its tensors), else from the file `cfg.teacher` names.
     """
     rank, world_size = rank_and_world_size()
     device = cfg.resolve_device()
@@ -119,6 +127,10 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
     if start is not None:
         fit_weights(model, start, f"init {cfg.init!r}")
     model = model.to(device, memory_format=memory_format)
+    teacher_state = teacher_weights(cfg, teacher)
+    distiller = None if teacher_state is None or cfg.distill_weight == 0 else frozen_teacher(
+        new_model_unseeded(cfg, data), teacher_state, f"teacher {cfg.teacher!r}").to(
+            device, memory_format=memory_format)
     pruner = new_pruner(cfg, model, data)
     net = model
     if world_size > 1:
@@ -177,7 +189,15 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with autocast():
-                    loss = F.cross_entropy(net(images), labels)
+                    logits = net(images)
+                    if distiller is None:
+                        loss = F.cross_entropy(logits, labels)
+                    else:
+                        with torch.no_grad():
+                            teacher_logits = distiller(images)
+                        loss = distillation_loss(logits, teacher_logits, labels,
+                                                 weight=cfg.distill_weight,
+                                                 temperature=cfg.distill_temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -222,7 +242,8 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
                        history[-1]["val_acc"], history[-1]["sparsity"],
                        time.perf_counter() - started, history, model, pruner, diverged,
                        data.num_classes, data.in_channels, data.mean, data.std,
-                       data.image_size, None if start is None else weights_digest(start))
+                       data.image_size, None if start is None else weights_digest(start),
+                       None if teacher_state is None else weights_digest(teacher_state))
 
 
 @torch.no_grad()
@@ -282,6 +303,25 @@ def starting_weights(cfg: TrainConfig, initial: Mapping[str, torch.Tensor] | Non
     return read_weights(cfg.init) if initial is None else initial
 
 
+def teacher_weights(cfg: TrainConfig, teacher: Mapping[str, torch.Tensor] | None = None,
+                    ) -> Mapping[str, torch.Tensor] | None:
+    """The weights a run of `cfg` distils from: None without a teacher, else `teacher` or
+    the file `cfg.teacher` names."""
+    if cfg.teacher == NO_TEACHER:
+        if teacher is not None:
+            raise ValueError("teacher weights were given, but the config's teacher is 'none'")
+        return None
+    return read_weights(cfg.teacher, "teacher") if teacher is None else teacher
+
+
+def new_model_unseeded(cfg: TrainConfig, data: ImageData) -> nn.Module:
+    """`cfg`'s model built without touching the global RNG (its random initialisation is
+    overwritten at once: a teacher, a model to check), so that the run's own draws stay
+    those of its seed."""
+    with torch.random.fork_rng(devices=[]):
+        return new_model(cfg, data)
+
+
 def new_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
     """`cfg`'s model, freshly initialised for `data`'s classes and channels."""
     return build_model(cfg.model, data.num_classes, data.in_channels, cfg.width,
@@ -319,16 +359,19 @@ def new_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 def check_model(cfg: TrainConfig, data: ImageData, *,
                 sparsities: tuple[float, ...] | None = None,
                 allocations: tuple[str, ...] | None = None,
-                initial: Mapping[str, torch.Tensor] | None = None) -> None:
+                initial: Mapping[str, torch.Tensor] | None = None,
+                teacher: Mapping[str, torch.Tensor] | None = None) -> None:
     """Raise `ValueError` (one line) unless `cfg`'s model can be built for `data`, takes the
-    weights it starts from (`initial`, if given), has layers to prune, can be pruned to
+    weights it starts from (`initial`, if given) and its `teacher`'s (if given: a teacher
+    of the same model has the student's classes), has layers to prune, can be pruned to
     each of `sparsities` (default: the schedule's final one) by each of `allocations`
     (default: `cfg.allocation`), and maps a batch of `data`'s images to one logit per class:
     the checks worth making before any trial starts (a user's model is otherwise
     unknown)."""
     check_data(cfg, data)
-    with torch.random.fork_rng(devices=[]):
-        model = new_model(cfg, data)
+    model = new_model_unseeded(cfg, data)
+    if teacher is not None:
+        frozen_teacher(new_model_unseeded(cfg, data), teacher, f"teacher {cfg.teacher!r}")
     if initial is not None:
         fit_weights(model, initial, f"init {cfg.init!r}")
     Pruner.of(model, cfg.prune)  # raises when nothing is left to prune

@@ -1,7 +1,7 @@
 """Under real DDP (gloo, two spawned processes): every rank computes identical masks on its
 own, whatever the allocation; and `train` shards the data, keeps the masks and replicas
-identical, reports from rank 0, and starts every rank from the weights it is given. One
-process group runs all three (spawning is the cost)."""
+identical, reports from rank 0, starts every rank from the weights it is given and
+distils on every rank. One process group runs all four (spawning is the cost)."""
 
 import dataclasses
 import functools
@@ -14,6 +14,7 @@ from testkit.forward import first_forward
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import oneprune.train
 from oneprune.allocation import ALLOCATIONS
 from oneprune.config import TrainConfig
 from oneprune.models import ConvNet
@@ -91,9 +92,38 @@ def _start(rank: int, data) -> dict:
     return {"first_forward_is_the_given_model": _all_gather(same)}
 
 
+def _distil(rank: int, data) -> dict:
+    """A run with a teacher: every rank builds one and distils on each of its steps (the
+    real loss, counted through a spy), against the teacher's logits of its own batch."""
+    torch.manual_seed(321)
+    teacher = ConvNet(num_classes=10, in_channels=1).state_dict()
+    reference = ConvNet(num_classes=10, in_channels=1).eval()
+    reference.load_state_dict(teacher)
+    steps = []
+    real = oneprune.train.distillation_loss
+
+    def counted(student_logits, teacher_logits, labels, **settings):
+        steps.append(float(torch.equal(teacher_logits, reference(seen[-1]))))
+        return real(student_logits, teacher_logits, labels, **settings)
+
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: seen.append(args[0].detach()) if isinstance(
+            module, ConvNet) and not module.training else None)
+    original, oneprune.train.distillation_loss = oneprune.train.distillation_loss, counted
+    try:
+        result = train(dataclasses.replace(CONFIG, epochs=1, teacher="given",
+                                           distill_weight=0.5), data=data, teacher=teacher)
+    finally:
+        oneprune.train.distillation_loss = original
+        hook.remove()
+    return {"steps": _all_gather(torch.tensor([len(steps), result.history[-1]["step"]])),
+            "teacher_logits_of_its_batch": _all_gather(torch.tensor([min(steps)]))}
+
+
 def _both(rank: int, data) -> dict:
     return {"prune": _train_and_prune(rank), "train": _train(rank, data),
-            "start": _start(rank, data)}
+            "start": _start(rank, data), "distil": _distil(rank, data)}
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +155,12 @@ def test_ddp_training_keeps_masks_identical_and_shards_the_data(group, digits):
     assert abs(got["sparsity"] - 0.8) < 1e-3
     single = train(dataclasses.replace(CONFIG, epochs=1), data=digits)
     assert single.history[-1]["step"] == 1293 // 32
+
+
+def test_every_rank_distils_on_every_step(group):
+    steps = [tuple(int(v) for v in pair) for pair in group["distil"]["steps"]]
+    assert steps == [(1293 // 2 // 32, 1293 // 2 // 32)] * 2
+    assert [float(v) for v in group["distil"]["teacher_logits_of_its_batch"]] == [1.0, 1.0]
 
 
 def test_every_rank_starts_from_the_given_weights(group):
