@@ -127,7 +127,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace):
             raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
         given = (given_weights(experiment.init, experiment.tracking_uri) if experiment.given
                  else None)  # before the data: a wrong start is refused at once
-        data = load_data(experiment, progress=True, given=given)
+        source = experiment.teacher_source
+        teacher = (None if source is None
+                   else given_weights(source, experiment.tracking_uri, "teacher"))
+        data = load_data(experiment, progress=True, given=given, teacher=teacher)
         storage = writable_storage(args.storage_path)
         check_tracking_uri(experiment.tracking_uri)
         check_optuna_storage(experiment.optuna_storage_url)
@@ -140,7 +143,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace):
                        f"{args.address!r}: {error}\n")
     try:
         return run_experiment(experiment, data, storage_path=storage, resume=args.resume,
-                              given=given), experiment
+                              given=given, teacher=teacher), experiment
     except StudyRefused as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 

@@ -18,6 +18,7 @@ from typing import Any
 from oneprune import _validate
 from oneprune.allocation import ALLOCATIONS, SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
+from oneprune.distill import NO_TEACHER
 from oneprune.schedules import FAMILIES
 from search.experiment.schema import (
     ARM_SEPARATOR,
@@ -121,6 +122,21 @@ def _init(key: str, value) -> str:
         raise ConfigError(f"{key} must be {SCRATCH}, {DENSE_START}, the path of a weights "
                           f"file or folder, or an MLflow model URI, got {value!r}")
     return value
+
+
+def _teacher(key: str, value) -> str | dict[str, str]:
+    """`none`, `dense`, or weights (a file or folder path, an MLflow model URI) for every
+    arm; or a mapping of arms to those (an arm not named has none)."""
+    def one(key: str, value) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{key} must be {NO_TEACHER}, {DENSE_START}, the path of a "
+                              f"weights file or folder, or an MLflow model URI, got {value!r}")
+        return value
+    if not isinstance(value, Mapping):
+        return one(key, value)
+    if not value:
+        raise ConfigError(f"{key} must name a teacher or map arms to teachers, got {{}}")
+    return {_arms(key, arm)[0]: one(f"{key}.{arm}", teacher) for arm, teacher in value.items()}
 
 
 _SPARSITY = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
@@ -330,6 +346,12 @@ _TOP = {
                 ".safetensors file, a folder saved by python -m oneprune --out, or an "
                 "MLflow model URI (models:/name/1, runs:/...); then the dense reference is "
                 "that model fine-tuned, and the model as given is evaluated too."),
+    "teacher": Key(_teacher, "The network the runs distil from: none, dense (the study's "
+                   "dense reference of the same seed), or weights of the same model as "
+                   "init takes them (a file, a folder, an MLflow model URI); or a mapping "
+                   "of arms to those (arms not named: none). Where an arm has a teacher, "
+                   "training.distill_weight and distill_temperature are searched over "
+                   "their default ranges unless given."),
     "trials_per_family": Key(_checked(_validate.integer, low=1, high=100_000),
                              "Search trials per family (the equal budget)."),
     "final_seeds": Key(_checked(_validate.integer, low=2, high=1_000),

@@ -14,6 +14,8 @@
                                  # with accuracy: {min: 0.8, max: 0.99, max_drop: 1.0}
     epochs: 10
     families: [one_cycle, one_shot, iterative, agp]
+    teacher: dense               # distil from the dense reference of the same seed (or a
+                                 # weights file, an MLflow URI; {arm: teacher} per arm)
     trials_per_family: 8
     final_seeds: 3
     search:   {sampler: tpe, seed: 0, asha: false, grace_period: 2, space: {agp: {power: [1, 4]}}}
@@ -49,9 +51,11 @@ from typing import Any
 import yaml
 
 from oneprune.allocation import ALLOCATIONS, allocation_of
+from oneprune.distill import DISTILL_SETTINGS, NO_TEACHER
 from search.experiment.keys import SECTIONS, SETTINGS, Tuned, section
 from search.experiment.neutral_asha import check_neutral_asha
 from search.experiment.schema import (
+    DENSE_START,
     GIVEN,
     SCRATCH,
     ConfigError,
@@ -89,6 +93,7 @@ def parse_experiment(raw: Any) -> Experiment:
                                          **values.pop("depth_exponent")}
         arguments = values.pop("allocation_args", {})
         init = values.pop("init", SCRATCH)  # the study's start, not one run's (`init` below)
+        teacher = values.pop("teacher", NO_TEACHER)  # likewise
         given = {key: values.pop(key) for key in list(values) if key in SETTINGS}
         given.update(values.pop("training", {}))
         train = {k: v for k, v in given.items() if not isinstance(v, Tuned)}
@@ -98,9 +103,10 @@ def parse_experiment(raw: Any) -> Experiment:
         fixed, space = _allocation_arguments(arguments, allocations)
         if fixed:
             train["allocation_args"] = fixed
-        experiment = Experiment(**values, init=init, train=train, tuned=tuned,
-                                allocation_space=space)
+        experiment = Experiment(**values, init=init, teacher=teacher, train=train,
+                                tuned=tuned, allocation_space=space)
         _check_arms(experiment)
+        experiment = _with_distillation_searched(experiment)
         _check_runnable(experiment)
     except ConfigError:
         raise
@@ -151,6 +157,37 @@ def _check_arms(experiment: Experiment) -> None:
             raise ConfigError(f"families: {arm} and {twin} are one arm ({start} start)")
 
 
+def _check_teachers(experiment: Experiment) -> None:
+    """Teachers only for the study's arms, and one weights source at most."""
+    if isinstance(experiment.teacher, Mapping):
+        for arm in experiment.teacher:
+            if arm not in experiment.families:
+                raise ConfigError(f"teacher.{arm}: not an arm of this study (families: "
+                                  f"{', '.join(experiment.families)})")
+    named = {experiment.teacher_of(arm) for arm in experiment.families} - {
+        NO_TEACHER, DENSE_START}
+    if len(named) > 1:
+        raise ConfigError(f"teacher names {len(named)} weights ({', '.join(sorted(named))}); "
+                          f"a study reads one")
+
+
+def _with_distillation_searched(experiment: Experiment) -> Experiment:
+    """Where an arm has a teacher, every distillation setting the file neither fixes nor
+    searches is searched over its default range (the weight's starts at 0: a study may find
+    that distillation does not help)."""
+    _check_teachers(experiment)
+    if not experiment.distils:
+        given = [name for name in DISTILL_SETTINGS
+                 if name in experiment.train or name in experiment.tuned]
+        if given:
+            raise ConfigError(f"training.{given[0]} is given, but no arm has a teacher "
+                              f"(teacher: dense, a weights file or an MLflow model URI)")
+        return experiment
+    defaults = {name: SETTINGS[name].metadata["default_range"] for name in DISTILL_SETTINGS
+                if name not in experiment.train and name not in experiment.tuned}
+    return dataclasses.replace(experiment, tuned={**experiment.tuned, **defaults})
+
+
 def _check_runnable(experiment: Experiment) -> None:
     """Build the training config of every family at both ends of every tuned range and of
     every searched allocation argument, and check that early stopping, if on, is neutral
@@ -162,10 +199,11 @@ def _check_runnable(experiment: Experiment) -> None:
         if epoch and epoch > experiment.epochs:
             raise ConfigError(f"faults.{name} must be at most epochs={experiment.epochs}, "
                               f"got {epoch}")
-    ends = [[(name, end) for end in space] for name, space in experiment.tuned.items()]
     fixed = experiment.train.get("allocation_args", {})
     for sparsity in experiment.trained_sparsities:
         for family in experiment.families:
+            ends = [[(name, end) for end in space]
+                    for name, space in experiment.tuned_for(family).items()]
             base = base_config(experiment, family, sparsity)
             schedule = dataclasses.asdict(base.schedule)
             for combination in itertools.product(*ends):

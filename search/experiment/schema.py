@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from oneprune.config import TrainConfig
+from oneprune.distill import DISTILL_SETTINGS, NO_TEACHER
 
 SETTINGS = TrainConfig.settings()
 DEFAULT_FAMILIES = ("one_cycle", "one_shot", "iterative", "agp")
@@ -123,6 +124,7 @@ class Experiment:
     optuna_storage: str | None = None
     faults: Faults | None = None
     init: str = SCRATCH
+    teacher: str | Mapping[str, str] = NO_TEACHER
     train: Mapping[str, Any] = field(default_factory=dict)
     tuned: Mapping[str, tuple] = field(default_factory=dict)
     allocation_space: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict)
@@ -149,17 +151,54 @@ class Experiment:
             return GIVEN if self.given else SCRATCH
         return GIVEN if self.given else self.init
 
-    @property
-    def dense_starts(self) -> bool:
-        """Whether some arm starts from the dense reference (whose weights its runs then
-        keep for them)."""
-        return any(self.start_of(arm) == DENSE_START for arm in self.families)
+    def teacher_of(self, arm: str) -> str:
+        """The teacher an arm's runs distil from: `none`, `dense` (the dense reference of the
+        same seed) or the weights `teacher` names (a file or an MLflow URI); the study's
+        `teacher`, or the arm's entry where it maps arms to teachers. The dense reference
+        and the model as given have none."""
+        if arm in ("dense", GIVEN):
+            return NO_TEACHER
+        if isinstance(self.teacher, Mapping):
+            return self.teacher.get(arm, NO_TEACHER)
+        return self.teacher
 
     @property
-    def compares_starts(self) -> bool:
-        """Whether any run starts from other than random weights (the verdict then counts
-        what each model cost, its start included)."""
-        return self.given or any(self.start_of(arm) != SCRATCH for arm in self.families)
+    def teacher_source(self) -> str | None:
+        """The weights file or MLflow URI a teacher is read from, if any arm has one."""
+        named = {self.teacher_of(arm) for arm in self.families} - {NO_TEACHER, DENSE_START}
+        return next(iter(named), None)
+
+    @property
+    def distils(self) -> bool:
+        """Whether some arm learns from a teacher."""
+        return any(self.teacher_of(arm) != NO_TEACHER for arm in self.families)
+
+    def tuned_for(self, arm: str) -> Mapping[str, tuple]:
+        """The searched settings of an arm: all of `tuned`, but the distillation settings
+        only where the arm has a teacher."""
+        if self.teacher_of(arm) != NO_TEACHER:
+            return self.tuned
+        return {name: space for name, space in self.tuned.items()
+                if name not in DISTILL_SETTINGS}
+
+    def needs_dense(self, arm: str) -> bool:
+        """Whether an arm's runs start from, or distil from, the dense reference of their
+        seed (they wait for it, and their models cost its training too)."""
+        return DENSE_START in (self.start_of(arm), self.teacher_of(arm))
+
+    @property
+    def keeps_dense(self) -> bool:
+        """Whether some arm needs the dense reference (whose runs then keep their trained
+        weights for it)."""
+        return any(self.needs_dense(arm) for arm in self.families)
+
+    @property
+    def counts_model_cost(self) -> bool:
+        """Whether any run starts from other than random weights or learns from a teacher
+        (the verdict then counts what each model cost, its start and teacher included)."""
+        return self.given or any(self.start_of(arm) != SCRATCH
+                                 or self.teacher_of(arm) != NO_TEACHER
+                                 for arm in self.families)
 
     @property
     def allocations(self) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from oneprune.allocation import ALLOCATIONS
 from oneprune.config import TrainConfig
+from oneprune.distill import DISTILL_SETTINGS, NO_TEACHER
 from oneprune.schedules import FAMILIES, Schedule
 from search.experiment.schema import GIVEN
 
@@ -78,8 +79,13 @@ def base_config(experiment: Experiment, family: str | None = None,
     every tuned one at `tuned_middle` (the searched arguments of its allocation too), its
     starting point (`init`: scratch, dense, or the weights the study is given); `seed`
     defaults to the search seed."""
+    arm = family or "dense"
+    teacher = experiment.teacher_of(arm)
     values = {**experiment.train, **{name: tuned_middle(name, space)
-                                     for name, space in experiment.tuned.items()}}
+                                     for name, space in experiment.tuned_for(arm).items()}}
+    if teacher == NO_TEACHER:  # the distillation settings are the teacher's arms' only
+        values = {name: value for name, value in values.items()
+                  if name not in DISTILL_SETTINGS}
     allocation = values.get("allocation", SETTINGS["allocation"].default)
     arguments, middle = ALLOCATIONS[allocation].arguments(), _MiddleTrial()
     values["allocation_args"] = _allocation_args(
@@ -89,12 +95,13 @@ def base_config(experiment: Experiment, family: str | None = None,
                                                                            {}).items()})
     if family is None:
         values["coupling"] = "none"
-    start = experiment.start_of(family or "dense")
+    start = experiment.start_of(arm)
     schedule = None if family is None else midpoint_schedule(
         experiment.family_of(family), sparsity,
         experiment.search.space.get(experiment.family_of(family)))
     return TrainConfig(**values, seed=experiment.search.seed if seed is None else seed,
-                       schedule=schedule, init=experiment.init if start == GIVEN else start)
+                       schedule=schedule, init=experiment.init if start == GIVEN else start,
+                       teacher=teacher)
 
 
 def trial_config(base: TrainConfig, params: Mapping[str, Any],

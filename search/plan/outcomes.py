@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from oneprune.distill import NO_TEACHER
 from oneprune.lr import CoupledLR
 from oneprune.schedules import Schedule
 from search.experiment.train_configs import base_config
@@ -46,6 +47,7 @@ class FamilyOutcome:
     schedule: Schedule | None
     lr_policy: CoupledLR | None
     start: str = "scratch"  # where its runs start: scratch, dense or given
+    teacher: str = NO_TEACHER  # what its runs distil from: none, dense or given weights
     epochs: int = 0  # what each of its runs trained (the model as given: none)
     best_params: dict = field(default_factory=dict)
     best_val_acc: float = math.nan
@@ -168,6 +170,7 @@ def aggregate(experiment: Experiment,
             searched = by_group.get((SEARCH, group), [])
             outcome = FamilyOutcome(family, schedule=None, lr_policy=None,
                                     start=experiment.start_of(family),
+                                    teacher=experiment.teacher_of(family),
                                     epochs=0 if family == AS_GIVEN else experiment.epochs,
                                     trials=len(searched))
             for record in searched:
@@ -217,19 +220,21 @@ class ModelCost(NamedTuple):
 
 
 def model_cost(outcome: FamilyOutcome, dense: FamilyOutcome | None) -> ModelCost:
-    """`ModelCost` of `outcome`'s models: its own runs', plus, from the dense reference,
-    the dense run of the same seed (epochs and seconds); the model as given costs nothing
-    the study spent."""
+    """`ModelCost` of `outcome`'s models: its own runs' (a teacher's forward passes
+    included), plus, where they start from or distil from the dense reference, the dense
+    run of the same seed (epochs and seconds, once); the model as given costs nothing the
+    study spent."""
     seconds = list(outcome.final_run_seconds)
     epochs = outcome.epochs
-    if outcome.start == "dense" and dense is not None:
+    if "dense" in (outcome.start, outcome.teacher) and dense is not None:
         dense_by_seed = dict(zip(dense.seeds, dense.final_run_seconds, strict=True))
         seconds = [s + dense_by_seed.get(seed, math.nan)
                    for seed, s in zip(outcome.seeds, seconds, strict=True)]
         epochs += dense.epochs
-    return ModelCost(epochs, statistics.fmean(seconds) if seconds else math.nan,
-                     outcome.start == "given" or (outcome.start == "dense" and dense is not None
-                                                  and dense.start == "given"))
+    given = (outcome.start == "given" or outcome.teacher not in (NO_TEACHER, "dense")
+             or ("dense" in (outcome.start, outcome.teacher) and dense is not None
+                 and dense.start == "given"))  # weights whose training the study never saw
+    return ModelCost(epochs, statistics.fmean(seconds) if seconds else math.nan, given)
 
 
 def sparsest_then_most_accurate(outcome: FamilyOutcome) -> tuple[float, float]:

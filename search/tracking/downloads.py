@@ -2,8 +2,8 @@
 model URI (`models:/name/1`, `models:/name@alias`, `runs:/<run id>/<name>`), as the folder
 `oneprune.saving.save_pruned` wrote (its files are the logged model's `extra_files`).
 
-`oneprune-export` exports such a source; a study's `init` starts from one
-(`given_weights`). MLflow is imported only for a URI (it is slow to import).
+`oneprune-export` exports such a source; a study's `init` starts from one, its `teacher`
+may be one (`given_weights`). MLflow is imported only for a URI (it is slow to import).
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def saved_folder(source: str, tracking_uri: str) -> Iterator[Path]:
         yield files
 
 
-def given_weights(source: str, tracking_uri: str) -> Mapping[str, torch.Tensor]:
-    """The weights a study's `init` names: a weights file or a saved folder
-    (`oneprune.starts.read_weights`), or a model a study logged (an MLflow model URI,
-    read from `tracking_uri`); `ValueError` (one line) when there are none."""
+def given_weights(source: str, tracking_uri: str, role: str = "init",
+                  ) -> Mapping[str, torch.Tensor]:
+    """The weights a study's `init` (or `teacher`: the `role`) names: a weights file or a
+    saved folder (`oneprune.starts.read_weights`), or a model a study logged (an MLflow
+    model URI, read from `tracking_uri`); `ValueError` (one line) when there are none."""
     with saved_folder(source, tracking_uri) as folder:
-        return read_weights(folder)
+        return read_weights(folder, role)

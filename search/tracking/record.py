@@ -48,6 +48,16 @@ class StudyResult:
     models: list[registry.Handover]  # each family's registered model
 
 
+def _teachers(experiment: Experiment) -> str:
+    """What the title says of the study's teachers ("": none)."""
+    if not experiment.distils:
+        return ""
+    if isinstance(experiment.teacher, str):
+        return f", distilled from {experiment.teacher}"
+    return ", distilled: " + ", ".join(f"{arm} from {teacher}"
+                                       for arm, teacher in experiment.teacher.items())
+
+
 def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
                  experiment_id: str, family_run_ids: Mapping[tuple[float, str], str],
                  outcomes: list[FamilyOutcome], floor: float | None, *,
@@ -63,7 +73,7 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
     dense = next(o for o in outcomes if o.family == DENSE)
     for outcome in outcomes:
         cost = {}
-        if experiment.compares_starts:  # what its models cost, their start included
+        if experiment.counts_model_cost:  # what its models cost, their start included
             epochs, seconds, _ = model_cost(outcome, dense)
             cost = {"model_epochs": epochs, "model_seconds": seconds}
         if outcome.family in (DENSE, AS_GIVEN):
@@ -99,8 +109,9 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
             "best_val_acc": outcome.best_val_acc, **metrics,
             **{f"importance.{param}": value for param, value in outcome.importances.items()}})
     headline = {f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()}
-    starts = f", from {experiment.init}" if experiment.init != SCRATCH else ""
-    extra = [MODEL_COST] if experiment.compares_starts else []
+    starts = (f", from {experiment.init}" if experiment.init != SCRATCH else "") + _teachers(
+        experiment)
+    extra = [MODEL_COST] if experiment.counts_model_cost else []
     with tempfile.TemporaryDirectory() as folder:
         if span is None:
             title = (f"{name}: {model} on {experiment.dataset} at "

@@ -18,8 +18,10 @@ and with the source tags MLflow's fluent API sets (`mlflow.source.name`, `mlflow
                      too, and each with its trained model as a logged model
                      (`search.tracking.registry`); a run that started from given
                      weights or the dense reference is tagged oneprune.init_digest (of
-                     those weights); the model as given, evaluated, is family `given`
-    role=start       (where arms start from the dense reference) the dense reference
+                     those weights), one with a teacher oneprune.teacher_digest; the
+                     model as given, evaluated, is family `given`
+    role=start       (where arms start from or distil from the dense reference) the dense
+                     reference
                      trained with the search seed, which their search trials start from
     role=comparison  the table (comparison.md / .csv) and plots (schedules.png, curves.png,
                      importance.png)
@@ -57,6 +59,7 @@ ERROR = "oneprune.error"
 WORKERS = "oneprune.workers"
 STATUS = "oneprune.status"
 INIT_DIGEST = "oneprune.init_digest"  # SHA-256 of the weights a run started from
+TEACHER_DIGEST = "oneprune.teacher_digest"  # SHA-256 of the weights of its teacher
 DIVERGED = "diverged"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # The MLflow 3 UI opens an experiment on its GenAI overview unless the URL asks for runs.

@@ -47,7 +47,7 @@ from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from oneprune._validate import first_line
-from search.experiment.schema import DENSE_START, Experiment
+from search.experiment.schema import Experiment
 from search.plan.outcomes import METRIC, TrialRecord, accuracy_floor, objectives, select_best
 from search.plan.space import define_by_run
 from search.plan.trials import (
@@ -282,9 +282,8 @@ class ExperimentSearcher(Searcher):
                    and group_of(entry["config"]) == (sparsity, DENSE))
 
     def _can_start(self, group: Group, seed: int) -> bool:
-        """Whether a run of `group` with `seed` has what it starts from."""
-        return (self.experiment.start_of(group[1]) != DENSE_START
-                or self._dense_ended(group[0], seed))
+        """Whether a run of `group` with `seed` has what it starts from and its teacher."""
+        return not self.experiment.needs_dense(group[1]) or self._dense_ended(group[0], seed)
 
     def _finals_wanted(self) -> tuple[list[dict], bool]:
         """Every final run that can be handed out now (dense references, the dense runs with
@@ -306,7 +305,7 @@ class ExperimentSearcher(Searcher):
             # What others start from first; then families' final runs before the dense
             # references, which wait on nothing else.
             wanted, ranged, waiting = [], self.experiment.sparsity_range is not None, 0
-            if self.experiment.dense_starts:
+            if self.experiment.keeps_dense:
                 wanted += [start_config(sparsity, self.experiment.search.seed)
                            for sparsity in self.experiment.sparsity]
             if self.experiment.given:
@@ -360,7 +359,7 @@ class ExperimentSearcher(Searcher):
         define_by_run(trial, family=family,
                       sparsity=sparsity if span is None else (span.min, span.max),
                       bounds=self.experiment.search.space.get(family),
-                      tuned=self.experiment.tuned, fixed=self.experiment.train,
+                      tuned=self.experiment.tuned_for(arm), fixed=self.experiment.train,
                       allocation_space=self.experiment.allocation_space)
         return search_config(group, trial.number, trial.params)
 

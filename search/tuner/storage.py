@@ -5,8 +5,8 @@ Tune does.
 Under `<storage>/<experiment>`: Tune's state and trials, the Ray Train runs of
 distributed trials (`train/<trial id>`), the trained models final runs hand to the
 driver (`models/<trial id>`, deleted once logged to MLflow), and the weights runs start
-from (`starts/`: the given weights, and the dense reference's of each seed where arms start
-from it; deleted once the study has its verdict).
+from or distil from (`starts/`: the given weights, the teacher's, and the dense reference's
+of each seed where arms start or distil from it; deleted once the study has its verdict).
 """
 
 from __future__ import annotations
@@ -63,9 +63,14 @@ class StudyFolders:
         """Where the study keeps the weights it is given (`init`), for every run and resume."""
         return join(self.starts, "given.safetensors")
 
+    @property
+    def teacher_weights(self) -> str:
+        """Where the study keeps the weights `teacher` names, for every run and resume."""
+        return join(self.starts, "teacher.safetensors")
+
     def dense_weights(self, sparsity: float, seed: int) -> str:
         """Where the dense reference of the study at `sparsity` keeps its trained weights of
-        `seed`, for the runs of arms from `dense` with that seed."""
+        `seed`, for the runs of arms that start or distil from `dense` with that seed."""
         return join(self.starts, f"dense-s{sparsity:g}-seed{seed}.safetensors")
 
 

@@ -11,8 +11,8 @@ checkpoint of each trial, and once the Tuner is done the finished trials' checkp
 deleted (a finished trial is never run again). `resume=True` continues an interrupted run with
 `Tuner.restore`; MLflow runs are found again by their tags, never duplicated. A distributed
 trial's Ray Train run lives in `<that folder>/train/<trial id>`, and the weights runs start
-from in `<that folder>/starts/` until the verdict is written. The storage path is a local
-folder or a URI (s3://...: shared storage for a multi-node cluster).
+or distil from in `<that folder>/starts/` until the verdict is written. The storage path is
+a local folder or a URI (s3://...: shared storage for a multi-node cluster).
 
 It reads start -> fit -> verdict: `check_can_start` refuses what cannot start (before
 anything runs), `_fresh_tuner` or `Tuner.restore` and `_fit` run the trials, then
@@ -36,8 +36,9 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from oneprune.data import ImageData
+from oneprune.distill import frozen_teacher
 from oneprune.starts import read_weights, weights_digest, write_weights
-from oneprune.train import check_data, check_model
+from oneprune.train import check_data, check_model, new_model_unseeded
 from search.environment import environment
 from search.experiment.schema import Experiment
 from search.experiment.train_configs import base_config
@@ -196,7 +197,7 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
     seeds = set(final_seeds(experiment))
     for sparsity in experiment.sparsity:
         floor = accuracy_floor(experiment, records, sparsity)
-        extra = ([(START, DENSE, experiment.search.seed)] if experiment.dense_starts else []) \
+        extra = ([(START, DENSE, experiment.search.seed)] if experiment.keeps_dense else []) \
             + ([(FINAL, AS_GIVEN, min(seeds))] if experiment.given else [])
         for part, family, seed in extra:
             if not any(r.config["part"] == part and group_of(r.config) == (sparsity, family)
@@ -217,7 +218,8 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
 
 
 def load_data(experiment: Experiment, progress: bool = False,
-              given: Mapping[str, torch.Tensor] | None = None) -> ImageData:
+              given: Mapping[str, torch.Tensor] | None = None,
+              teacher: Mapping[str, torch.Tensor] | None = None) -> ImageData:
     """The experiment's dataset and splits, checked against its model (`ValueError`: files
     missing or unreadable, a model that cannot be built for them, does not take the `given`
     weights the study starts from, takes no such images, has nothing to prune or cannot be
@@ -227,37 +229,41 @@ def load_data(experiment: Experiment, progress: bool = False,
     check_model(base_config(experiment, experiment.families[0], experiment.sparsity[0]), data,
                 sparsities=experiment.trained_sparsities, allocations=experiment.allocations,
                 initial=given)
+    if teacher is not None:  # a teacher of the same model, so of the same classes
+        frozen_teacher(new_model_unseeded(base_config(experiment), data), teacher,
+                       f"teacher {experiment.teacher_source!r}")
     return data
 
 
-def _keep_given(experiment: Experiment, given: Mapping[str, torch.Tensor] | None,
-                folders: storage.StudyFolders, echo: Callable[[str], None]) -> None:
-    """Store the weights the study is given where every run reads them, once: a resumed
-    study goes on from the weights it started with, even if `init`'s file changed since
-    (it says so)."""
-    if not experiment.given:
+def _keep_weights(role: str, source: str | None, weights: Mapping[str, torch.Tensor] | None,
+                  path: str, name: str, echo: Callable[[str], None]) -> None:
+    """Store the weights `source` names (the study's `init` or `teacher`: the `role`) at
+    `path`, where every run reads them, once: a resumed study goes on from the weights it
+    started with, even if the file changed since (it says so)."""
+    if source is None:
         return
-    if given is None:
-        raise StudyRefused(f"init {experiment.init!r} names weights, but none were read")
-    path = folders.given_weights
+    if weights is None:
+        raise StudyRefused(f"{role} {source!r} names weights, but none were read")
     if storage.exists(path):
         with storage.local_copy(path) as local:
             kept = weights_digest(read_weights(local))
-        if kept != weights_digest(given):
-            echo(f"[{experiment.name}] init {experiment.init!r} changed since the study "
-                 f"started; it goes on from the weights it started with ({kept[:12]})")
+        if kept != weights_digest(weights):
+            echo(f"[{name}] {role} {source!r} changed since the study started; it goes on "
+                 f"from the weights it started with ({kept[:12]})")
         return
     with tempfile.TemporaryDirectory() as folder:
-        storage.upload_file(write_weights(given, Path(folder) / "given.safetensors"), path)
+        storage.upload_file(write_weights(weights, Path(folder) / "w.safetensors"), path)
 
 
 def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str,
                    resume: bool = False, echo: Callable[[str], None] = print,
                    trial_function: Callable = run_trial,
-                   given: Mapping[str, torch.Tensor] | None = None) -> list[StudyResult]:
+                   given: Mapping[str, torch.Tensor] | None = None,
+                   teacher: Mapping[str, torch.Tensor] | None = None) -> list[StudyResult]:
     """Run (or resume) every study of `experiment` in one Tuner on the connected Ray
     cluster; returns each study's verdict. `data` comes from `load_data(experiment)`,
-    `given` are the weights `init` names (`search.tracking.downloads.given_weights`).
+    `given` are the weights `init` names, `teacher` those `teacher` names
+    (`search.tracking.downloads.given_weights`).
     `trial_function` runs one trial (`trainable.run_trial`'s signature); benchmarks and
     tests pass a stand-in that sleeps instead of training."""
     check_data(base_config(experiment), data)
@@ -309,7 +315,10 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
                 trial_logger(experiment, experiment_ids, family_run_ids, data,
                              folders.models),
                 TrialProgress(experiment), JsonLoggerCallback(), CSVLoggerCallback()])
-        _keep_given(experiment, given, folders, echo)
+        _keep_weights("init", experiment.init if experiment.given else None, given,
+                      folders.given_weights, experiment.name, echo)
+        _keep_weights("teacher", experiment.teacher_source, teacher, folders.teacher_weights,
+                      experiment.name, echo)
         records = _fit(tuner, folders.train if distributed else None)
     storage.delete(folders.models)  # every final run's model is in MLflow now
     _check_complete(experiment, records)

@@ -21,8 +21,10 @@ model to the storage path before its last report, for the driver to log
 A run that does not start from random weights reads them from the study's storage path
 (`StudyFolders.starts`: the weights the study is given, or the dense reference's of the
 same seed) on every rank, and every report carries their digest (`init_digest`; for a
-distributed trial, every rank's, `rank_inits`); the dense reference keeps its trained weights
-there where an arm starts from it, and the model as given is evaluated, not trained.
+distributed trial, every rank's, `rank_inits`); a run with a teacher reads its weights
+from there too (`teacher_digest`, `rank_teachers`); the dense reference keeps its trained
+weights there where an arm starts or distils from it, and the model as given is
+evaluated, not trained.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from oneprune.config import TrainConfig
 from oneprune.data import Batches, ImageData
+from oneprune.distill import NO_TEACHER
 from oneprune.distributed import gather, rank_and_world_size
 from oneprune.pruning import Pruner
 from oneprune.saving import save_pruned
@@ -91,12 +94,15 @@ def _keep_weights(model: torch.nn.Module, path: str) -> None:
 def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | None,
             test: bool, every: int, faults: Faults | None,
             report: Callable[[dict, Path | None], None], model_path: str | None,
-            initial_path: str | None, keep_path: str | None) -> None:
+            initial_path: str | None, keep_path: str | None,
+            teacher_path: str | None) -> None:
     """Train `cfg` from `start` (a saved state, or None) and the weights at `initial_path`
-    (None: scratch), calling `report(metrics, folder)` after every epoch on every rank, with
-    a folder holding rank 0's checkpoint after every `every`-th epoch but the last (None
-    otherwise, and on other ranks: a finished run needs none); every report carries the
-    digest of the starting weights (`init_digest`). With `test` (a final run), the last
+    (None: scratch), distilling from the teacher's at `teacher_path` (None: no teacher),
+    calling `report(metrics, folder)` after every epoch on every rank, with a folder holding
+    rank 0's checkpoint after every `every`-th epoch but the last (None otherwise, and on
+    other ranks: a finished run needs none); every report carries the digest of the
+    starting weights (`init_digest`) and of the teacher's (`teacher_digest`; for a
+    distributed trial, every rank's: `rank_teachers`). With `test` (a final run), the last
     report comes after the test split and adds `test_acc` and `test_loss`, and rank 0 first
     writes the trained model to `model_path` (`save_pruned`'s files, which the driver logs to
     MLflow); with `keep_path`, rank 0 stores the trained weights there (the dense reference,
@@ -104,8 +110,9 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
     (None, always in a real study: none)."""
     node = ray.get_runtime_context().get_node_id()
     held: dict[str, Any] = {}
-    initial = _read_start(initial_path)
+    initial, teacher = _read_start(initial_path), _read_start(teacher_path)
     init_digest = "" if initial is None else weights_digest(initial)
+    teacher_digest = "" if teacher is None else weights_digest(teacher)
 
     def on_epoch(metrics: dict, state: dict) -> None:
         epoch = metrics["epoch"]
@@ -113,9 +120,11 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
                    "train_seconds": sum(row["epoch_seconds"] for row in state["history"]),
                    "resumed_from": 0 if start is None else start["epoch"],
                    # strings, not lists: Tune's TensorBoard logger warns about lists
-                   "rank_nodes": " ".join(gather(node)), "init_digest": init_digest}
+                   "rank_nodes": " ".join(gather(node)), "init_digest": init_digest,
+                   "teacher_digest": teacher_digest}
         if dist.is_initialized():  # one rank has nothing to compare its masks with
             metrics["rank_inits"] = " ".join(gather(init_digest))  # what each rank loaded
+            metrics["rank_teachers"] = " ".join(gather(teacher_digest))
             masks = gather(_mask_digest(state))
             if len(set(masks)) > 1:
                 raise RuntimeError(f"the ranks' pruning masks differ after epoch {epoch}")
@@ -133,7 +142,7 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
     if faults:
         on_epoch = with_faults(on_epoch, faults, resumed=start is not None)
     result = train(cfg, data=data, test=test, checkpoint=on_epoch, resume=start,
-                   initial=initial)
+                   initial=initial, teacher=teacher)
     if keep_path is not None and rank_and_world_size()[0] == 0:
         _keep_weights(result.model, keep_path)
     if test:  # a final run: its model goes to the driver, before the last report
@@ -185,7 +194,8 @@ def _distributed_worker(config: Mapping[str, Any]) -> None:
             start=_start_from(ray.train.get_checkpoint()), test=config["test"],
             every=config["checkpoint_every"], faults=config["faults"],
             report=_train_report, model_path=config["model_path"],
-            initial_path=config["initial_path"], keep_path=config["keep_path"])
+            initial_path=config["initial_path"], keep_path=config["keep_path"],
+            teacher_path=config["teacher_path"])
 
 
 def _evaluate_as_given(cfg: TrainConfig, data: ImageData, initial_path: str) -> None:
@@ -208,18 +218,20 @@ def _evaluate_as_given(cfg: TrainConfig, data: ImageData, initial_path: str) -> 
                  "diverged": False, "init_digest": weights_digest(initial)})
 
 
-def _start_paths(experiment: Experiment, config: Mapping[str, Any], folders: StudyFolders,
-                 ) -> tuple[str | None, str | None]:
-    """Where a trial's starting weights are (None: scratch), and where it keeps its trained
-    weights for others (None: nowhere; the dense reference where arms start from it)."""
+def _weight_paths(experiment: Experiment, config: Mapping[str, Any], folders: StudyFolders,
+                  ) -> tuple[str | None, str | None, str | None]:
+    """Where a trial's starting weights are (None: scratch), where it keeps its trained
+    weights for others (None: nowhere; the dense reference where arms start or distil
+    from it), and where its teacher's weights are (None: no teacher)."""
     family, seed = config["family"], config.get("seed", experiment.search.seed)
-    start = experiment.start_of(family)
+    dense = folders.dense_weights(config["sparsity"], seed)
+    start, teacher = experiment.start_of(family), experiment.teacher_of(family)
     initial = (folders.given_weights if start == GIVEN else
-               folders.dense_weights(config["sparsity"], seed) if start == DENSE_START
-               else None)
-    keep = (folders.dense_weights(config["sparsity"], seed)
-            if family == DENSE and experiment.dense_starts else None)
-    return initial, keep
+               dense if start == DENSE_START else None)
+    keep = dense if family == DENSE and experiment.keeps_dense else None
+    teacher_path = (None if teacher == NO_TEACHER else
+                    dense if teacher == DENSE_START else folders.teacher_weights)
+    return initial, keep, teacher_path
 
 
 def run_trial(config: Mapping[str, Any], *, experiment: Experiment, data: TrialData,
@@ -232,7 +244,7 @@ def run_trial(config: Mapping[str, Any], *, experiment: Experiment, data: TrialD
     sees the test split. Weights a run starts from, or keeps for others, are under
     `folders.starts`; the model as given is only evaluated."""
     cfg = train_config(experiment, config)
-    initial_path, keep_path = _start_paths(experiment, config, folders)
+    initial_path, keep_path, teacher_path = _weight_paths(experiment, config, folders)
     if config["family"] == AS_GIVEN:
         _prepare_process()
         _evaluate_as_given(cfg, data if isinstance(data, ImageData) else ray.get(data[0]),
@@ -247,14 +259,16 @@ def run_trial(config: Mapping[str, Any], *, experiment: Experiment, data: TrialD
         _prepare_process()
         _epochs(cfg, data, start=_start_from(tune.get_checkpoint()), test=test,
                 every=experiment.checkpoint_every, faults=faults, report=_tune_report,
-                model_path=model_path, initial_path=initial_path, keep_path=keep_path)
+                model_path=model_path, initial_path=initial_path, keep_path=keep_path,
+                teacher_path=teacher_path)
         return
     trainer = TorchTrainer(
         _distributed_worker,
         train_loop_config={"train": cfg.to_dict(), "data": data, "test": test,
                            "checkpoint_every": experiment.checkpoint_every,
                            "faults": faults, "model_path": model_path,
-                           "initial_path": initial_path, "keep_path": keep_path},
+                           "initial_path": initial_path, "keep_path": keep_path,
+                           "teacher_path": teacher_path},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial, use_gpu=resources.gpus_per_trial > 0,
             resources_per_worker={"CPU": resources.cpus_per_trial,

@@ -43,6 +43,7 @@ from search.tracking.runs import (
     SEED,
     STATUS,
     STOPPED_EARLY,
+    TEACHER_DIGEST,
     TRIAL_ID,
     WORKERS,
     find_runs,
@@ -228,8 +229,9 @@ class TrialLogger(tune.Callback):
             return
         if "epoch" in result:
             self._log_result(trial_id, config, result)
-        if result.get("init_digest"):  # what it started from, when not from scratch
-            self.client.set_tag(run_id, INIT_DIGEST, result["init_digest"])
+        for key, tag in (("init_digest", INIT_DIGEST), ("teacher_digest", TEACHER_DIGEST)):
+            if result.get(key):  # what it started from (not scratch), what it distilled from
+                self.client.set_tag(run_id, tag, result[key])
         last_step = self._runs[trial_id][1]
         if last_step < self.epochs and not result.get("diverged"):
             self.client.set_tag(run_id, STOPPED_EARLY, f"after epoch {last_step}")

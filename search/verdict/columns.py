@@ -229,17 +229,17 @@ BEST_PARAMS = Column(lambda row: {"best_params": format_params(row.outcome.best_
 
 
 def _cost_cell(values: Mapping[str, Any], table: Table) -> str:
-    epochs, seconds, start = (values[key] for key in ("model_epochs", "model_seconds",
-                                                      "start"))
+    epochs, seconds = values["model_epochs"], values["model_seconds"]
     if values["family"] == AS_GIVEN:
         return "given"
     own = table.epochs(values["family"])
-    trained = f"{epochs} ({epochs - own} dense + {own})" if start == "dense" else str(epochs)
+    trained = (f"{epochs} ({epochs - own} dense + {own})"
+               if "dense" in (values["start"], values["teacher"]) else str(epochs))
     return f"{'given + ' if values['model_given'] else ''}{trained}, {seconds:.1f} s"
 
 
-MODEL_COST = Column(  # where runs start from other than random weights
-    lambda row: {"start": row.outcome.start,
+MODEL_COST = Column(  # where runs start from other than random weights, or have a teacher
+    lambda row: {"start": row.outcome.start, "teacher": row.outcome.teacher,
                  **dict(zip(("model_epochs", "model_seconds", "model_given"),
                             model_cost(row.outcome, row.table.dense), strict=True))},
     "cost per model (epochs, s)", _cost_cell)

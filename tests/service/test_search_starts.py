@@ -35,13 +35,13 @@ def test_arms_start_where_their_suffix_or_init_says():
     experiment = parse_experiment({**VALID, "families": ["one_cycle", "one_shot-dense"]})
     assert [experiment.start_of(arm) for arm in experiment.families] == ["scratch", "dense"]
     assert experiment.family_of("one_shot-dense") == "one_shot"
-    assert experiment.dense_starts and experiment.compares_starts
+    assert experiment.keeps_dense and experiment.counts_model_cost
     given = parse_experiment({**VALID, "init": "trained.pt",
                               "families": ["one_cycle", "one_cycle-scratch"]})
     assert [given.start_of(arm) for arm in given.families] == ["given", "scratch"]
-    assert given.start_of("dense") == "given" and not given.dense_starts
+    assert given.start_of("dense") == "given" and not given.keeps_dense
     plain = parse_experiment(VALID)
-    assert not plain.compares_starts and plain.start_of("dense") == "scratch"
+    assert not plain.counts_model_cost and plain.start_of("dense") == "scratch"
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
