@@ -30,6 +30,13 @@ all of them alike; ratios are median step time / median dense step time. Separat
 global `prune_to(0.9)` is timed on a ResNet-18 with 25M+ conv weights
 (`global_prune_25m_seconds`, median of `--global-repeats`).
 
+Distillation (`--distill-steps`, 0 skips it): on the convnet and on ResNet-18 at the
+same width, a training step without a teacher, the same step with a teacher of the same
+model (its forward pass first, in eval mode without gradients, then the student's and
+`oneprune.distill.distillation_loss`, as `oneprune.train` does it) and the teacher's
+forward pass alone, interleaved; `extra_over_teacher_forward` is what a teacher adds to a
+step in units of its own forward pass (the claim: at most 1).
+
 CPU: ResNet-18 (CIFAR stem) at width 0.25 on 32x32 inputs; CUDA: width 1.0, synchronised
 around every timed step. `--threads` defaults to 1 so that a shared CPU stays fair.
 """
@@ -53,6 +60,7 @@ from torch.ao.pruning import BaseSparsifier
 
 from oneprune.allocation import allocation_of
 from oneprune.cli import OneLineParser
+from oneprune.distill import distillation_loss, frozen_teacher
 from oneprune.models import build_model
 from oneprune.pruning import Pruner
 from oneprune.schedules import OneCycle
@@ -255,6 +263,65 @@ def measure_global_prune(device: torch.device, repeats: int, seed: int) -> dict:
             "global_prune_sparsity": pruner.sparsity()}
 
 
+def _distillation_row(device: torch.device, name: str, width: float, batch_size: int,
+                      steps: int, warmup: int, seed: int) -> dict:
+    """One model's three timings (see `measure_distillation`), interleaved step by step."""
+    torch.manual_seed(seed)
+    student = build_model(name, NUM_CLASSES, 3, width).to(device).train()
+    teacher = frozen_teacher(build_model(name, NUM_CLASSES, 3, width),
+                             student.state_dict(), "the student's weights").to(device)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    images = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+
+    def step(with_teacher: bool) -> None:
+        if with_teacher:  # as oneprune.train does it: the teacher first
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            loss = distillation_loss(student(images), teacher_logits, labels, weight=0.5,
+                                     temperature=4.0)
+        else:
+            loss = F.cross_entropy(student(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def teacher_forward() -> None:
+        with torch.no_grad():
+            teacher(images)
+
+    kinds = {"step": lambda: step(False), "step_with_teacher": lambda: step(True),
+             "teacher_forward": teacher_forward}
+    times = {kind: [] for kind in kinds}
+    for i in range(warmup + steps):
+        for kind in list(kinds)[i % 3:] + list(kinds)[:i % 3]:
+            _sync(device)
+            start = time.perf_counter()
+            kinds[kind]()
+            _sync(device)
+            if i >= warmup:
+                times[kind].append(time.perf_counter() - start)
+    median = {kind: statistics.median(t) for kind, t in times.items()}
+    return {"width": width, **{f"{kind}_median_seconds": v for kind, v in median.items()},
+            "ratio_with_teacher": median["step_with_teacher"] / median["step"],
+            "extra_over_teacher_forward": (median["step_with_teacher"] - median["step"])
+            / median["teacher_forward"]}
+
+
+def measure_distillation(device: torch.device, width: float, batch_size: int, steps: int,
+                         warmup: int, seed: int) -> dict:
+    """Per model (the convnet, and ResNet-18 at `width`; 3x32x32 inputs): the median time
+    of a training step without a teacher (cross-entropy), of the same step with a teacher
+    (its forward pass in eval mode without gradients, `distillation_loss` at w = 0.5,
+    T = 4), and of the teacher's forward pass alone, on the same batch. The claim: a step
+    with a teacher costs at most the teacher's forward pass more
+    (`extra_over_teacher_forward` <= 1)."""
+    return {"distillation": {name: _distillation_row(device, name, model_width, batch_size,
+                                                     steps, warmup, seed)
+                             for name, model_width in (("convnet", 1.0), ("resnet18", width))},
+            "distillation_steps": steps, "distillation_batch_size": batch_size}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python bench/overhead.py", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -270,6 +337,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (cpu)")
     p.add_argument("--global-repeats", type=int, default=3,
                    help="repeats of the 25M-weight global prune (0: skip it)")
+    p.add_argument("--distill-steps", type=int, default=50,
+                   help="timed steps of each kind in the distillation measurement (the "
+                        "convnet and ResNet-18, with and without a teacher; 0: skip it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=json_path, help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -291,7 +361,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
              ("sparsity", 0.0 < args.sparsity < 1.0, "in (0, 1)"),
              ("resolution", 0.0 <= args.resolution <= 0.1, "in [0, 0.1]"),
              ("threads", args.threads >= 1, ">= 1"),
-             ("global-repeats", args.global_repeats >= 0, ">= 0")]
+             ("global-repeats", args.global_repeats >= 0, ">= 0"),
+             ("distill-steps", args.distill_steps >= 0, ">= 0")]
     for name, ok, allowed in rules:
         if not ok:
             value = getattr(args, name.replace("-", "_"))
@@ -339,7 +410,16 @@ def main(argv: list[str] | None = None) -> int:
         result[f"{name}_median_step_seconds"] = result[name]["median_step_seconds"]
     if args.global_repeats:
         result.update(measure_global_prune(device, args.global_repeats, args.seed))
+    if args.distill_steps:
+        result.update(measure_distillation(device, args.width, args.batch_size,
+                                           args.distill_steps, args.warmup, args.seed))
     print(_table(result))
+    for name, row in result.get("distillation", {}).items():
+        print(f"{name} (width {row['width']:g}): step {row['step_median_seconds'] * 1e3:.1f} "
+              f"ms, with a teacher {row['step_with_teacher_median_seconds'] * 1e3:.1f} ms "
+              f"({row['ratio_with_teacher']:.2f}x), the teacher's forward "
+              f"{row['teacher_forward_median_seconds'] * 1e3:.1f} ms: the teacher adds "
+              f"{row['extra_over_teacher_forward']:.2f} of its forward pass")
     if args.global_repeats:
         print(f"global prune_to(0.9) on {result['global_prune_weights']:,} weights: "
               f"{result['global_prune_25m_seconds']:.3f} s (median of {args.global_repeats})")

@@ -189,13 +189,12 @@ def train(cfg: TrainConfig, report: Callable[[dict], Any] | None = None, *,
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with autocast():
-                    logits = net(images)
                     if distiller is None:
-                        loss = F.cross_entropy(logits, labels)
-                    else:
-                        with torch.no_grad():
+                        loss = F.cross_entropy(net(images), labels)
+                    else:  # the teacher first: its forward then costs no more than alone
+                        with torch.no_grad():  # (not beside the student's live activations)
                             teacher_logits = distiller(images)
-                        loss = distillation_loss(logits, teacher_logits, labels,
+                        loss = distillation_loss(net(images), teacher_logits, labels,
                                                  weight=cfg.distill_weight,
                                                  temperature=cfg.distill_temperature)
                 optimizer.zero_grad(set_to_none=True)

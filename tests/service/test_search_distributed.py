@@ -1,7 +1,8 @@
 """Distributed trials on a real two-node Ray cluster (the session fixture): a study with
 `workers_per_trial: 2` runs each trial as a Ray Train `TorchTrainer` whose two DDP workers
-land on the two nodes, keep identical masks, resume from their checkpoint after a worker
-fails, and log to MLflow like single-process trials. Its model is a user's module that
+land on the two nodes, keep identical masks, distil from the same teacher on both ranks,
+resume from their checkpoint after a worker fails, and log to MLflow like single-process
+trials. Its model is a user's module that
 lives outside the repository and the installed packages, importable by the driver only
 (PYTHONPATH): `search/run.py` ships it to both nodes through Ray's runtime environment."""
 
@@ -54,7 +55,7 @@ def distributed_study(tmp_path, ray_cluster):
         "name": "ddp", "dataset": "digits", "sparsity": 0.9, "epochs": EPOCHS,
         "model": "ddpnet:build", "model_args": {"marker_dir": str(tmp_path / "markers")},
         "families": ["one_cycle"], "trials_per_family": 1, "final_seeds": SEEDS,
-        "training": {"lr_max": [3e-3, 3e-2]},
+        "teacher": "dense", "training": {"lr_max": [3e-3, 3e-2], "distill_weight": 0.5},
         "resources": {"workers_per_trial": 2, "cpus_per_trial": 1}, "checkpoint_every": 1,
         # The one_cycle runs' workers raise after epoch 2 once: Ray Train restarts the
         # worker group from the epoch-1 checkpoint.
@@ -71,8 +72,8 @@ def test_a_study_with_two_workers_per_trial(distributed_study, tune_results):
     assert done.returncode == 0, done.stderr[-3000:]
 
     client, by_role = runs_by_role(f"sqlite:///{folder}/mlflow.db", "ddp")
-    assert {role: len(r) for role, r in by_role.items()} == {
-        "family": 2, "trial": 1, "final": 2 * SEEDS, "comparison": 1}  # one_cycle, dense
+    assert {role: len(r) for role, r in by_role.items()} == {  # one_cycle, dense; the
+        "family": 2, "trial": 1, "final": 2 * SEEDS, "comparison": 1, "start": 1}  # teacher
     for run in by_role["trial"] + by_role["final"]:
         assert run.info.status == "FINISHED"
         assert run.data.tags["oneprune.workers"] == "2"
@@ -108,6 +109,11 @@ def test_a_study_with_two_workers_per_trial(distributed_study, tune_results):
             assert set(row["rank_nodes"].split()) == nodes
             masks = row["rank_masks"].split(" ")
             assert len(masks) == 2 and len(set(masks)) == 1
+            # Both ranks distil from the same teacher: the dense run of the seed (none for
+            # the dense runs themselves).
+            teachers = row["rank_teachers"].split(" ")
+            assert len(teachers) == 2 and len(set(teachers)) == 1
+            assert (teachers[0] != "") == (row["config"]["family"] == "one_cycle")
     pruned = {row["rank_masks"] for row in search_rows}
     assert len(pruned) == EPOCHS and "" not in pruned  # the masks moved with the schedule
     # The injected worker failures at epoch 2 were resumed from the epoch-1 checkpoint:
