@@ -291,26 +291,30 @@ def initial_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
     return new_model(cfg, data)
 
 
+def _named_weights(role: str, named: str, nothing: str,
+                   given: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
+    """None where the config's `role` field (`init`, `teacher`) is `nothing`, else the
+    weights `given`, or those read from the file it `named`."""
+    if named == nothing:
+        if given is not None:
+            raise ValueError(f"{role} weights were given, but the config's {role} is "
+                             f"{nothing!r}")
+        return None
+    return read_weights(named, role) if given is None else given
+
+
 def starting_weights(cfg: TrainConfig, initial: Mapping[str, torch.Tensor] | None = None,
                      ) -> Mapping[str, torch.Tensor] | None:
     """The weights a run of `cfg` starts from: None for `init: scratch`, else `initial` or
     the file `cfg.init` names."""
-    if cfg.init == SCRATCH:
-        if initial is not None:
-            raise ValueError("initial weights were given, but the config's init is 'scratch'")
-        return None
-    return read_weights(cfg.init) if initial is None else initial
+    return _named_weights("init", cfg.init, SCRATCH, initial)
 
 
 def teacher_weights(cfg: TrainConfig, teacher: Mapping[str, torch.Tensor] | None = None,
                     ) -> Mapping[str, torch.Tensor] | None:
     """The weights a run of `cfg` distils from: None without a teacher, else `teacher` or
     the file `cfg.teacher` names."""
-    if cfg.teacher == NO_TEACHER:
-        if teacher is not None:
-            raise ValueError("teacher weights were given, but the config's teacher is 'none'")
-        return None
-    return read_weights(cfg.teacher, "teacher") if teacher is None else teacher
+    return _named_weights("teacher", cfg.teacher, NO_TEACHER, teacher)
 
 
 def new_model_unseeded(cfg: TrainConfig, data: ImageData) -> nn.Module:

@@ -61,7 +61,7 @@ def test_given_weights_override_the_file_and_scratch_refuses_them(trained):
     cfg = TrainConfig(init="anything that is not read", epochs=1, schedule=None)
     assert train(cfg, initial=trained["state"]).init_digest == weights_digest(
         trained["state"])
-    with pytest.raises(ValueError, match="initial weights were given, but the config's "
+    with pytest.raises(ValueError, match="init weights were given, but the config's "
                                          "init is 'scratch'"):
         train(TrainConfig(epochs=1), initial=trained["state"])
 

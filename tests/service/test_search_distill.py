@@ -3,17 +3,13 @@ same seed (search trials: the dense run with the search seed), the distillation 
 searched with the schedule, what each model cost with its teacher, a teacher file that a
 resumed study reads again as it was, and bad teachers refused before anything runs."""
 
-import contextlib
 import re
-import signal
-import time
 
 import pytest
 import torch
 import yaml
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from testkit.driver import run_search, runs_by_role, start_search
+from testkit.driver import kill_search_when, run_search, runs_by_role, runs_of
 
 from oneprune.config import TrainConfig
 from oneprune.models import ConvNet
@@ -82,11 +78,6 @@ def write_study(folder, address, teacher, name="taught"):
     return {"args": ["--experiment", str(path), "--storage-path", str(folder / "ray"),
                      "--address", address],
             "uri": f"sqlite:///{folder}/mlflow.db", "folder": folder, "name": name}
-
-
-def runs_of(by_role, role, family):
-    return {run.data.tags.get("oneprune.seed", run.data.tags.get("oneprune.trial_id")): run
-            for run in by_role.get(role, []) if run.data.tags["oneprune.family"] == family}
 
 
 @pytest.fixture(scope="module")
@@ -181,21 +172,9 @@ def test_a_resumed_study_distils_from_the_teacher_it_started_with(tmp_path, ray_
                .state_dict(), path)
     original = weights_digest(torch.load(path))
     study = write_study(tmp_path, ray_cluster, str(path))
-    log = open(tmp_path / "driver.log", "w")
-    driver = start_search(*study["args"], log=log)
-    deadline = time.monotonic() + 240
-    while True:
-        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
-        assert time.monotonic() < deadline, "the driver did not get there in time"
-        if (tmp_path / "ray" / "taught" / "tuner.pkl").exists():
-            with contextlib.suppress(MlflowException):  # the driver holds sqlite's lock
-                _, by_role = runs_by_role(study["uri"], study["name"])
-                if any(run.info.status == "FINISHED" for run in by_role.get("trial", [])):
-                    break
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    assert driver.wait(timeout=30) == -signal.SIGKILL
-    log.close()
+    kill_search_when(*study["args"], folder=tmp_path, uri=study["uri"], name=study["name"],
+                     ready=lambda by_role: any(run.info.status == "FINISHED"
+                                               for run in by_role.get("trial", [])))
     torch.save(train(TrainConfig(schedule=None, epochs=1, seed=11)).model.state_dict(), path)
     assert main([*study["args"], "--resume"]) == 0
     assert f"teacher {str(path)!r} changed since the study started; it goes on from the " \

@@ -3,18 +3,14 @@ one study (`one_shot-dense`: the pipeline train, prune, fine-tune), the dense re
 weights of the same seed for them, weights a study is given (a file, an MLflow model URI),
 what each model cost in all, and a resumed study that goes on from the same weights."""
 
-import contextlib
 import pickle
 import re
-import signal
-import time
 
 import pytest
 import torch
 import yaml
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from testkit.driver import run_search, runs_by_role, start_search
+from testkit.driver import kill_search_when, run_search, runs_by_role, runs_of
 
 from oneprune.config import TrainConfig
 from oneprune.starts import weights_digest
@@ -96,11 +92,6 @@ def started(tmp_path_factory, ray_cluster, trained):
         study = write_study(folder, ray_cluster, str(trained))
         assert main(study["args"]) == 0
         yield study
-
-
-def runs_of(by_role, role, family):
-    return {run.data.tags.get("oneprune.seed", run.data.tags.get("oneprune.trial_id")): run
-            for run in by_role.get(role, []) if run.data.tags["oneprune.family"] == family}
 
 
 def dense_digests(client, by_role):
@@ -226,22 +217,10 @@ def test_a_resumed_study_goes_on_from_the_weights_it_started_with(tmp_path, ray_
     given = tmp_path / "given.pt"
     given.write_bytes(trained.read_bytes())
     study = write_study(tmp_path, ray_cluster, str(given))
-    log = open(tmp_path / "driver.log", "w")
-    driver = start_search(*study["args"], log=log)
-    deadline = time.monotonic() + 240
-    while True:
-        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
-        assert time.monotonic() < deadline, "the driver did not get there in time"
-        if (tmp_path / "ray" / "starts" / "tuner.pkl").exists():
-            with contextlib.suppress(MlflowException):  # the driver holds sqlite's lock
-                _, by_role = runs_by_role(study["uri"], "starts")
-                if any(run.info.status == "FINISHED"
-                       for run in runs_of(by_role, "trial", "one_shot-dense").values()):
-                    break
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    assert driver.wait(timeout=30) == -signal.SIGKILL
-    log.close()
+    kill_search_when(*study["args"], folder=tmp_path, uri=study["uri"], name="starts",
+                     ready=lambda by_role: any(
+                         run.info.status == "FINISHED"
+                         for run in runs_of(by_role, "trial", "one_shot-dense").values()))
     original = weights_digest(torch.load(given))
     torch.save(train(TrainConfig(schedule=None, epochs=1, seed=11)).model.state_dict(), given)
     assert main([*study["args"], "--resume"]) == 0
