@@ -82,8 +82,9 @@ def base_config(experiment: Experiment, family: str | None = None,
     arm = family or "dense"
     teacher = experiment.teacher_of(arm)
     values = {**experiment.train, **{name: tuned_middle(name, space)
-                                     for name, space in experiment.tuned_for(arm).items()}}
-    if teacher == NO_TEACHER:  # the distillation settings are the teacher's arms' only
+                                     for name, space in experiment.tuned.items()}}
+    if teacher == NO_TEACHER:  # the distillation settings, fixed or searched, are the
+        # teacher's arms' only
         values = {name: value for name, value in values.items()
                   if name not in DISTILL_SETTINGS}
     allocation = values.get("allocation", SETTINGS["allocation"].default)
