@@ -31,7 +31,7 @@ from oneprune.data import DATASETS, ImageData, data_source, load_dataset
 from oneprune.distill import NO_TEACHER
 from oneprune.lr import COUPLINGS, LR_MAX, PCT_START, RECOVERY_GAIN, RECOVERY_WINDOW, CoupledLR
 from oneprune.models import MODELS, check_model_args, check_model_name
-from oneprune.pruning import GRANULARITIES, PruneSelection
+from oneprune.pruning import GRANULARITIES, PruneSelection, check_round_to
 from oneprune.schedules import OneCycle, Schedule, schedule_from_dict
 from oneprune.starts import SCRATCH
 
@@ -232,6 +232,9 @@ class TrainConfig:
              "repeatable; a study searches those it does not fix)")
     granularity: str = setting("weight", group="pruning", check=_choice(GRANULARITIES),
                                help="weight or filter")
+    round_to: int = setting(1, group="pruning", tune="choice", check=_integer(low=1),
+                            help="keep each pruned layer's filters a multiple of N, e.g. 8 "
+                                 "or 16 (filter granularity only; 1: no rounding)")
     prune_resolution: float = setting(1e-3, group="pruning", where="training",
                                       check=_real(low=0.0, high=0.1),
                                       help="prune again when the target moved by more")
@@ -254,6 +257,7 @@ class TrainConfig:
             raise ValueError(f"width scales the built-in models only; size model "
                              f"{self.model!r} through model_args, got width={self.width:g}")
         allocation = allocation_of(self.allocation, self.allocation_args, self.granularity)
+        check_round_to("round_to", self.round_to, self.granularity)
         object.__setattr__(self, "allocation_args", {  # as the allocation normalised them
             name: getattr(allocation, name) for name in self.allocation_args})
         if self.distill_weight > 0 and self.teacher == NO_TEACHER:

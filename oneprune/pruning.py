@@ -16,18 +16,41 @@ Rules, in one place:
   filter also zeroes its bias and the BatchNorm channel that reads it (when the pruner
   is given `example_inputs` to find it), so the channel is exactly zero and the filter can
   be removed from the network (`oneprune.structured.slim`).
+- Coupled filters. Channels joined by a residual addition form one dependency group, and
+  `slim` removes a channel only where every layer producing it zeroes it. So with
+  `example_inputs` the pruner also finds (`oneprune.structured.coupled_filters`) the
+  pruned layers whose output channels a group couples, and gives each of their filters of
+  one channel the same score: the root-mean-square of the live members' filter RMS values
+  for that channel (sqrt of the mean of their mean squares). Every allocation then prunes
+  the same channels in all coupled layers (uniform gives equal-sized ones the same counts,
+  or counts one apart whose pruned sets are nested), so slim removes them. A network
+  without such groups (a plain chain of convolutions) prunes exactly as with per-layer
+  scores; one that cannot be traced falls back to them, with a warning.
 - Where. The allocation (`oneprune.allocation`) decides how many units each layer prunes
   at each target: uniform, global (one ranking over all layers), erk, lamp, uniform_plus
   or depth. `scope="local"` / `"global"` are the older names of uniform and global.
 - Counts. Exactly round(s * N) of all N units are pruned, whatever the allocation (capped
-  so that every layer keeps a unit). Selection is by rank (`oneprune.ranking`): the k-th
-  smallest score is found exactly, everything below it is pruned, ties at it are broken
-  by position (layer order, then flat index). So counts are exact under ties and
-  pre-existing zeros, and no `torch.quantile` (limited to 2^24 elements) is used.
+  so that every layer keeps a unit; `round_to`, below, trades that for rounded layers).
+  Selection is by rank (`oneprune.ranking`): the k-th smallest score is found exactly,
+  everything below it is pruned, ties at it are broken by position (layer order, then
+  flat index). So counts are exact under ties and pre-existing zeros, and no
+  `torch.quantile` (limited to 2^24 elements) is used.
 - A layer is never emptied: at least one unit per layer survives (its best one).
+- `round_to=N` (filters only): each layer keeps a multiple of N filters, at least N (what
+  accelerators run fastest, e.g. 8 or 16). After the allocation chooses how many filters a
+  layer keeps, that count is rounded to the nearest of N, 2N, ... up to the layer's size,
+  and the size itself (ties: the larger), never below the allocation's own floor; the
+  layer keeps its top-scored filters. A layer of fewer than N filters stays whole, and one
+  whose size is not a multiple of N keeps a multiple of N or all of them. The total is
+  then as near round(s * N) as the rounding allows, not exact: each layer keeps at most
+  N/2 filters more or fewer than the allocation gave it (more only where the allocation
+  left it fewer than N/2, which become N, or where it has fewer than N: up to N - 1).
+  Each prune starts from what is pruned, so over a schedule the total stays within that
+  bound of its target instead of adding up the deviations of the steps.
 - Monotone: a pruned unit stays pruned. Pruned units rank below every live one and no
   layer's budget falls below what it has pruned, so a higher target extends the pruned
-  set, and a target below the current sparsity changes nothing.
+  set, and a target below the current sparsity changes nothing. Rounding to `round_to` is
+  monotone too (a count already a multiple stays where it is) and never revives a filter.
 - DDP: masks are a deterministic function of the weights (no randomness, position
   tie-break), and DDP keeps weights identical on every rank (same initial broadcast,
   all-reduced gradients), so every rank computes the same masks without communication.
@@ -38,13 +61,17 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
 from oneprune import _validate
 from oneprune.allocation import Allocation, allocation_of, from_scope
+from oneprune.ranking import smallest
+
+if TYPE_CHECKING:
+    from oneprune.structured import FilterCoupling
 
 GRANULARITIES = ("weight", "filter")
 LAYER_KINDS: dict[str, type[nn.Module]] = {"conv": nn.Conv2d, "linear": nn.Linear}
@@ -107,6 +134,16 @@ class PruneSelection:
             raise ValueError(str(error).replace("prune.", f"{key}.", 1)) from None
 
 
+def check_round_to(key: str, value, granularity: str) -> int:
+    """`value` as an int >= 1, refused (`ValueError` naming `key`) above 1 unless
+    `granularity` is "filter"."""
+    value = _validate.integer(key, value, low=1)
+    if value > 1 and granularity != "filter":
+        raise ValueError(f"{key}={value} keeps filter counts multiples of {value}, so it "
+                         f"needs granularity 'filter', got {granularity!r}")
+    return value
+
+
 class LayerSparsity(NamedTuple):
     """One row of `Pruner.layer_report()`."""
 
@@ -133,7 +170,12 @@ class Pruner:
         allocation_args: the allocation's own arguments, e.g. {"exponent": 2.0} for
             "depth" (0: uniform; > 0: deeper layers sparser).
         example_inputs: a batch the model takes; with filter granularity it lets the
-            pruner find the BatchNorm channel each filter feeds, which is zeroed with it.
+            pruner find the BatchNorm channel each filter feeds, which is zeroed with it,
+            and the layers whose channels a residual addition couples, which are scored
+            together (see the module docstring).
+        round_to: with filter granularity, keep each pruned layer's filters a multiple
+            of this (e.g. 8 or 16; 1, the default, rounds nothing; see the module
+            docstring for how, and how far the total may move).
 
     `Pruner.of(model, selection, ...)` takes the layers from a `PruneSelection`.
 
@@ -170,8 +212,9 @@ class Pruner:
                  exclude: str | Iterable[str] = (), *,
                  allocation: str | Allocation | None = None,
                  allocation_args: Mapping[str, Any] | None = None,
-                 example_inputs: torch.Tensor | None = None):
+                 example_inputs: torch.Tensor | None = None, round_to: int = 1):
         self.granularity = _validate.choice("granularity", granularity, GRANULARITIES)
+        self.round_to = check_round_to("round_to", round_to, self.granularity)
         named = None if scope is None else from_scope(scope)
         given = getattr(allocation, "name", allocation)
         if given is not None and named is not None and given != named:
@@ -205,19 +248,21 @@ class Pruner:
                                   device=m.weight.device) for _, m in self._layers]
         self._masks = [torch.ones_like(m.weight) for _, m in self._layers]
         # Per layer, filter granularity only: the 1-D parameters zeroed with a filter (its
-        # bias, the BatchNorm channel it feeds).
+        # bias, the BatchNorm channel it feeds); and the sets of layers whose channels a
+        # dependency group couples, scored together.
         self._followers: list[list[nn.Parameter]] = [[] for _ in self._layers]
+        self._couplings: list[FilterCoupling] = []
         if self.granularity == "filter":
-            from oneprune.structured import filter_followers
+            from oneprune.structured import filter_structure
 
-            self._followers = filter_followers(model, [m for _, m in self._layers],
-                                               example_inputs)
+            self._followers, self._couplings = filter_structure(
+                model, [m for _, m in self._layers], example_inputs)
 
     @classmethod
     def of(cls, model: nn.Module, selection: PruneSelection, scope: str | None = None,
            granularity: str = "weight", **options) -> Pruner:
         """A pruner of the layers `selection` picks in `model` (`options`: `allocation`,
-        `allocation_args`, `example_inputs`)."""
+        `allocation_args`, `example_inputs`, `round_to`)."""
         return cls(model, scope, granularity, layer_types=selection.layer_types,
                    exclude=selection.exclude, **options)
 
@@ -246,6 +291,41 @@ class Pruner:
                 if not torch.isnan(scores.sum()):
                     return scores
         return magnitude.masked_fill_(~alive, -1.0)
+
+    def _all_scores(self) -> list[torch.Tensor]:
+        """`_scores` of every layer, the filters of coupled layers (`self._couplings`)
+        scored per channel: the root-mean-square of the live members' filter RMS there."""
+        coupled = {i for coupling in self._couplings for i in coupling.members}
+        scores = [None if i in coupled else self._scores(i) for i in range(len(self._layers))]
+        for coupling in self._couplings:
+            weights = [self._layers[i][1].weight.detach() for i in coupling.members]
+            device = weights[0].device
+            # Per channel: the sum of the live members' mean squares, and how many there
+            # are. Scattered per member (each channel once: deterministic) and added in
+            # member order, so every DDP rank computes the same scores.
+            squares = torch.zeros(coupling.size, device=device)
+            live = torch.zeros(coupling.size, device=device)
+            for i, weight, channel in zip(coupling.members, weights, coupling.channels,
+                                          strict=True):
+                alive, channel = self._alive[i].to(device), channel.to(device)
+                mean_square = weight.flatten(1).float().pow(2).mean(dim=1).to(device)
+                squares += torch.zeros_like(squares).index_put_(
+                    (channel,), torch.where(alive, mean_square, 0.0))
+                live += torch.zeros_like(live).index_put_((channel,), alive.float())
+            shared = (squares / live.clamp(min=1.0)).sqrt()
+            for i, channel in zip(coupling.members, coupling.channels, strict=True):
+                alive = self._alive[i]
+                scores[i] = shared[channel.to(device)].to(alive.device).masked_fill_(
+                    ~alive, -1.0)
+        return scores
+
+    def _rounded_kept(self, kept: int, units: int, least: int) -> int:
+        """What a layer of `units` filters keeps when the allocation gives it `kept` (at
+        least `least`): the nearest of the multiples of `round_to` from max(least,
+        round_to) up to `units`, and `units` itself; ties to the larger."""
+        step = self.round_to
+        first = -(-max(least, step) // step) * step
+        return min([*range(first, units + 1, step), units], key=lambda c: (abs(c - kept), -c))
 
     # -- pruning --------------------------------------------------------------------------
 
@@ -276,12 +356,21 @@ class Pruner:
                   for n, alive in zip(units, self._alive, strict=True)]
         total = min(round(sparsity * sum(units)), sum(self.allocation.most_pruned(units)))
         if total > sum(pruned):
-            scores = [self._scores(i) for i in range(len(self._layers))]
+            scores = self._all_scores()
             selected = self.allocation.select(
                 scores, [m.weight.shape for _, m in self._layers], total, pruned)
+            least, _ = self.allocation.kept_bounds(units)
             for i, layer_selected in enumerate(selected):
-                if layer_selected is not None:
-                    self._set_alive(i, ~layer_selected)
+                if layer_selected is None:
+                    continue
+                if self.round_to > 1:  # the nearest allowed count, its top-scored filters
+                    kept = units[i] - int(torch.count_nonzero(layer_selected))
+                    kept = min(self._rounded_kept(kept, units[i], least[i]),
+                               units[i] - pruned[i])  # never revive (a loaded mask)
+                    if units[i] - kept <= pruned[i]:
+                        continue
+                    layer_selected = smallest(scores[i], units[i] - kept)
+                self._set_alive(i, ~layer_selected)
         self.apply_masks()
 
     def _set_alive(self, i: int, alive: torch.Tensor) -> None:

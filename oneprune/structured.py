@@ -7,13 +7,15 @@ Why the BatchNorm channel is zeroed with its filter: a zeroed filter followed by
 BatchNorm outputs BN's shift, a per-channel constant, not zero; with zero padding the next
 convolution's response to a constant channel is not constant at the image borders, so it
 cannot be folded into a bias, and removing the channel would change the network. Zeroing
-the filter's bias and BN's weight and bias with it (`filter_followers`, which the
+the filter's bias and BN's weight and bias with it (`filter_structure` finds them, the
 `Pruner` applies at every step) makes the channel exactly zero, so removing it is exact.
 
 Channels joined by a residual addition or a concatenation form one dependency group: a
 channel can only be removed where every layer of its group that produces it outputs zero
 there. `slim` removes exactly those, keeps the rest as zeros, and checks that the slim
-network computes what the masked one does.
+network computes what the masked one does. `coupled_filters` finds, per group, the pruned
+layers that produce its channels, so that the `Pruner` gives their filters of one channel
+one score and prunes the same channels in all of them.
 """
 
 from __future__ import annotations
@@ -71,31 +73,86 @@ def evaluated(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
             module.training = training
 
 
-def filter_followers(model: nn.Module, layers: list[nn.Module],
-                     example_inputs: torch.Tensor | None) -> list[list[nn.Parameter]]:
-    """Per layer of `layers`: the 1-D parameters whose entry i must be zeroed with its filter
-    i, so that channel i is exactly zero: its own bias, and the weight and bias of a
-    BatchNorm that reads its output directly (found by tracing `example_inputs`; without
-    them, or when the model cannot be traced, only the bias, with a warning)."""
-    followers = [[layer.bias] if isinstance(getattr(layer, "bias", None), nn.Parameter)
-                 else [] for layer in layers]
+class FilterCoupling(NamedTuple):
+    """Pruned layers whose output channels one dependency group couples (a residual
+    addition, a concatenation feeding one): `members` are their positions in the list of
+    layers `filter_structure` was given, and `channels` per member the group channel each
+    of its filters produces (filter f of member m is channel `channels[m][f]`, of `size`).
+    A channel can only be removed where every member zeroes its filter of it."""
+
+    size: int
+    members: tuple[int, ...]
+    channels: tuple[torch.Tensor, ...]
+
+
+def filter_structure(model: nn.Module, layers: list[nn.Module],
+                     example_inputs: torch.Tensor | None
+                     ) -> tuple[list[list[nn.Parameter]], list[FilterCoupling]]:
+    """From one trace of `model` on `example_inputs`: per layer of `layers`, the 1-D
+    parameters whose entry i must be zeroed with its filter i so that channel i is exactly
+    zero (its own bias, and the weight and bias of a BatchNorm that reads its output
+    directly), and the `coupled_filters` of `layers`. Without `example_inputs`, or when the
+    model cannot be traced, only the layers' own biases and no layers coupled (with a
+    warning where tracing failed)."""
+    own = [[layer.bias] if isinstance(getattr(layer, "bias", None), nn.Parameter) else []
+           for layer in layers]
     if example_inputs is None:
-        return followers
+        return own, []
     try:
         graph = _dependency_graph(model, example_inputs)
+        followers = [list(mine) for mine in own]
+        for layer, mine in zip(layers, followers, strict=True):
+            node = graph.module2node.get(layer)
+            for output in node.outputs if node is not None else ():
+                norm = output.module
+                if isinstance(norm, _BatchNorm) and norm.affine:
+                    mine += [norm.weight, norm.bias]
+        couplings = coupled_filters(graph, layers)
     except Exception as error:  # tracing a user's model can fail in many ways
         warnings.warn(f"filter pruning: cannot trace {type(model).__name__} to find the "
                       f"BatchNorm channel each filter feeds ({type(error).__name__}: "
                       f"{error}); pruned filters keep BatchNorm's shift, so they cannot be "
-                      f"removed from the network", stacklevel=3)
-        return followers
-    for layer, mine in zip(layers, followers, strict=True):
-        node = graph.module2node.get(layer)
-        for output in node.outputs if node is not None else ():
-            norm = output.module
-            if isinstance(norm, _BatchNorm) and norm.affine:
-                mine += [norm.weight, norm.bias]
-    return followers
+                      f"removed from the network, and each layer ranks its filters alone",
+                      stacklevel=3)
+        return own, []
+    return followers, couplings
+
+
+def coupled_filters(graph, layers: list[nn.Module]) -> list[FilterCoupling]:
+    """The sets of `layers` (two or more each) whose output channels a dependency group of
+    Torch-Pruning's `graph` (`_dependency_graph`) couples: the layers that produce the
+    group's channels (out-channel pruning), each with the group channel each of its filters
+    is. Only a conv or linear layer all of whose filters the group holds, each once, is a
+    member (its filters are the slices along dim 0 of its weight); a layer is in one set at
+    most."""
+    position = {layer: i for i, layer in enumerate(layers)}
+    claimed: set[int] = set()
+    couplings = []
+    for group in graph.get_all_groups(root_module_types=LAYERS):
+        members, channels = [], []
+        for item in group:
+            i = position.get(item.dep.target.module)
+            if (i is None or i in claimed or not isinstance(layers[i], LAYERS)
+                    or not graph.is_out_channel_pruning_fn(item.dep.handler)):
+                continue
+            filters = layers[i].weight.shape[0]
+            idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
+            roots = torch.as_tensor(list(item.root_idxs), dtype=torch.long)
+            if (idxs.numel() != filters or roots.numel() != filters
+                    or not torch.equal(idxs.sort().values, torch.arange(filters))
+                    or roots.unique().numel() != filters or int(roots.min()) < 0):
+                continue  # not all its filters, or not one channel each
+            channel = torch.empty(filters, dtype=torch.long)
+            channel[idxs] = roots
+            members.append(i)
+            channels.append(channel)
+            claimed.add(i)
+        if len(members) > 1:
+            size = max(int(channel.max()) for channel in channels) + 1
+            couplings.append(FilterCoupling(size, tuple(members), tuple(channels)))
+        else:
+            claimed.difference_update(members)
+    return couplings
 
 
 def _zero_outputs(module: nn.Module, idxs: list[int]) -> torch.Tensor:

@@ -334,8 +334,9 @@ def new_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
 def new_pruner(cfg: TrainConfig, model: nn.Module, data: ImageData | None = None
                ) -> Pruner | None:
     """The pruner of `model`'s layers that `cfg.prune` selects, with `cfg`'s allocation
-    (None: dense training). For filter pruning, a batch shaped like `data`'s images lets it
-    find the BatchNorm channel each filter feeds, zeroed with the filter."""
+    and `round_to` (None: dense training). For filter pruning, a batch shaped like `data`'s
+    images lets it find the BatchNorm channel each filter feeds, zeroed with the filter,
+    and the layers a residual addition couples, scored together."""
     if cfg.schedule is None:
         return None
     example = None
@@ -345,7 +346,7 @@ def new_pruner(cfg: TrainConfig, model: nn.Module, data: ImageData | None = None
                               device=parameter.device)
     return Pruner.of(model, cfg.prune, granularity=cfg.granularity,
                      allocation=cfg.allocation, allocation_args=cfg.allocation_args,
-                     example_inputs=example)
+                     example_inputs=example, round_to=cfg.round_to)
 
 
 def new_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
