@@ -24,6 +24,13 @@ TITLES = {
                  "`sparsity: {min, max, max_drop}` searches the final sparsity as a second "
                  "objective ([How sparse can I go](../concepts/how-sparse.md)). A number or "
                  "a list of numbers takes none of these keys."),
+    "confirm": ("`confirm:`",
+                "How a sparsity range confirms the point it re-runs: the cheapest points of "
+                "each family's feasible front are re-trained with fresh seeds first "
+                "([How sparse can I go](../concepts/how-sparse.md)). Only with a range."),
+    "latency": ("`latency:`",
+                "How `cost: latency` times each trial's model, interleaved with its dense "
+                "twin ([How fast can it run](../concepts/how-fast.md))."),
     "search": ("`search:`", "How each family's Optuna study samples."),
     "training": ("`training:`",
                  "Shared by every family. Where a setting is searchable, a `[low, high]` "
@@ -73,11 +80,13 @@ def _field_default(field: dataclasses.Field) -> Any:
 
 def _defaults(section: str) -> dict[str, Any]:
     """Defaults declared by the dataclass a section is parsed into."""
+    from oneprune.cost import LatencySettings
     from search.experiment import schema as experiment
 
     holder = {"": experiment.Experiment, "tracking": experiment.Experiment,
               "search": experiment.SearchSettings, "resources": experiment.Resources,
-              "faults": experiment.Faults, "sparsity": experiment.SparsityRange}.get(section)
+              "faults": experiment.Faults, "sparsity": experiment.SparsityRange,
+              "confirm": experiment.Confirmation, "latency": LatencySettings}.get(section)
     if holder is None:
         return {}
     return {f.name: _field_default(f) for f in dataclasses.fields(holder)}
@@ -98,13 +107,16 @@ def keys_table(section: str) -> list[str]:
             spec = settings[name]
             default = _value(_field_default(spec))
             searched = SEARCHED.get(spec.metadata["tune"], "–")
+        elif dotted == "confirm.candidates":  # computed from the study's budget
+            default = "see meaning"
         elif name in defaults:
             default = _value(defaults[name])
             if default == "–" and defaults[name] is dataclasses.MISSING:
                 default = "required"
         else:
             default = "see meaning"
-        if name in ("search", "training", "resources", "tracking", "faults") and not section:
+        if name in ("search", "training", "resources", "tracking", "faults", "confirm",
+                    "latency") and not section:
             meaning = f"{_cell(key.help)} [Its keys](#{_anchor(name)})."
             default = "–"
         else:

@@ -18,6 +18,7 @@ from typing import Any
 from oneprune import _validate
 from oneprune.allocation import ALLOCATIONS, SCOPE_NAMES, from_scope
 from oneprune.config import TrainConfig
+from oneprune.cost import COSTS, RUNTIMES, LatencySettings
 from oneprune.distill import NO_TEACHER
 from oneprune.schedules import FAMILIES
 from search.experiment.schema import (
@@ -321,6 +322,27 @@ _FAULTS = {  # the epochs' upper bound is checked against `epochs` in `_check_ru
 }
 
 
+_CONFIRM = {
+    "candidates": Key(_checked(_validate.integer, low=0, high=50),
+                      "Most points of each family's feasible front re-trained, the cheapest "
+                      "first, until one holds, before the final seeds (0: none); by default "
+                      "as many (2 to 6) as fit in 15% of its runs."),
+    "seeds": Key(_checked(_validate.integer, low=1, high=100),
+                 "Fresh seeds each candidate is re-trained with (validation only)."),
+    "margin": Key(_checked(_validate.real, low=0.0, high=100.0),
+                  "Points above the floor a candidate's mean over those seeds must reach."),
+}
+_LATENCY = {
+    "runtime": Key(lambda key, value: _validate.choice(key, value, RUNTIMES),
+                   "Where latency is timed: onnxruntime (the ONNX export) or torch (the module)."),
+    "batch": Key(_checked(_validate.integer, low=1, high=4096), "Images per timed call."),
+    "threads": Key(_checked(_validate.integer, low=1, high=256), "Intra-op threads."),
+    "rounds": Key(_checked(_validate.integer, low=3, high=1000),
+                  "Interleaved timing rounds (the latency is their median)."),
+    "warmup": Key(_checked(_validate.integer, low=0, high=1000),
+                  "Untimed calls before the rounds."),
+}
+
 _TOP = {
     "name": Key(_name, "The study's name: its MLflow experiment (name-s90 and so on "
                 "when several sparsities) and registered-model prefix."),
@@ -352,6 +374,14 @@ _TOP = {
                    "of arms to those (arms not named: none). Where an arm has a teacher, "
                    "training.distill_weight and distill_temperature are searched over "
                    "their default ranges unless given."),
+    "cost": Key(lambda key, value: _validate.choice(key, value, COSTS),
+                "A sparsity range's second objective: sparsity, or what the deployed model "
+                "costs next to dense: macs (multiply-adds per image), params, bytes (its "
+                "weights file) or latency (measured as latency: says)."),
+    "latency": Key(lambda key, value: LatencySettings(**section(value, key, _LATENCY)),
+                   "How cost: latency is measured (section)."),
+    "confirm": Key(lambda key, value: section(value, key, _CONFIRM),
+                   "How a sparsity range confirms the point it re-runs (section)."),
     "trials_per_family": Key(_checked(_validate.integer, low=1, high=100_000),
                              "Search trials per family (the equal budget)."),
     "final_seeds": Key(_checked(_validate.integer, low=2, high=1_000),
@@ -372,7 +402,7 @@ _TOP = {
                   "Test-only fault injection (section)."),
 }
 SECTIONS: Mapping[str, Mapping[str, Key]] = {
-    "": _TOP, "sparsity": _RANGE, "search": _SEARCH, "training": _TRAINING,
-    "resources": _RESOURCES, "tracking": _TRACKING, "faults": _FAULTS}
+    "": _TOP, "sparsity": _RANGE, "confirm": _CONFIRM, "latency": _LATENCY, "search": _SEARCH,
+    "training": _TRAINING, "resources": _RESOURCES, "tracking": _TRACKING, "faults": _FAULTS}
 """Every key an experiment file accepts, by section ("": the top level; "sparsity": the
 keys of a sparsity range): the one declaration the parser and the key reference read."""

@@ -51,6 +51,7 @@ from typing import Any
 import yaml
 
 from oneprune.allocation import ALLOCATIONS, allocation_of
+from oneprune.cost import LatencySettings
 from oneprune.distill import DISTILL_SETTINGS, NO_TEACHER
 from search.experiment.keys import SECTIONS, SETTINGS, Tuned, section
 from search.experiment.neutral_asha import check_neutral_asha
@@ -59,6 +60,7 @@ from search.experiment.schema import (
     GIVEN,
     SCRATCH,
     ConfigError,
+    Confirmation,
     Experiment,
     SparsityRange,
 )
@@ -91,6 +93,7 @@ def parse_experiment(raw: Any) -> Experiment:
                                   "names of one setting: give allocation_args only")
             values["allocation_args"] = {**values.get("allocation_args", {}),
                                          **values.pop("depth_exponent")}
+        _cost_and_confirmation(values)
         arguments = values.pop("allocation_args", {})
         init = values.pop("init", SCRATCH)  # the study's start, not one run's (`init` below)
         teacher = values.pop("teacher", NO_TEACHER)  # likewise
@@ -113,6 +116,27 @@ def parse_experiment(raw: Any) -> Experiment:
     except ValueError as error:  # the library's own checks name the field and range
         raise ConfigError(str(error)) from None
     return experiment
+
+
+def _cost_and_confirmation(values: dict[str, Any]) -> None:
+    """`cost`, `latency` and `confirm` (in place): only under a sparsity range, `latency`
+    only with `cost: latency` (whose runtime must be installed), the confirmation's
+    defaults filled in."""
+    span = values.get("sparsity_range")
+    for key in ("cost", "confirm"):
+        if key in values and span is None:
+            raise ConfigError(f"{key} needs a sparsity range (sparsity: {{min, max, "
+                              f"max_drop}}): it belongs to a range's second objective")
+    if "latency" in values and values.get("cost") != "latency":
+        raise ConfigError("latency is read only with cost: latency")
+    if values.get("cost") == "latency":
+        values.setdefault("latency", LatencySettings())
+        values["latency"].check_runtime()
+    if span is not None:
+        values["confirm"] = Confirmation.of(
+            values.get("confirm", {}),
+            values.get("trials_per_family", Experiment.trials_per_family),
+            values.get("final_seeds", Experiment.final_seeds))
 
 
 def _allocation_arguments(given: Mapping[str, Any], allocations: tuple[str, ...],

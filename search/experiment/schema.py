@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from oneprune.config import TrainConfig
+from oneprune.cost import SPARSITY, LatencySettings
 from oneprune.distill import DISTILL_SETTINGS, NO_TEACHER
 
 SETTINGS = TrainConfig.settings()
@@ -46,6 +47,39 @@ class SparsityRange:
     min: float
     max: float
     max_drop: float = 1.0
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """`confirm: {candidates, seeds, margin}` of a sparsity range: before the final seeds,
+    a family's cheapest feasible points (its front, the cheapest first, then the front of
+    the points left) are re-trained one after another with `seeds` fresh seeds each
+    (validation only), and the first whose mean over them reaches the floor plus `margin`
+    points is the one re-run; after `candidates` points none did: the one whose mean is
+    highest. `candidates: 0` re-runs the cheapest feasible point unconfirmed."""
+
+    candidates: int = 0
+    seeds: int = 2
+    margin: float = 0.0
+
+    BUDGET: ClassVar[float] = 0.15  # the default's extra runs, at most, per family run
+    MOST_CANDIDATES: ClassVar[int] = 6
+
+    @classmethod
+    def of(cls, given: Mapping[str, Any], trials_per_family: int,
+           final_seeds: int) -> Confirmation:
+        """The `confirm:` section `given`, its candidates by default as many (2 to 6) as
+        fit, with their seeds, in 15% of a family's search and final runs; none where fewer
+        than 2 fit (a choice of one is none)."""
+        seeds = given.get("seeds", cls.seeds)
+        fit = min(cls.MOST_CANDIDATES,
+                  int(cls.BUDGET * (trials_per_family + final_seeds)) // seeds)
+        return cls(**{"candidates": fit if fit >= 2 else 0, **given})
+
+    @property
+    def runs(self) -> int:
+        """Confirmation runs per family, at most."""
+        return self.candidates * self.seeds
 
 
 @dataclass(frozen=True)
@@ -108,7 +142,10 @@ class Experiment:
     `allocation_space` holds, per allocation a trial may use, the (low, high) range of each
     of its arguments that is searched (the fixed ones are in `train["allocation_args"]`).
     With a `sparsity_range`, `sparsity` is its upper end alone: the one study's key (each
-    trial's own sparsity is its `final_sparsity` parameter).
+    trial's own sparsity is its `final_sparsity` parameter); its second objective is
+    `cost` (`oneprune.cost.COSTS`: the sparsity, or the share of the dense network's
+    multiply-adds, parameters, bytes or latency, measured as `latency` says, that pruning
+    saved), and `confirm` says how its delivered point is confirmed.
     """
 
     name: str
@@ -123,6 +160,9 @@ class Experiment:
     tracking_uri: str = DEFAULT_TRACKING_URI
     optuna_storage: str | None = None
     faults: Faults | None = None
+    cost: str = SPARSITY
+    latency: LatencySettings | None = None
+    confirm: Confirmation = field(default_factory=Confirmation)
     init: str = SCRATCH
     teacher: str | Mapping[str, str] = NO_TEACHER
     train: Mapping[str, Any] = field(default_factory=dict)
@@ -199,6 +239,25 @@ class Experiment:
         return self.given or any(self.start_of(arm) != SCRATCH
                                  or self.teacher_of(arm) != NO_TEACHER
                                  for arm in self.families)
+
+    @property
+    def measures_cost(self) -> bool:
+        """Whether every trial's model is measured (its cost is not its sparsity)."""
+        return self.cost != SPARSITY
+
+    @property
+    def cost_note(self) -> str | None:
+        """What a cost other than sparsity measures under weight pruning, said once at the
+        start (None: nothing to say): the network keeps dense shapes."""
+        if not self.measures_cost or self.train.get(
+                "granularity", SETTINGS["granularity"].default) != "weight":
+            return None
+        measured = {"macs": "its multiply-adds are the dense network's",
+                    "latency": "its latency is the dense network's (the front is noise)",
+                    "params": "it counts the non-zero parameters",
+                    "bytes": "it counts the file that stores only the non-zeros"}[self.cost]
+        return (f"cost: {self.cost} with weight pruning: a weight-pruned network keeps dense "
+                f"shapes, so {measured}; granularity: filter removes what it prunes")
 
     @property
     def allocations(self) -> tuple[str, ...]:

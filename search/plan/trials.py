@@ -8,6 +8,7 @@ searcher, the trainable, the MLflow logger and the aggregation read it alike:
     {"part": "final", "sparsity": 0.9, "family": "agp", "seed": 1, "params": {...}}
     {"part": "final", "sparsity": 0.9, "family": "dense", "seed": 1, "params": {}}
     {"part": "start", "sparsity": 0.9, "family": "dense", "seed": 0, "params": {}}
+    {"part": "confirm", "sparsity": 0.99, "family": "agp", "seed": 4, "number": 17, ...}
     {"part": "final", "sparsity": 0.9, "family": "given", "seed": 1, "params": {}}
 
 A search trial is trial `number` of its (sparsity, family) Optuna study and `params` are
@@ -16,7 +17,9 @@ the values it sampled; a final re-run trains its family's best `params` with a f
 (`one_shot-dense`: one_shot from the dense reference). Where an arm starts from the dense
 reference, the dense reference also trains with the search seed (part `start`), for the
 arm's search trials to start from; where the study is given weights, the model as given is
-evaluated once (family `given`, no training). `train_config` turns any of them into
+evaluated once (family `given`, no training). Under a sparsity range, a confirmation run
+re-trains search trial `number`'s `params` with a fresh `seed`, on validation only (part
+`confirm`, `search.plan.outcomes.chosen_point`). `train_config` turns any of them into
 its `TrainConfig`: the family's `base_config` (the schedule at the middle of its bounds,
 every tuned setting at the middle of its range) with the sampled `params` (`trial_config`,
 both in `search.experiment.train_configs`).
@@ -36,7 +39,7 @@ from search.experiment.train_configs import base_config, trial_config
 if TYPE_CHECKING:
     from search.experiment.schema import Experiment
 
-SEARCH, FINAL, START = "search", "final", "start"
+SEARCH, FINAL, START, CONFIRM = "search", "final", "start", "confirm"
 DENSE = "dense"  # the family name of the dense reference
 AS_GIVEN = "given"  # the family name of the model the study is given, evaluated as it is
 
@@ -51,6 +54,12 @@ def search_config(group: Group, number: int, params: Mapping[str, Any]) -> dict:
 def final_config(group: Group, seed: int, params: Mapping[str, Any]) -> dict:
     return {"part": FINAL, "sparsity": group[0], "family": group[1], "seed": seed,
             "params": dict(params)}
+
+
+def confirm_config(group: Group, seed: int, number: int, params: Mapping[str, Any]) -> dict:
+    """Search trial `number` of `group` (its `params`) re-trained with `seed`."""
+    return {"part": CONFIRM, "sparsity": group[0], "family": group[1], "seed": seed,
+            "number": number, "params": dict(params)}
 
 
 def start_config(sparsity: float, seed: int) -> dict:
@@ -84,6 +93,12 @@ def target_sparsity(config: Mapping[str, Any]) -> float:
 def final_seeds(experiment: Experiment) -> list[int]:
     """The seeds of the final re-runs: never the tuning seed."""
     return [experiment.search.seed + 1 + i for i in range(experiment.final_seeds)]
+
+
+def confirm_seeds(experiment: Experiment) -> list[int]:
+    """The seeds of the confirmation runs: after the final seeds."""
+    first = experiment.search.seed + 1 + experiment.final_seeds
+    return [first + i for i in range(experiment.confirm.seeds)]
 
 
 def train_config(experiment: Experiment, config: Mapping[str, Any]) -> TrainConfig:

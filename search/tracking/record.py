@@ -20,12 +20,14 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from oneprune.cost import COST_METRICS, SPARSITY
 from search.experiment.schema import SCRATCH, Experiment
 from search.experiment.train_configs import base_config
-from search.plan.outcomes import FamilyOutcome, model_cost, sparsest_then_most_accurate
+from search.plan.outcomes import FamilyOutcome, cheapest_then_most_accurate, model_cost
 from search.plan.pareto import pareto_front
 from search.plan.trials import AS_GIVEN, DENSE, final_config, optuna_study_name, train_config
 from search.tracking import registry, runs
+from search.tracking.retime import retime_finals
 from search.verdict import fixed
 from search.verdict.columns import MODEL_COST
 from search.verdict.fixed import write_report
@@ -93,7 +95,16 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         if span is not None:
             metrics.update(hypervolume=outcome.hypervolume,
                            trials_feasible=sum(p.feasible for p in outcome.points),
-                           front_points=len(pareto_front(outcome.points)))
+                           front_points=len(pareto_front(outcome.points)),
+                           confirm_runs=len(outcome.confirm_run_seconds),
+                           confirm_seconds=outcome.confirm_seconds)
+            if outcome.best_number in outcome.confirmed:
+                values = outcome.confirmed[outcome.best_number]
+                metrics["confirmed_val_acc"] = sum(values) / len(values)
+            for key in COST_METRICS:
+                values = [run[key] for run in outcome.final_costs if key in run]
+                if values:
+                    metrics[f"{key}_mean"] = sum(values) / len(values)
         if outcome.schedule is None:
             if span is not None and outcome.trials_completed:  # none within the drop
                 runs.finish_family(client, run_id, {}, metrics)
@@ -108,6 +119,13 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
         runs.finish_family(client, run_id, best.to_dict(), {
             "best_val_acc": outcome.best_val_acc, **metrics,
             **{f"importance.{param}": value for param, value in outcome.importances.items()}})
+    def final_run(family: str, seed: int) -> str:
+        return runs.find_runs(client, experiment_id, {
+            runs.ROLE: "final", runs.FAMILY: family, runs.SEED: str(seed)}
+        )[0].info.run_id
+
+    if experiment.cost == "latency":  # every final model again, on this machine, together
+        retime_finals(experiment.tracking_uri, outcomes, final_run, experiment.latency)
     headline = {f"test_acc_mean.{family}": mean for family, mean in test_acc_means.items()}
     starts = (f", from {experiment.init}" if experiment.init != SCRATCH else "") + _teachers(
         experiment)
@@ -119,11 +137,14 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
             table = write_report(outcomes, Path(folder), title, columns=[*fixed.COLUMNS,
                                                                          *extra])
         else:
-            title = (f"{name}: {model} on {experiment.dataset}, how sparse within "
+            question = ("how sparse" if experiment.cost == SPARSITY
+                        else f"least {experiment.cost}")
+            title = (f"{name}: {model} on {experiment.dataset}, {question} within "
                      f"{span.max_drop:g} point(s) of dense (sparsity searched in "
                      f"[{span.min:.0%}, {span.max:.0%}]), {experiment.epochs} epochs{starts}")
             table = write_front_report(outcomes, Path(folder), title, floor=floor,
-                                       max_drop=span.max_drop, extra=extra)
+                                       max_drop=span.max_drop, extra=extra,
+                                       cost=experiment.cost, confirm=experiment.confirm)
             headline.update({f"hypervolume.{o.family}": o.hypervolume for o in outcomes
                              if o.family != DENSE})
             headline.update({f"sparsity_reached.{o.family}": o.schedule.final_sparsity
@@ -132,14 +153,10 @@ def record_study(client: MlflowClient, experiment: Experiment, sparsity: float,
                 headline["accuracy_floor"] = floor
         runs.finish_report_run(client, experiment_id, "comparison", folder, headline)
 
-    def final_run(family: str, seed: int) -> str:
-        return runs.find_runs(client, experiment_id, {
-            runs.ROLE: "final", runs.FAMILY: family, runs.SEED: str(seed)}
-        )[0].info.run_id
-
     trained = [o for o in outcomes if o.family != AS_GIVEN]  # the model as given: the user's
     models = registry.hand_over(experiment.tracking_uri, name, trained, final_run, title,
-                                rank=None if span is None else sparsest_then_most_accurate,
+                                rank=None if span is None
+                                else cheapest_then_most_accurate(experiment.cost),
                                 registered=registered)
     return StudyResult(name, sparsity, title, table, outcomes, experiment_id, models)
 

@@ -47,12 +47,14 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from oneprune._validate import first_line
+from oneprune.cost import COST_METRICS
 from search.environment import environment
 
 ROLE = "oneprune.role"
 FAMILY = "oneprune.family"
 TRIAL_ID = "oneprune.trial_id"
 SEED = "oneprune.seed"
+TRIAL_NUMBER = "oneprune.trial_number"  # the search trial a confirmation run re-trains
 PARENT = "mlflow.parentRunId"
 STOPPED_EARLY = "oneprune.stopped_early"
 ERROR = "oneprune.error"
@@ -65,7 +67,8 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # The MLflow 3 UI opens an experiment on its GenAI overview unless the URL asks for runs.
 RUNS_VIEW = "#/experiments/{}?workflowType=machine_learning"
 METRICS = ("lr", "target_sparsity", "sparsity", "train_loss", "val_loss", "val_acc",
-           "epoch_seconds", "train_seconds", "test_loss", "test_acc")
+           "epoch_seconds", "train_seconds", "test_loss", "test_acc", "cost_saving",
+           *COST_METRICS)
 
 
 def _now_ms() -> int:

@@ -16,7 +16,7 @@ from ray import tune
 
 from search.experiment.schema import Experiment
 from search.plan.outcomes import METRIC, TrialRecord, accuracy_floor, select_best
-from search.plan.trials import DENSE, FINAL, SEARCH, START, group_of
+from search.plan.trials import CONFIRM, DENSE, FINAL, SEARCH, START, group_of
 from search.verdict.columns import format_params
 
 
@@ -51,6 +51,8 @@ class TrialProgress(tune.Callback):
             return exp.trials_per_family
         if config["part"] == START:
             return 1
+        if config["part"] == CONFIRM:
+            return len(exp.families) * exp.confirm.runs
         # Dense, and every family of this sparsity but those whose search found nothing.
         searches = [_records(trials, {**config, "family": family}, SEARCH)
                     for family in exp.families]
@@ -58,7 +60,8 @@ class TrialProgress(tune.Callback):
                                config["sparsity"])
         unknown = exp.sparsity_range is not None and floor is None
         failed = sum(len(ended) == exp.trials_per_family and not unknown
-                     and select_best(ended, exp.epochs, floor) is None for ended in searches)
+                     and select_best(ended, exp.epochs, floor, exp.cost) is None
+                     for ended in searches)
         return (len(exp.families) + 1 - failed) * exp.final_seeds + exp.given  # as given
 
     def _line(self, trials, trial, what: str) -> None:
@@ -96,7 +99,7 @@ class TrialProgress(tune.Callback):
             return
         dense = _records(_ended(trials, trial), {**config, "family": DENSE}, FINAL)
         floor = accuracy_floor(exp, dense, config["sparsity"])
-        best = None if floor is None else select_best(ended, exp.epochs, floor)
+        best = None if floor is None else select_best(ended, exp.epochs, floor, exp.cost)
         if floor is None:
             print(f"[{study}] {family}: search done; its point waits for the dense "
                   f"reference's floor", flush=True)
@@ -104,9 +107,13 @@ class TrialProgress(tune.Callback):
             print(f"[{study}] {family}: no trial within {span.max_drop:g} point(s) of dense "
                   f"(val_acc >= {floor:.4f})", flush=True)
         else:
-            print(f"[{study}] {family}: sparsest within {span.max_drop:g} point(s) of dense "
-                  f"(val_acc >= {floor:.4f}): val_acc {best.result[METRIC]:.4f} with "
-                  f"{format_params(best.config['params'])}", flush=True)
+            confirming = (f"; confirming up to {exp.confirm.candidates} of its cheapest "
+                          f"points, {exp.confirm.seeds} seed(s) each, until one holds"
+                          if exp.confirm.candidates else "")
+            print(f"[{study}] {family}: {'sparsest' if exp.cost == 'sparsity' else 'cheapest'}"
+                  f" within {span.max_drop:g} point(s) of dense (val_acc >= {floor:.4f}): "
+                  f"val_acc {best.result[METRIC]:.4f} with "
+                  f"{format_params(best.config['params'])}{confirming}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._line(trials, trial, "done")

@@ -9,6 +9,8 @@ out, in this order:
 2. the final re-runs of a (sparsity, family) whose search has ended (every one of its
    `trials_per_family` trials finished), with its best config and each final seed whose
    starting point is there (an arm from `dense`: the dense run of that seed has ended);
+   under a sparsity range with confirmation, first the confirmation runs of its cheapest
+   feasible points, one point after another, and the final runs once one held;
 3. the dense references (any time: they depend on nothing);
 4. a search trial of the (sparsity, family) with the fewest trials in flight (an arm from
    `dense` once the dense run with the search seed has ended),
@@ -19,13 +21,15 @@ a slot that frees). No more trials are live than the cluster has slots, plus one
 (so a freed slot is filled at once, and an autoscaler sees demand). One family's results
 only reach its own study.
 
-With a sparsity range each study has two objectives, validation accuracy and sparsity (both
-maximised), and one constraint: a trial is feasible when its validation accuracy reaches
-the floor the dense references set (`search.plan.outcomes.accuracy_floor`), set on each trial with
-`Trial.set_constraint` before it is told: Optuna's samplers rank infeasible trials below
-feasible ones, and `study.best_trials` is the feasible front. A search trial that ends
-before every dense reference has is told to Optuna once they have; until then Optuna
-counts it as running. A family's final runs re-run its sparsest feasible trial.
+With a sparsity range each study has two objectives, validation accuracy and sparsity (or
+the share of the experiment's `cost` saved; both maximised), and one constraint: a trial is
+feasible when its validation accuracy reaches the floor the dense references set
+(`search.plan.outcomes.accuracy_floor`), set on each trial with `Trial.set_constraint`
+before it is told: Optuna's samplers rank infeasible trials below feasible ones, and
+`study.best_trials` is the feasible front. A search trial that ends before every dense
+reference has is told to Optuna once they have; until then Optuna counts it as running. A
+family's final runs re-run its cheapest feasible trial that held the floor in its
+confirmation (`search.plan.outcomes.chosen_point`).
 
 The searcher learns of every trial Tune adds, including the trials `Tuner.restore` brings
 back, from `search.tuner.scheduler.GroupScheduler`: it then forgets the trials the restored state
@@ -48,10 +52,18 @@ from ray.tune.search import Searcher
 
 from oneprune._validate import first_line
 from search.experiment.schema import Experiment
-from search.plan.outcomes import METRIC, TrialRecord, accuracy_floor, objectives, select_best
+from search.plan.outcomes import (
+    METRIC,
+    TrialRecord,
+    accuracy_floor,
+    chosen_point,
+    confirmation_configs,
+    objectives,
+)
 from search.plan.space import define_by_run
 from search.plan.trials import (
     AS_GIVEN,
+    CONFIRM,
     DENSE,
     FINAL,
     SEARCH,
@@ -164,9 +176,9 @@ class ExperimentSearcher(Searcher):
         elif not ranged:
             study.tell(config["number"], value, skip_if_finished=True)
         elif floor is not None:
-            accuracy, sparsity = objectives(TrialRecord(config, result))
+            accuracy, gain = objectives(TrialRecord(config, result), self.experiment.cost)
             _set_constraint(study, config["number"], FLOOR_GAP, floor - accuracy)
-            study.tell(config["number"], [accuracy, sparsity], skip_if_finished=True)
+            study.tell(config["number"], [accuracy, gain], skip_if_finished=True)
         else:
             return
         entry["told"] = True
@@ -258,10 +270,11 @@ class ExperimentSearcher(Searcher):
             self._slots = (concurrent_slots(self.experiment), time.monotonic())
         return self._slots[0] + 1
 
-    def _records(self, part: str, group: Group) -> list[TrialRecord]:
+    def _records(self, parts: tuple[str, ...], group: Group) -> list[TrialRecord]:
+        """The ended trials of `group` of `parts`."""
         return [TrialRecord(entry["config"], entry["result"], entry["error"])
-                for entry in self._trials.values()
-                if entry["config"]["part"] == part and group_of(entry["config"]) == group]
+                for entry in self._trials.values() if not entry["live"]
+                and entry["config"]["part"] in parts and group_of(entry["config"]) == group]
 
     def _floor(self, sparsity: float | None = None) -> float | None:
         """The accuracy floor of a sparsity range once every dense reference has ended
@@ -315,8 +328,15 @@ class ExperimentSearcher(Searcher):
                 floor = self._floor(group[0])
                 if ranged and floor is None:
                     continue
-                best = select_best(self._records(SEARCH, group), self.experiment.epochs,
-                                   floor)
+                records = self._records((SEARCH, CONFIRM), group)
+                confirming = confirmation_configs(self.experiment, records, floor) \
+                    if ranged else []
+                if confirming:  # started from the search seed's dense run, if any
+                    if self._can_start(group, self.experiment.search.seed):
+                        wanted += confirming
+                    waiting += 1
+                    continue
+                best = chosen_point(self.experiment, records, floor)
                 if best is not None:
                     ready = [seed for seed in seeds if self._can_start(group, seed)]
                     waiting += len(seeds) - len(ready)
@@ -329,7 +349,7 @@ class ExperimentSearcher(Searcher):
 
     def _next_final(self) -> dict | None:
         def key(config):
-            return config["part"], group_of(config), config["seed"]
+            return config["part"], group_of(config), config["seed"], config.get("number")
 
         handed_out = {key(e["config"]) for e in self._trials.values()
                       if e["config"]["part"] != SEARCH}

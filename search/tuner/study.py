@@ -23,6 +23,7 @@ anything runs), `_fresh_tuner` or `Tuner.restore` and `_fit` run the trials, the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,8 +36,10 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from oneprune.cost import SPARSITY, measure_costs
 from oneprune.data import ImageData
 from oneprune.distill import frozen_teacher
+from oneprune.pruning import Pruner
 from oneprune.starts import read_weights, weights_digest, write_weights
 from oneprune.train import check_data, check_model, new_model_unseeded
 from search.environment import environment
@@ -46,10 +49,12 @@ from search.plan.outcomes import (
     TrialRecord,
     accuracy_floor,
     aggregate,
-    select_best,
+    chosen_point,
+    confirmation_configs,
 )
 from search.plan.trials import (
     AS_GIVEN,
+    CONFIRM,
     DENSE,
     FINAL,
     SEARCH,
@@ -191,9 +196,10 @@ def _fit(tuner: tune.Tuner, train_storage: str | None) -> list[TrialRecord]:
 
 
 def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
-    """Raise `StudyInterrupted` unless every search ran its budget, every best config and
-    dense reference ran every final seed, and what the study starts from ran (a Tuner
-    stopped between two trials ends with all of its trials finished, yet short)."""
+    """Raise `StudyInterrupted` unless every search ran its budget, its confirmation runs
+    ran, every chosen config and dense reference ran every final seed, and what the study
+    starts from ran (a Tuner stopped between two trials ends with all of its trials
+    finished, yet short)."""
     seeds = set(final_seeds(experiment))
     for sparsity in experiment.sparsity:
         floor = accuracy_floor(experiment, records, sparsity)
@@ -211,8 +217,13 @@ def _check_complete(experiment: Experiment, records: list[TrialRecord]) -> None:
             finals = {r.config["seed"] for r in records
                       if r.config["part"] == FINAL and group_of(r.config) == group}
             short = family != DENSE and len(searched) < experiment.trials_per_family
-            wants_finals = family == DENSE or select_best(searched, experiment.epochs, floor)
-            if short or (wants_finals and finals != seeds):
+            confirming = [r for r in records
+                          if r.config["part"] == CONFIRM and group_of(r.config) == group]
+            unconfirmed = family != DENSE and floor is not None and bool(
+                confirmation_configs(experiment, [*searched, *confirming], floor))
+            wants_finals = family == DENSE or chosen_point(experiment, [*searched,
+                                                                        *confirming], floor)
+            if short or unconfirmed or (wants_finals and finals != seeds):
                 raise StudyInterrupted(f"the search or final runs of {family} at "
                                        f"{sparsity:g} did not all run")
 
@@ -232,7 +243,29 @@ def load_data(experiment: Experiment, progress: bool = False,
     if teacher is not None:  # a teacher of the same model, so of the same classes
         frozen_teacher(new_model_unseeded(base_config(experiment), data), teacher,
                        f"teacher {experiment.teacher_source!r}")
+    if experiment.measures_cost:
+        _check_measurable(experiment, data)
     return data
+
+
+def _check_measurable(experiment: Experiment, data: ImageData) -> None:
+    """Measure the model, pruned to the range's upper end, as every trial will (briefly
+    where it is timed): a model the runtime cannot take is refused here, in one line, not
+    in every trial."""
+    cfg = base_config(experiment, experiment.families[0], experiment.sparsity[0])
+    model = new_model_unseeded(cfg, data)
+    Pruner.of(model, cfg.prune, granularity=cfg.granularity, allocation=cfg.allocation,
+              allocation_args=cfg.allocation_args,
+              example_inputs=torch.zeros(2, data.in_channels, data.image_size,
+                                         data.image_size)).prune_to(cfg.schedule.final_sparsity)
+    latency = experiment.latency and dataclasses.replace(
+        experiment.latency, batch=1, rounds=3, warmup=0)
+    try:
+        measure_costs(model, granularity=cfg.granularity, mean=data.mean, std=data.std,
+                      image_size=data.image_size, latency=latency)
+    except ValueError as error:
+        raise ValueError(f"cost: {experiment.cost} cannot measure {cfg.model!r}: "
+                         f"{error}") from None
 
 
 def _keep_weights(role: str, source: str | None, weights: Mapping[str, torch.Tensor] | None,
@@ -287,12 +320,19 @@ def run_experiment(experiment: Experiment, data: ImageData, *, storage_path: str
     slots = concurrent_slots(experiment)
     span = experiment.sparsity_range
     over, chosen = ("", "each best config") if span is None else (
-        f" over sparsity [{span.min:.0%}, {span.max:.0%}]",
-        f"each family's sparsest point within {span.max_drop:g} point(s) of dense,")
+        f" over sparsity [{span.min:.0%}, {span.max:.0%}]"
+        + ("" if experiment.cost == SPARSITY else f" against {experiment.cost}"),
+        f"each family's {'sparsest' if experiment.cost == SPARSITY else 'cheapest'} point "
+        f"within {span.max_drop:g} point(s) of dense"
+        + (f" (confirmed with {experiment.confirm.seeds} seeds: up to "
+           f"{experiment.confirm.candidates} points)," if experiment.confirm.candidates
+           else ","))
     echo(f"[{experiment.name}] {len(experiment.sparsity)} x {len(experiment.families)} "
          f"searches of {experiment.trials_per_family} trials x {experiment.epochs} epochs"
          f"{over}, then {experiment.final_seeds} seeds of {chosen} and of dense; one "
          f"Tuner, {slots} slots")
+    if experiment.cost_note:
+        echo(f"[{experiment.name}] {experiment.cost_note}")
     # Tune asks a custom searcher for one trial at a time unless told otherwise: let it
     # keep a trial waiting for every slot, so a freed slot starts its next trial at once.
     # With `num_to_keep=1` Tune snapshots its state at every checkpoint, by design; its

@@ -29,6 +29,7 @@ evaluated, not trained.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import tempfile
@@ -45,6 +46,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from oneprune.config import TrainConfig
+from oneprune.cost import SPARSITY, LatencySettings, measure_costs, saving
 from oneprune.data import Batches, ImageData
 from oneprune.distill import NO_TEACHER
 from oneprune.distributed import gather, rank_and_world_size
@@ -52,9 +54,10 @@ from oneprune.pruning import Pruner
 from oneprune.saving import save_pruned
 from oneprune.starts import fit_weights, read_weights, weights_digest, write_weights
 from oneprune.state import load_state, save_state
-from oneprune.train import EVAL_BATCH_SIZE, evaluate, initial_model, train
+from oneprune.train import EVAL_BATCH_SIZE, TrainResult, evaluate, initial_model, train
 from search.experiment.schema import DENSE_START, GIVEN, Experiment, Faults
-from search.plan.trials import AS_GIVEN, DENSE, FINAL, train_config
+from search.plan.outcomes import COST_SAVING
+from search.plan.trials import AS_GIVEN, DENSE, FINAL, START, train_config
 from search.tuner import storage
 from search.tuner.faults import with_faults
 from search.tuner.storage import StudyFolders
@@ -91,11 +94,23 @@ def _keep_weights(model: torch.nn.Module, path: str) -> None:
                             path)
 
 
+def _costs(result: TrainResult, cost: str, latency: LatencySettings | None
+           ) -> dict[str, float]:
+    """What a trained run's model costs deployed, next to dense (`measure_costs`, timed on
+    this node where the cost is latency), and the share of `cost` it saved."""
+    costs = measure_costs(copy.deepcopy(result.model).cpu(),
+                          granularity=result.config.granularity, mean=result.mean,
+                          std=result.std, image_size=result.image_size,
+                          latency=latency if cost == "latency" else None)
+    return {**costs, COST_SAVING: saving(cost, costs)}
+
+
 def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | None,
             test: bool, every: int, faults: Faults | None,
             report: Callable[[dict, Path | None], None], model_path: str | None,
             initial_path: str | None, keep_path: str | None,
-            teacher_path: str | None) -> None:
+            teacher_path: str | None, cost: str = SPARSITY,
+            latency: LatencySettings | None = None) -> None:
     """Train `cfg` from `start` (a saved state, or None) and the weights at `initial_path`
     (None: scratch), distilling from the teacher's at `teacher_path` (None: no teacher),
     calling `report(metrics, folder)` after every epoch on every rank, with a folder holding
@@ -106,10 +121,13 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
     report comes after the test split and adds `test_acc` and `test_loss`, and rank 0 first
     writes the trained model to `model_path` (`save_pruned`'s files, which the driver logs to
     MLflow); with `keep_path`, rank 0 stores the trained weights there (the dense reference,
-    for the runs that start from it). `faults`: this trial's test-only injected faults
-    (None, always in a real study: none)."""
+    for the runs that start from it). Under a `cost` other than sparsity, rank 0 measures
+    the pruned model (`_costs`, timed as `latency` says) and its last report adds the
+    costs. `faults`: this trial's test-only injected faults (None, always in a real study:
+    none)."""
     node = ray.get_runtime_context().get_node_id()
     held: dict[str, Any] = {}
+    measured = cost != SPARSITY and cfg.schedule is not None  # the dense reference: none
     initial, teacher = _read_start(initial_path), _read_start(teacher_path)
     init_digest = "" if initial is None else weights_digest(initial)
     teacher_digest = "" if teacher is None else weights_digest(teacher)
@@ -130,8 +148,8 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
                 raise RuntimeError(f"the ranks' pruning masks differ after epoch {epoch}")
             metrics["rank_masks"] = " ".join(masks)
         last = epoch == cfg.epochs or metrics["diverged"]
-        if test and last:
-            held.update(metrics)  # reported with the test metrics
+        if last and (test or measured):
+            held.update(metrics)  # reported with the test metrics or the costs
         elif last or epoch % every or (dist.is_initialized() and dist.get_rank() != 0):
             report(metrics, None)
         else:
@@ -143,14 +161,19 @@ def _epochs(cfg: TrainConfig, data: ImageData, *, start: Mapping[str, Any] | Non
         on_epoch = with_faults(on_epoch, faults, resumed=start is not None)
     result = train(cfg, data=data, test=test, checkpoint=on_epoch, resume=start,
                    initial=initial, teacher=teacher)
-    if keep_path is not None and rank_and_world_size()[0] == 0:
+    rank = rank_and_world_size()[0]
+    if keep_path is not None and rank == 0:
         _keep_weights(result.model, keep_path)
+    if measured and rank == 0 and not held.get("diverged"):
+        held.update(_costs(result, cost, latency))
     if test:  # a final run: its model goes to the driver, before the last report
-        if model_path is not None and rank_and_world_size()[0] == 0:
+        if model_path is not None and rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 save_pruned(result, folder, dense=False)
                 storage.upload(folder, model_path)
         report({**held, "test_acc": result.test_acc, "test_loss": result.test_loss}, None)
+    elif measured:
+        report(held, None)
 
 
 def _prepare_process() -> None:
@@ -195,7 +218,8 @@ def _distributed_worker(config: Mapping[str, Any]) -> None:
             every=config["checkpoint_every"], faults=config["faults"],
             report=_train_report, model_path=config["model_path"],
             initial_path=config["initial_path"], keep_path=config["keep_path"],
-            teacher_path=config["teacher_path"])
+            teacher_path=config["teacher_path"], cost=config["cost"],
+            latency=config["latency"])
 
 
 def _evaluate_as_given(cfg: TrainConfig, data: ImageData, initial_path: str) -> None:
@@ -223,7 +247,10 @@ def _weight_paths(experiment: Experiment, config: Mapping[str, Any], folders: St
     """Where a trial's starting weights are (None: scratch), where it keeps its trained
     weights for others (None: nowhere; the dense reference where arms start or distil
     from it), and where its teacher's weights are (None: no teacher)."""
-    family, seed = config["family"], config.get("seed", experiment.search.seed)
+    family = config["family"]
+    # A confirmation run starts (and distils) from the search seed's dense run, as search
+    # trials do: the dense reference has no run with its seed.
+    seed = config["seed"] if config["part"] in (FINAL, START) else experiment.search.seed
     dense = folders.dense_weights(config["sparsity"], seed)
     start, teacher = experiment.start_of(family), experiment.teacher_of(family)
     initial = (folders.given_weights if start == GIVEN else
@@ -260,7 +287,7 @@ def run_trial(config: Mapping[str, Any], *, experiment: Experiment, data: TrialD
         _epochs(cfg, data, start=_start_from(tune.get_checkpoint()), test=test,
                 every=experiment.checkpoint_every, faults=faults, report=_tune_report,
                 model_path=model_path, initial_path=initial_path, keep_path=keep_path,
-                teacher_path=teacher_path)
+                teacher_path=teacher_path, cost=experiment.cost, latency=experiment.latency)
         return
     trainer = TorchTrainer(
         _distributed_worker,
@@ -268,7 +295,8 @@ def run_trial(config: Mapping[str, Any], *, experiment: Experiment, data: TrialD
                            "checkpoint_every": experiment.checkpoint_every,
                            "faults": faults, "model_path": model_path,
                            "initial_path": initial_path, "keep_path": keep_path,
-                           "teacher_path": teacher_path},
+                           "teacher_path": teacher_path, "cost": experiment.cost,
+                           "latency": experiment.latency},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial, use_gpu=resources.gpus_per_trial > 0,
             resources_per_worker={"CPU": resources.cpus_per_trial,

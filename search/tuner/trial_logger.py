@@ -30,7 +30,15 @@ from ray import tune
 from oneprune.data import ImageData
 from search.experiment.schema import Experiment
 from search.experiment.train_configs import base_config
-from search.plan.trials import AS_GIVEN, FINAL, SEARCH, START, group_of, train_config
+from search.plan.trials import (
+    AS_GIVEN,
+    CONFIRM,
+    FINAL,
+    SEARCH,
+    START,
+    group_of,
+    train_config,
+)
 from search.tracking import registry
 from search.tracking.runs import (
     DIVERGED,
@@ -45,6 +53,7 @@ from search.tracking.runs import (
     STOPPED_EARLY,
     TEACHER_DIGEST,
     TRIAL_ID,
+    TRIAL_NUMBER,
     WORKERS,
     find_runs,
     flat_params,
@@ -295,6 +304,10 @@ def describe_run(trial_id: str, config: Mapping[str, Any], *, experiment: Experi
     if config["part"] == SEARCH:
         identity = {ROLE: "trial", FAMILY: family, TRIAL_ID: trial_id}
         name = f"trial {trial_id}"
+    elif config["part"] == CONFIRM:  # a search trial's config re-trained with a fresh seed
+        identity = {ROLE: CONFIRM, FAMILY: family, SEED: str(config["seed"]),
+                    TRIAL_NUMBER: str(config["number"])}
+        name = f"{family} trial {config['number']} seed {config['seed']} (confirmation)"
     else:  # a final run, or the dense run arms from dense start their search from
         identity = {ROLE: config["part"], FAMILY: family, SEED: str(config["seed"])}
         name = f"{family} seed {config['seed']}" + (
@@ -324,11 +337,11 @@ def trial_logger(experiment: Experiment, experiment_ids: Mapping[float, str],
     logs the model each final run leaves under `models_root`, with two test images as the
     input example."""
     scopes = [(experiment_id, {ROLE: role}) for experiment_id in experiment_ids.values()
-              for role in ("trial", FINAL, START)]
+              for role in ("trial", FINAL, START, CONFIRM)]
     trained_on = dataset(data, experiment)
     inputs = {part: DatasetInput(trained_on, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
               for part, context in ((SEARCH, "training"), (FINAL, "training+testing"),
-                                    (START, "training"))}
+                                    (START, "training"), (CONFIRM, "training"))}
     example = (data.test.images[:2].float() / 255.0).numpy()
     return TrialLogger(experiment.tracking_uri, scopes,
                        functools.partial(describe_run, experiment=experiment,

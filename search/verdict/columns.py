@@ -222,7 +222,8 @@ TRIALS = Column(
     lambda values, table: (f"{values['trials_completed']}/{values['trials']}"
                            if values["trials"] else "–"))
 COMPUTE_SECONDS = Column(
-    lambda row: {"compute_seconds": row.outcome.search_seconds + row.outcome.final_seconds},
+    lambda row: {"compute_seconds": row.outcome.search_seconds + row.outcome.confirm_seconds
+                 + row.outcome.final_seconds},
     "compute s", lambda values, table: f"{values['compute_seconds']:.0f}")
 BEST_PARAMS = Column(lambda row: {"best_params": format_params(row.outcome.best_params)},
                      "best params", lambda values, table: values["best_params"] or "–")

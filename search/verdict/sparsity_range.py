@@ -10,15 +10,19 @@ drop (and the test accuracy they kept there), not on accuracy at one sparsity. T
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from oneprune.cost import SPARSITY
+from search.experiment.schema import Confirmation
 from search.plan.outcomes import FamilyOutcome
 from search.plan.pareto import pareto_front
+from search.tracking.retime import RETIMED, RETIMED_SPREAD
 from search.verdict.columns import (
     BEST_PARAMS,
     BEST_VAL_ACCURACY,
@@ -107,24 +111,87 @@ HYPERVOLUME = Column(
     lambda values, table: ("–" if values["family"] in UNPRUNED
                            else f"{values['hypervolume']:.3f}"))
 
+COST_LABELS = {"macs": "MACs", "params": "parameters", "bytes": "bytes",
+               "latency": "latency"}
+
+
+def _measured(row: Row, cost: str) -> dict[str, float]:
+    """The mean over its final runs of its model's `cost` and of dense / it; for latency,
+    the speed-up of the models timed again together on one machine (`RETIMED`, where they
+    were) and of each run timed on its node, and the spread of the timings; dense: 1x."""
+    key = "latency_ms" if cost == "latency" else cost
+    runs = row.outcome.final_costs
+    values = {f"{cost}_mean": math.nan, f"{cost}_vs_dense": 1.0 if row.is_dense else math.nan}
+    if cost == "latency":
+        values.update(speedup_on_nodes=values[f"{cost}_vs_dense"], latency_spread=math.nan)
+    if row.is_dense or not runs:
+        return values
+    values[f"{cost}_mean"] = statistics.fmean(run[key] for run in runs)
+    if cost != "latency":
+        values[f"{cost}_vs_dense"] = statistics.fmean(run[f"dense_{cost}"] / run[cost]
+                                                      for run in runs)
+        return values
+    retimed = all(RETIMED in run for run in runs)
+    values.update(
+        latency_vs_dense=statistics.fmean(run[RETIMED if retimed else "speedup"]
+                                          for run in runs),
+        speedup_on_nodes=statistics.fmean(run["speedup"] for run in runs),
+        latency_spread=statistics.fmean(run[RETIMED_SPREAD if retimed else "latency_spread"]
+                                        for run in runs))
+    return values
+
+
+def _measured_cell(cost: str) -> Callable[[Mapping[str, Any], Table], str]:
+    def cell(values: Mapping[str, Any], table: Table) -> str:
+        ratio, mean = values[f"{cost}_vs_dense"], values[f"{cost}_mean"]
+        if math.isnan(ratio):
+            return "–"
+        if math.isnan(mean):
+            return f"{ratio:.2f}×"
+        shown = (f"{mean:.3g} ms ± {values['latency_spread']:.0%}" if cost == "latency"
+                 else f"{mean / 1e6:.3g} M" if cost in ("macs", "params")
+                 else f"{mean / 1e3:.3g} kB")
+        return f"{ratio:.2f}× ({shown})"
+    return cell
+
+
+def cost_column(cost: str) -> Column:
+    """The column of a range verdict under `cost`: what each family's re-run models cost
+    as deployed, as dense / model (× faster, × fewer) and their mean."""
+    header = ("speed-up vs dense (ms per batch ± spread)" if cost == "latency"
+              else f"{COST_LABELS[cost]}: dense / model (mean)")
+    return Column(lambda row: _measured(row, cost), header, _measured_cell(cost))
+
+
 COLUMNS: list[Column] = [
     FAMILY, SPARSITY_REACHED, TEST_ACCURACY, INTERVAL, DROP_FROM_DENSE, SEEDS_WITHIN_DROP,
     SPARSITY_VS_ONE_CYCLE, ACCURACY_VS_ONE_CYCLE, TRIALS.in_csv_only(), FRONT, HYPERVOLUME,
     BEST_VAL_ACCURACY, COMPUTE_SECONDS, BEST_PARAMS]
 """The range verdict's columns, in order (the Markdown table shows those with a header;
 the front's cell reads the trial counts, which this table keeps in the CSV only)."""
-PARETO_COLUMNS = ("family", "trial", "sparsity", "val_acc", "chosen")
+PARETO_COLUMNS = ("family", "trial", "sparsity", "saving", "val_acc", "chosen")
 
 
-def verdict_note(floor: float, max_drop: float) -> str:
+def verdict_note(floor: float, max_drop: float, cost: str = SPARSITY,
+                 confirm: Confirmation | None = None) -> str:
     """What the range verdict compares, said under its table."""
-    return (f"Each family's search looked for its sparsest schedule whose validation "
-            f"accuracy stays within {max_drop:g} point(s) of dense (floor "
-            f"{percent(floor)}%); that point was re-run with the final seeds. Families "
-            f"stand at different sparsities: they are compared on how sparse they got "
-            f"within the drop (and the test accuracy kept there), not on accuracy at one "
-            f"sparsity. Drops and differences are in points, paired by seed; hypervolume "
-            f"is the share of [min, max] x [floor, 100%] the family's front dominates.")
+    aim = ("sparsest schedule" if cost == SPARSITY else
+           f"schedule whose deployed model saves the largest share of dense's "
+           f"{COST_LABELS[cost]}")
+    confirmed = (f" Before that, its cheapest feasible points were re-trained with "
+                 f"{confirm.seeds} fresh seeds each, one after another (at most "
+                 f"{confirm.candidates}), and the first whose mean validation accuracy "
+                 f"reached the floor{f' + {confirm.margin:g} pt' if confirm.margin else ''} "
+                 f"was the one re-run (none: the one whose mean was highest)."
+                 if confirm is not None and confirm.candidates else "")
+    box = "[min, max]" if cost == SPARSITY else f"[0, 1] (share of {COST_LABELS[cost]} saved)"
+    return (f"Each family's search looked for its {aim} whose validation accuracy stays "
+            f"within {max_drop:g} point(s) of dense (floor {percent(floor)}%); that point "
+            f"was re-run with the final seeds.{confirmed} Families stand at different "
+            f"sparsities: they are compared on how far they got within the drop (and the "
+            f"test accuracy kept there), not on accuracy at one sparsity. Drops and "
+            f"differences are in points, paired by seed; hypervolume is the share of {box} "
+            f"x [floor, 100%] the family's front dominates.")
 
 
 def pareto_rows(outcomes: Sequence[FamilyOutcome]) -> list[dict]:
@@ -134,17 +201,18 @@ def pareto_rows(outcomes: Sequence[FamilyOutcome]) -> list[dict]:
     for outcome in outcomes:
         for point in pareto_front(outcome.points):
             rows.append({"family": outcome.family, "trial": point.number,
-                         "sparsity": point.sparsity, "val_acc": point.val_acc,
+                         "sparsity": point.sparsity, "saving": point.saving,
+                         "val_acc": point.val_acc,
                          "chosen": point.number == outcome.best_number})
     return rows
 
 
 def plot_fronts(outcomes: Sequence[FamilyOutcome], floor: float, path: Path,
-                title: str) -> Path:
-    """Validation accuracy against sparsity: every completed search trial (hollow where
-    below the floor), each family's front as a staircase, its verdict point as a star, and
-    the floor. The accuracy axis shows three drops' worth below the floor (the trials
-    further down are counted in the legend)."""
+                title: str, cost: str = SPARSITY) -> Path:
+    """Validation accuracy against sparsity (or the share of `cost` saved): every completed
+    search trial (hollow where below the floor), each family's front as a staircase, its
+    verdict point as a star, and the floor. The accuracy axis shows three drops' worth
+    below the floor (the trials further down are counted in the legend)."""
     fig = Figure(figsize=(7.0, 4.6), layout="constrained")
     ax = fig.subplots()
     bottom = floor - 3 * (1.0 - floor) if math.isfinite(floor) else 0.0
@@ -154,15 +222,16 @@ def plot_fronts(outcomes: Sequence[FamilyOutcome], floor: float, path: Path,
         feasible = [p for p in outcome.points if p.feasible]
         below = [p for p in outcome.points if not p.feasible]
         front = pareto_front(outcome.points)
-        line, = ax.step([p.sparsity for p in front], [p.val_acc for p in front],
+        line, = ax.step([p.gain for p in front], [p.val_acc for p in front],
                         where="post", marker="o", label=outcome.family)
         color = line.get_color()
-        ax.scatter([p.sparsity for p in feasible], [p.val_acc for p in feasible],
+        ax.scatter([p.gain for p in feasible], [p.val_acc for p in feasible],
                    color=color, alpha=0.35, s=16)
-        ax.scatter([p.sparsity for p in below], [p.val_acc for p in below],
+        ax.scatter([p.gain for p in below], [p.val_acc for p in below],
                    facecolors="none", edgecolors=color, alpha=0.5, s=16)
-        if outcome.schedule is not None:
-            ax.scatter([outcome.schedule.final_sparsity], [outcome.best_val_acc],
+        chosen = [p for p in outcome.points if p.number == outcome.best_number]
+        if chosen:
+            ax.scatter([chosen[0].gain], [outcome.best_val_acc],
                        marker="*", s=180, color=color, edgecolors="black", zorder=3)
     if math.isfinite(floor):
         ax.axhline(floor, color="gray", linestyle="--", linewidth=1,
@@ -171,7 +240,9 @@ def plot_fronts(outcomes: Sequence[FamilyOutcome], floor: float, path: Path,
         if hidden:
             ax.plot([], [], " ", label=f"{hidden} trials below {bottom:.0%} not shown")
         ax.set_ylim(bottom, 1.0 + (1.0 - bottom) * 0.03)
-    ax.set(xlabel="sparsity", ylabel="validation accuracy")
+    ax.set(xlabel="sparsity" if cost == SPARSITY else
+           f"share of the dense network's {COST_LABELS[cost]} saved",
+           ylabel="validation accuracy")
     ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.set_title(title, fontsize="medium", wrap=True)
@@ -182,11 +253,15 @@ def plot_fronts(outcomes: Sequence[FamilyOutcome], floor: float, path: Path,
 
 
 def write_front_report(outcomes: Sequence[FamilyOutcome], folder: Path, title: str, *,
-                       floor: float, max_drop: float, extra: Sequence[Column] = ()) -> str:
-    """`search.verdict.fixed.write_report` with the range verdict (and the `extra` columns)
-    as the comparison, plus pareto.csv and pareto.png; returns the Markdown table."""
-    markdown = write_report(outcomes, folder, title, columns=[*COLUMNS, *extra],
-                            table=Table(outcomes, max_drop), note=verdict_note(floor, max_drop))
+                       floor: float, max_drop: float, extra: Sequence[Column] = (),
+                       cost: str = SPARSITY, confirm: Confirmation | None = None) -> str:
+    """`search.verdict.fixed.write_report` with the range verdict (and the `extra` columns;
+    under a `cost`, what each family's models cost next to dense) as the comparison, plus
+    pareto.csv and pareto.png; returns the Markdown table."""
+    columns = [*COLUMNS[:2], cost_column(cost), *COLUMNS[2:]] if cost != SPARSITY else COLUMNS
+    markdown = write_report(outcomes, folder, title, columns=[*columns, *extra],
+                            table=Table(outcomes, max_drop),
+                            note=verdict_note(floor, max_drop, cost, confirm))
     write_csv(pareto_rows(outcomes), folder / "pareto.csv", PARETO_COLUMNS)
-    plot_fronts(outcomes, floor, folder / "pareto.png", title)
+    plot_fronts(outcomes, floor, folder / "pareto.png", title, cost)
     return markdown

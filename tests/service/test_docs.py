@@ -49,6 +49,11 @@ def accepted_keys() -> set[str]:
         assert section in top
         keys.update(f"{section}.{k}" for k in _allowed(
             {"name": "docs", section: {UNKNOWN: 1}}, section))
+    for section, needs in (("confirm", {}), ("latency", {"cost": "latency"})):
+        assert section in top
+        keys.update(f"{section}.{k}" for k in _allowed(
+            {"name": "docs", "sparsity": SPARSITY_RANGE, **needs, section: {UNKNOWN: 1}},
+            section))
     keys.update(f"allocation_args.{k}" for k in _allowed(
         {"name": "docs", "allocation": list(ALLOCATIONS), "allocation_args": {UNKNOWN: 1}},
         "allocation_args"))
