@@ -148,7 +148,7 @@ def _measured_cell(cost: str) -> Callable[[Mapping[str, Any], Table], str]:
             return "–"
         if math.isnan(mean):
             return f"{ratio:.2f}×"
-        shown = (f"{mean:.3g} ms ± {values['latency_spread']:.0%}" if cost == "latency"
+        shown = (f"{mean:.3g} ms ± {values['latency_spread']:.1%}" if cost == "latency"
                  else f"{mean / 1e6:.3g} M" if cost in ("macs", "params")
                  else f"{mean / 1e3:.3g} kB")
         return f"{ratio:.2f}× ({shown})"
