@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 METRIC = "val_acc"
 COST_SAVING = "cost_saving"  # a trial's second objective under a cost: the share saved
+# A final run's speed-up and spread when the driver timed every final model again together
+# (`search.tracking.retime`), beside its own measured costs.
+RETIMED, RETIMED_SPREAD = "retimed_speedup", "retimed_spread"
 
 
 @dataclass

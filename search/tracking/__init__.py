@@ -6,4 +6,6 @@
   registered per family.
 - `search.tracking.record`: each study's verdict written to MLflow: family runs, the
   comparison run, the models, the sweep.
+- `search.tracking.retime`: a `cost: latency` study's final models, timed again together.
+- `search.tracking.downloads`: models and weights read back from MLflow.
 """

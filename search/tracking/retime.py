@@ -14,12 +14,10 @@ from collections.abc import Callable, Sequence
 
 from oneprune.cost import LatencySettings, deployed, speedup, spread, time_interleaved
 from oneprune.saving import load_pruned
-from search.plan.outcomes import FamilyOutcome
+from search.plan.outcomes import RETIMED, RETIMED_SPREAD, FamilyOutcome
 from search.plan.trials import DENSE
 from search.tracking.downloads import saved_folder
 from search.tracking.registry import logged_model_id
-
-RETIMED, RETIMED_SPREAD = "retimed_speedup", "retimed_spread"
 
 
 def retime_finals(tracking_uri: str, outcomes: Sequence[FamilyOutcome],

@@ -20,9 +20,8 @@ from matplotlib.ticker import PercentFormatter
 
 from oneprune.cost import SPARSITY
 from search.experiment.schema import Confirmation
-from search.plan.outcomes import FamilyOutcome
+from search.plan.outcomes import RETIMED, RETIMED_SPREAD, FamilyOutcome
 from search.plan.pareto import pareto_front
-from search.tracking.retime import RETIMED, RETIMED_SPREAD
 from search.verdict.columns import (
     BEST_PARAMS,
     BEST_VAL_ACCURACY,
