@@ -39,9 +39,8 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from oneprune.cost import SPARSITY, measure_costs
 from oneprune.data import ImageData
 from oneprune.distill import frozen_teacher
-from oneprune.pruning import Pruner
 from oneprune.starts import read_weights, weights_digest, write_weights
-from oneprune.train import check_data, check_model, new_model_unseeded
+from oneprune.train import check_data, check_model, new_model_unseeded, new_pruner
 from search.environment import environment
 from search.experiment.schema import Experiment
 from search.experiment.train_configs import base_config
@@ -254,10 +253,7 @@ def _check_measurable(experiment: Experiment, data: ImageData) -> None:
     in every trial."""
     cfg = base_config(experiment, experiment.families[0], experiment.sparsity[0])
     model = new_model_unseeded(cfg, data)
-    Pruner.of(model, cfg.prune, granularity=cfg.granularity, allocation=cfg.allocation,
-              allocation_args=cfg.allocation_args,
-              example_inputs=torch.zeros(2, data.in_channels, data.image_size,
-                                         data.image_size)).prune_to(cfg.schedule.final_sparsity)
+    new_pruner(cfg, model, data).prune_to(cfg.schedule.final_sparsity)
     latency = experiment.latency and dataclasses.replace(
         experiment.latency, batch=1, rounds=3, warmup=0)
     try:
